@@ -1,0 +1,219 @@
+"""Real data: load a source into memory, and split it into train / held-out / test.
+
+Images are float tensors (N, C, H, W) in [-1, 1] with integer class labels. Small
+research data sets fit in memory, and in-memory tensors are much faster to batch
+than per-sample loading.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from synthdata.errors import DataError
+from synthdata.spec import DataSpec
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+@dataclass
+class ImageSet:
+    """Images in [-1, 1] with their class labels."""
+
+    images: torch.Tensor  # (N, C, H, W) float32
+    labels: torch.Tensor  # (N,) int64
+    num_classes: int
+    levels: int = 256  # intensity levels of the stored format; samples are quantized to match
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def subset(self, index: torch.Tensor | np.ndarray) -> "ImageSet":
+        index = torch.as_tensor(index, dtype=torch.long)
+        return ImageSet(self.images[index], self.labels[index], self.num_classes, self.levels)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.images.shape[1:])  # type: ignore[return-value]
+
+
+@dataclass
+class Splits:
+    """Disjoint real-data roles. `heldout` and `test` never train a generator."""
+
+    train: ImageSet
+    heldout: ImageSet
+    test: ImageSet
+
+
+def quantize(x: torch.Tensor, levels: int) -> torch.Tensor:
+    """Snap [-1, 1] values to `levels` evenly spaced intensities, as saving to the data's format would.
+
+    Without this a detector can separate continuous samples from quantized real images
+    by their value grid alone, which says nothing about the generator.
+    """
+    q = levels - 1
+    return torch.round((x.clamp(-1, 1) + 1) * (q / 2)) / (q / 2) - 1
+
+
+def concat(*sets: ImageSet) -> ImageSet:
+    """Stack image sets with the same shape and classes."""
+    return ImageSet(
+        torch.cat([s.images for s in sets]),
+        torch.cat([s.labels for s in sets]),
+        sets[0].num_classes,
+        sets[0].levels,
+    )
+
+
+def _resize(images: torch.Tensor, size: int | None) -> torch.Tensor:
+    if size is None or images.shape[-1] == size and images.shape[-2] == size:
+        return images
+    return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+
+
+def _from_uint8(array: np.ndarray) -> torch.Tensor:
+    """(N, H, W[, C]) uint8 -> (N, C, H, W) float in [-1, 1]."""
+    t = torch.from_numpy(np.ascontiguousarray(array)).float()
+    t = t.unsqueeze(1) if t.ndim == 3 else t.permute(0, 3, 1, 2)
+    return t / 127.5 - 1
+
+
+def load_digits_set() -> ImageSet:
+    """scikit-learn's 8x8 digits (1,797 images, 10 classes, 17 grey levels); no download."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    images = torch.from_numpy(d.images).float().unsqueeze(1) / 8.0 - 1.0
+    return ImageSet(images, torch.from_numpy(d.target).long(), 10, levels=17)
+
+
+def _torchvision_sets(spec: DataSpec) -> tuple[ImageSet, ImageSet]:
+    import torchvision.datasets as tvd
+
+    cls = {"mnist": tvd.MNIST, "fashion_mnist": tvd.FashionMNIST, "cifar10": tvd.CIFAR10}[spec.source]
+    out = []
+    for train in (True, False):
+        try:
+            ds = cls(str(spec.root), train=train, download=spec.download)
+        except RuntimeError as err:  # torchvision: "Dataset not found or corrupted..."
+            raise DataError(f"data.root: {spec.source} not found under {spec.root} ({err}); set download: true to fetch it") from None
+        data = ds.data.numpy() if isinstance(ds.data, torch.Tensor) else np.asarray(ds.data)
+        labels = torch.as_tensor(np.asarray(ds.targets), dtype=torch.long)
+        out.append(ImageSet(_from_uint8(data), labels, len(ds.classes)))
+    return out[0], out[1]
+
+
+def _load_folder(root: Path, image_size: int | None) -> ImageSet:
+    """An image folder with one sub-folder per class; every image is read now, so a bad one fails early."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not root.is_dir():
+        raise DataError(f"data.root: directory does not exist: {root}")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if len(classes) < 2:
+        raise DataError(f"data.root: {root} needs at least two class sub-folders, found {len(classes)}")
+    files: list[tuple[Path, int]] = []
+    for label, name in enumerate(classes):
+        found = sorted(p for p in (root / name).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+        if not found:
+            raise DataError(f"data.root: class folder has no images: {root / name}")
+        files += [(p, label) for p in found]
+
+    arrays: list[np.ndarray] = []
+    mode: str | None = None
+    for path, _ in files:
+        try:
+            with Image.open(path) as im:
+                im.load()
+                if mode is None:
+                    mode = "L" if im.mode in ("1", "L", "LA", "I", "I;16") else "RGB"
+                im = im.convert(mode)
+                if image_size is not None:
+                    im = im.resize((image_size, image_size), Image.BICUBIC)
+                arrays.append(np.asarray(im, dtype=np.uint8))
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+            raise DataError(f"{path}: cannot read image ({type(err).__name__})") from None
+        if arrays[-1].shape != arrays[0].shape:
+            raise DataError(
+                f"{path}: image size {arrays[-1].shape[:2]} differs from {arrays[0].shape[:2]} of {files[0][0]}; "
+                "set data.image_size to resize"
+            )
+    labels = torch.tensor([lab for _, lab in files], dtype=torch.long)
+    return ImageSet(_from_uint8(np.stack(arrays)), labels, len(classes))
+
+
+def _stratified_split(labels: np.ndarray, sizes: list[int], rng: np.random.Generator) -> list[np.ndarray]:
+    """Split indices into disjoint parts of the given sizes, keeping class proportions."""
+    n = len(labels)
+    parts: list[list[int]] = [[] for _ in sizes]
+    fractions = np.array(sizes) / n
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        counts = np.floor(fractions * len(idx)).astype(int)
+        start = 0
+        for i, k in enumerate(counts):
+            parts[i] += idx[start : start + k].tolist()
+            start += k
+    # Top up each part to its exact size from the unused indices.
+    used = set(i for p in parts for i in p)
+    rest = rng.permutation([i for i in range(n) if i not in used]).tolist()
+    for i, size in enumerate(sizes):
+        while len(parts[i]) < size and rest:
+            parts[i].append(rest.pop())
+    return [np.sort(np.array(p, dtype=np.int64)) for p in parts]
+
+
+def make_splits(spec: DataSpec, seed: int = 0) -> Splits:
+    """Load the real data named by `spec` and split it into disjoint train / held-out / test parts.
+
+    The split depends only on the data and `seed`, so every arm of a study sees the same one.
+    Sources with an official test split (the torchvision sets) use it as the test part.
+    """
+    rng = np.random.default_rng(seed)
+    fr = spec.split
+    if spec.source in ("mnist", "fashion_mnist", "cifar10"):
+        pool, test = _torchvision_sets(spec)
+        total = fr.train + fr.heldout
+        n_train = round(len(pool) * fr.train / total)
+        tr, ho = _stratified_split(pool.labels.numpy(), [n_train, len(pool) - n_train], rng)
+        train, heldout = pool.subset(tr), pool.subset(ho)
+    else:
+        pool = load_digits_set() if spec.source == "digits" else _load_folder(Path(spec.root), spec.image_size)
+        n = len(pool)
+        sizes = [int(n * fr.train), int(n * fr.heldout), int(n * fr.test)]
+        if min(sizes) < 2:
+            raise DataError(f"data: {n} images are too few to split into train/heldout/test {sizes}")
+        tr, ho, te = _stratified_split(pool.labels.numpy(), sizes, rng)
+        train, heldout, test = pool.subset(tr), pool.subset(ho), pool.subset(te)
+
+    if spec.limit is not None:
+        train, heldout, test = (_limit(s, spec.limit, rng) for s in (train, heldout, test))
+    if spec.image_size is not None:
+        # Resized images are stored as 8-bit, like any image file.
+        train, heldout, test = (
+            ImageSet(quantize(_resize(s.images, spec.image_size), 256), s.labels, s.num_classes, 256)
+            for s in (train, heldout, test)
+        )
+    return Splits(train, heldout, test)
+
+
+def _limit(s: ImageSet, limit: int, rng: np.random.Generator) -> ImageSet:
+    if len(s) <= limit:
+        return s
+    return s.subset(np.sort(rng.choice(len(s), size=limit, replace=False)))
+
+
+def class_balanced_labels(n: int, reference: torch.Tensor, num_classes: int, generator: torch.Generator) -> torch.Tensor:
+    """n labels whose class proportions match `reference`, in shuffled order."""
+    counts = torch.bincount(reference, minlength=num_classes).double()
+    exact = counts / counts.sum() * n
+    per_class = exact.floor().long()
+    # Largest remainders get the leftover labels.
+    leftover = n - int(per_class.sum())
+    per_class[torch.argsort(exact - per_class, descending=True)[:leftover]] += 1
+    labels = torch.repeat_interleave(torch.arange(num_classes), per_class)
+    return labels[torch.randperm(n, generator=generator)]

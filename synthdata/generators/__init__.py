@@ -1,0 +1,45 @@
+"""Generators, picked by name: `create_generator(spec, shape, num_classes)`.
+
+Every generator is class-conditional and has the same two methods:
+`fit(data, seed=..., progress=...)` trains it from scratch on an ImageSet, and
+`sample(labels, seed=...)` returns images in [-1, 1] for the given class labels.
+"""
+from __future__ import annotations
+
+from typing import Callable, Protocol
+
+import torch
+
+from synthdata.data import ImageSet
+
+Progress = Callable[[float], None]
+
+
+class Generator(Protocol):
+    def fit(self, data: ImageSet, *, seed: int, progress: Progress | None = None) -> dict[str, float]:
+        """Train from scratch; return summary figures (final loss, ...)."""
+
+    def sample(self, labels: torch.Tensor, *, seed: int) -> torch.Tensor:
+        """Images (N, C, H, W) in [-1, 1], one per label."""
+
+
+def create_generator(spec, shape: tuple[int, int, int], num_classes: int, device: str = "cpu") -> Generator:
+    """Build the generator named by `spec.name` for images of `shape` with `num_classes` classes."""
+    from synthdata.generators.diffusion import DiffusionGenerator
+    from synthdata.generators.gaussian import GaussianGenerator
+
+    registry = {"diffusion": DiffusionGenerator, "gaussian": GaussianGenerator}
+    return registry[spec.name](spec, shape, num_classes, device)
+
+
+def check_generator(spec, shape: tuple[int, int, int]) -> None:
+    """Raise SpecError when the generator cannot work on images of this shape."""
+    from synthdata.errors import SpecError
+
+    if spec.name == "diffusion":
+        factor = 2 ** (len(spec.channels) - 1)
+        if shape[1] % factor or shape[2] % factor:
+            raise SpecError(
+                f"generator.channels: {len(spec.channels)} UNet levels need an image size divisible by {factor}, "
+                f"the data is {shape[1]}x{shape[2]} (set data.image_size or use fewer channels)"
+            )

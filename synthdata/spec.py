@@ -1,0 +1,219 @@
+"""The study file: YAML validated into a typed spec before any compute starts.
+
+Every field is documented here; `synthdata validate FILE` checks a file against it.
+Unknown keys are refused everywhere, so a typo never silently falls back to a default.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from synthdata.errors import SpecError
+
+LoopType = Literal["replace", "augment"]
+LOOP_TYPES: tuple[str, ...] = ("replace", "augment")
+METRICS: tuple[str, ...] = ("detectability", "downstream")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SplitSpec(_Strict):
+    """Fractions of the real data for each role. The three parts never overlap."""
+
+    train: float = Field(0.6, gt=0, lt=1, description="Real images the first generator trains on.")
+    heldout: float = Field(
+        0.2, gt=0, lt=1, description="Real images no generator ever sees; detectability is evaluated on them."
+    )
+    test: float = Field(
+        0.2, gt=0, lt=1, description="Real images for downstream accuracy (ignored when the source has an official test split)."
+    )
+
+    @model_validator(mode="after")
+    def _sums_to_at_most_one(self) -> "SplitSpec":
+        if self.train + self.heldout + self.test > 1.0 + 1e-9:
+            raise ValueError("train + heldout + test must be at most 1")
+        return self
+
+
+class DataSpec(_Strict):
+    """Where the real images come from."""
+
+    source: Literal["digits", "mnist", "fashion_mnist", "cifar10", "folder"] = Field(
+        "digits", description="digits (scikit-learn, embedded), a torchvision data set, or an image folder."
+    )
+    root: Path | None = Field(
+        None, description="Directory of a torchvision data set or of an image folder (one sub-folder per class)."
+    )
+    download: bool = Field(False, description="Let torchvision download the data set into `root` (needs a network).")
+    image_size: int | None = Field(None, ge=4, le=512, description="Resize images to this square size.")
+    limit: int | None = Field(None, ge=20, description="Use at most this many images per split (for quick runs).")
+    split: SplitSpec = Field(default_factory=SplitSpec)
+
+    @model_validator(mode="after")
+    def _root_exists(self) -> "DataSpec":
+        if self.source == "digits":
+            return self
+        if self.root is None:
+            raise ValueError(f"data.root is required for source '{self.source}'")
+        if not self.download and not self.root.is_dir():
+            raise ValueError(f"data.root: directory does not exist: {self.root}")
+        return self
+
+
+class DiffusionSpec(_Strict):
+    """A class-conditional diffusers UNet2DModel trained from scratch (DDPM), sampled with DDIM."""
+
+    name: Literal["diffusion"] = "diffusion"
+    channels: tuple[int, ...] = Field((32, 64, 64), min_length=1, max_length=5, description="UNet block widths.")
+    layers_per_block: int = Field(1, ge=1, le=4)
+    attention: bool = Field(True, description="Self-attention in the lowest-resolution blocks.")
+    train_steps: int = Field(3000, ge=1, description="Optimizer steps per generation.")
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(1e-3, gt=0, lt=1)
+    warmup_steps: int = Field(200, ge=0)
+    ema_decay: float = Field(0.999, ge=0, lt=1, description="EMA of the weights used for sampling (0 turns it off).")
+    train_timesteps: int = Field(1000, ge=10, description="DDPM noise-schedule length.")
+    beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "squaredcos_cap_v2"
+    sampling_steps: int = Field(25, ge=1, le=1000, description="DDIM steps when sampling.")
+    sample_batch_size: int = Field(512, ge=1)
+
+
+class GaussianSpec(_Strict):
+    """Toy generator: one Gaussian per class over flattened images, fitted by maximum likelihood."""
+
+    name: Literal["gaussian"] = "gaussian"
+    covariance: Literal["full", "diag"] = Field("full", description="Full or diagonal covariance.")
+    ridge: float = Field(1e-3, ge=0, description="Added to the covariance diagonal so that it stays invertible.")
+    unbiased: bool = Field(False, description="Refit with the (n-1) covariance instead of the ML (n) one.")
+
+
+GeneratorSpec = Annotated[Union[DiffusionSpec, GaussianSpec], Field(discriminator="name")]
+
+
+class ClassifierSpec(_Strict):
+    """A classifier trained from scratch: the detector (real vs generated) or the downstream model."""
+
+    name: Literal["cnn"] = Field("cnn", description="Classifier architecture (the small CNN).")
+    width: int = Field(32, ge=4, le=512, description="Channels of the first conv layer.")
+    epochs: int = Field(15, ge=1)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(2e-3, gt=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0)
+
+
+class LoopSpec(_Strict):
+    """The self-consuming loop: which loop types, for how many generations, with which seeds."""
+
+    types: tuple[LoopType, ...] = Field(("replace", "augment"), min_length=1, description="Loop types to run, one arm each per seed.")
+    generations: int = Field(3, ge=1, le=10_000, description="Generations T per arm.")
+    samples_per_generation: int = Field(1000, ge=10, description="Samples each generation adds to the next training set.")
+    seeds: tuple[int, ...] = Field((0,), min_length=1, description="One arm per loop type and seed.")
+
+    @field_validator("types", "seeds")
+    @classmethod
+    def _unique(cls, v: tuple) -> tuple:
+        if len(set(v)) != len(v):
+            raise ValueError("entries must be unique")
+        return v
+
+
+class TrackingSpec(_Strict):
+    """Where results go. The tracking URI comes from MLFLOW_TRACKING_URI unless set here."""
+
+    experiment: str | None = Field(None, min_length=1, description="MLflow experiment (default: the study name).")
+    uri: str | None = Field(None, description="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db).")
+    sample_grid: bool = Field(True, description="Log a grid of samples per generation as an image artifact.")
+
+
+class ResourcesSpec(_Strict):
+    """Ray resources for each arm."""
+
+    cpus_per_arm: float = Field(1, gt=0, description="CPUs Ray reserves for each arm; torch uses as many threads.")
+    gpus_per_arm: float = Field(0, ge=0, description="GPUs for each arm (0 on CPU-only machines).")
+    address: str | None = Field(None, description="Ray cluster address (default: $RAY_ADDRESS, else a local Ray).")
+
+
+class StudySpec(_Strict):
+    """A whole study, as written in a YAML study file."""
+
+    name: str = Field(..., min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$", description="Study name (letters, digits, _ . -).")
+    kind: Literal["loop"] = Field("loop", description="Study kind.")
+    description: str = ""
+    data: DataSpec = Field(default_factory=DataSpec)
+    generator: GeneratorSpec = Field(default_factory=DiffusionSpec)
+    detector: ClassifierSpec = Field(default_factory=lambda: ClassifierSpec(epochs=10))
+    downstream: ClassifierSpec = Field(default_factory=ClassifierSpec)
+    loop: LoopSpec = Field(default_factory=LoopSpec)
+    metrics: tuple[Literal["detectability", "downstream"], ...] = Field(
+        METRICS, min_length=1, description="Per-generation metrics."
+    )
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec)
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+
+    @property
+    def experiment_name(self) -> str:
+        return self.tracking.experiment or self.name
+
+
+def _field_path(loc: tuple[Any, ...]) -> str:
+    # pydantic puts the discriminator tag in the location ("generator.diffusion.lr"); drop it.
+    parts = [str(p) for p in loc if p not in ("diffusion", "gaussian")]
+    return ".".join(parts) or "(top level)"
+
+
+def _format_error(path: str | Path, err: ValidationError) -> str:
+    first = err.errors()[0]
+    msg = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+    elif first["type"] == "union_tag_invalid":
+        msg = f"unknown name {first.get('input')!r} (choose diffusion or gaussian)"
+    more = len(err.errors()) - 1
+    suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
+    return f"{path}: {_field_path(first['loc'])}: {msg}{suffix}"
+
+
+def parse_spec(data: Any, source: str | Path = "<study>") -> StudySpec:
+    """Validate a mapping into a StudySpec; raise SpecError naming the source and field."""
+    if not isinstance(data, dict):
+        raise SpecError(f"{source}: the study file must be a mapping of keys to values")
+    try:
+        return StudySpec.model_validate(data)
+    except ValidationError as err:
+        raise SpecError(_format_error(source, err)) from None
+
+
+def load_spec(path: str | Path) -> StudySpec:
+    """Read and validate a YAML study file (relative data roots are relative to the working directory)."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"{path}: study file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise SpecError(f"{path}: not valid YAML{where}") from None
+    except UnicodeDecodeError:
+        raise SpecError(f"{path}: not a text file") from None
+    return parse_spec(data, path)
+
+
+def flat_params(spec: StudySpec) -> dict[str, str]:
+    """The spec as dotted MLflow params (`generator.train_steps` -> '3000')."""
+    out: dict[str, str] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else k, v)
+        else:
+            out[prefix] = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+    walk("", spec.model_dump(mode="json"))
+    return out

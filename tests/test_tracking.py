@@ -1,0 +1,53 @@
+"""The tracker against a real (temporary) MLflow SQLite store."""
+import numpy as np
+import torch
+from mlflow.tracking import MlflowClient
+
+from synthdata.tracking import StudyTracker, resolve_tracking_uri, sample_grid
+
+
+def test_resolve_tracking_uri(monkeypatch, tmp_path):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert resolve_tracking_uri() == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert resolve_tracking_uri() == "http://127.0.0.1:5000"
+    assert resolve_tracking_uri("sqlite:////abs/x.db") == "sqlite:////abs/x.db"
+
+
+def test_parent_and_arm_runs_with_stepped_metrics(tracking_uri, tmp_path):
+    t = StudyTracker(tracking_uri, "exp", "study", {"loop.generations": "2"})
+    t.start_arm("replace/seed0", {"loop_type": "replace", "seed": "0"})
+    t.start_arm("augment/seed0", {"loop_type": "augment", "seed": "0"})
+    grid = sample_grid(torch.rand(16, 1, 8, 8) * 2 - 1)
+    for g in range(3):
+        t.log_generation("replace/seed0", g, {"detectability": 0.5 + g / 10, "nan_metric": float("nan")}, grid)
+    t.end_arm("replace/seed0")
+    t.end_arm("augment/seed0", "FAILED", "ValueError: boom")
+    t.log_table("results.txt", "table")
+    t.end("FAILED")
+
+    c = MlflowClient(tracking_uri)
+    exp = c.get_experiment_by_name("exp")
+    assert exp.artifact_location.startswith((tmp_path / "mlartifacts").as_uri())
+    runs = {r.info.run_name: r for r in c.search_runs([exp.experiment_id])}
+    assert set(runs) == {"study", "replace/seed0", "augment/seed0"}
+    parent = runs["study"]
+    assert parent.info.status == "FAILED" and parent.data.params["loop.generations"] == "2"
+    rep = runs["replace/seed0"]
+    assert rep.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert rep.data.params["loop_type"] == "replace" and rep.data.params["loop.generations"] == "2"
+    history = c.get_metric_history(rep.info.run_id, "detectability")
+    assert sorted(m.step for m in history) == [0, 1, 2]
+    assert "nan_metric" not in rep.data.metrics  # non-finite values are not logged
+    assert [a.path for a in c.list_artifacts(rep.info.run_id, "samples")] == [
+        f"samples/generation_{g:03d}.png" for g in range(3)
+    ]
+    assert runs["augment/seed0"].info.status == "FAILED"
+    assert runs["augment/seed0"].data.tags["synthdata.failure"] == "ValueError: boom"
+
+
+def test_sample_grid_is_uint8_and_upscaled():
+    grid = sample_grid(torch.rand(16, 1, 8, 8) * 2 - 1, nrow=8)
+    assert grid.dtype == np.uint8 and grid.ndim == 3
+    assert grid.shape[0] == 2 * 32 + 3 * 2  # two rows of 32 px with padding

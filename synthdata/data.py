@@ -184,7 +184,10 @@ def make_splits(spec: DataSpec, seed: int = 0) -> Splits:
     else:
         pool = load_digits_set() if spec.source == "digits" else _load_folder(Path(spec.root), spec.image_size)
         n = len(pool)
-        sizes = [int(n * fr.train), int(n * fr.heldout), int(n * fr.test)]
+        heldout, test = int(n * fr.heldout), int(n * fr.test)
+        # Rounding leftovers go to train when the fractions cover all the data.
+        train_n = n - heldout - test if fr.train + fr.heldout + fr.test > 1 - 1e-9 else int(n * fr.train)
+        sizes = [train_n, heldout, test]
         if min(sizes) < 2:
             raise DataError(f"data: {n} images are too few to split into train/heldout/test {sizes}")
         tr, ho, te = _stratified_split(pool.labels.numpy(), sizes, rng)

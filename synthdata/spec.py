@@ -172,7 +172,7 @@ def _format_error(path: str | Path, err: ValidationError) -> str:
     if first["type"] == "extra_forbidden":
         msg = "unknown key"
     elif first["type"] == "union_tag_invalid":
-        msg = f"unknown name {first.get('input')!r} (choose diffusion or gaussian)"
+        msg = f"unknown name {first.get('ctx', {}).get('tag')!r} (choose {first.get('ctx', {}).get('expected_tags')})"
     more = len(err.errors()) - 1
     suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
     return f"{path}: {_field_path(first['loc'])}: {msg}{suffix}"

@@ -24,7 +24,7 @@ def tiny_study(**overrides) -> dict:
         "loop": {"types": ["replace", "augment"], "generations": 2, "samples_per_generation": 300},
     }
     for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(study.get(key), dict):
+        if isinstance(value, dict) and isinstance(study.get(key), dict) and key != "generator":
             study[key] = {**study[key], **value}
         else:
             study[key] = value

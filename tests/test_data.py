@@ -15,11 +15,11 @@ from conftest import write_png
 
 def test_digits_splits_are_disjoint_stratified_and_seeded():
     labels = load_digits_set().labels.numpy()
-    parts = _stratified_split(labels, [1078, 359, 359], np.random.default_rng(0))
-    assert [len(p) for p in parts] == [1078, 359, 359]
-    assert len(set().union(*map(set, parts))) == 1078 + 359 + 359  # no index in two parts
+    parts = _stratified_split(labels, [1079, 359, 359], np.random.default_rng(0))
+    assert [len(p) for p in parts] == [1079, 359, 359]
+    assert len(set().union(*map(set, parts))) == 1079 + 359 + 359  # no index in two parts
     a = make_splits(DataSpec(), seed=0)
-    assert (len(a.train), len(a.heldout), len(a.test)) == (1078, 359, 359)
+    assert (len(a.train), len(a.heldout), len(a.test)) == (1079, 359, 359)
     # Every class in every split, in roughly the data's proportions.
     for s in (a.train, a.heldout, a.test):
         counts = torch.bincount(s.labels, minlength=10).float()

@@ -24,10 +24,13 @@ def test_gaussian_recovers_class_means_and_spreads(covariance):
     labels = torch.arange(2).repeat_interleave(2000)
     x = gen.sample(labels, seed=1).flatten(1)
     assert x.shape == (4000, 4)
+    train = data.images.flatten(1)
     for k in range(2):
-        xk = x[labels == k]
-        assert torch.allclose(xk.mean(0), means[k], atol=0.02)
-        assert torch.allclose(xk.std(0), torch.full((4,), float(std[k])), rtol=0.1)
+        xk, tk = x[labels == k], train[data.labels == k]
+        # The ML fit reproduces the training data's moments; 2000 samples pin them to ~1%.
+        assert torch.allclose(xk.mean(0), tk.mean(0), atol=4 * float(std[k]) / 2000**0.5)
+        assert torch.allclose(xk.std(0), tk.std(0), rtol=0.08)
+        assert torch.allclose(tk.mean(0), means[k], atol=5 * float(std[k]) / 400**0.5)  # sanity of the fixture
     assert torch.equal(gen.sample(labels, seed=1), gen.sample(labels, seed=1))
 
 

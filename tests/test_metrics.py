@@ -64,11 +64,16 @@ def test_exact_binomial_interval_and_p_value():
 
 
 def test_identical_distributions_are_undetectable(digits):
-    """Real vs real: two disjoint halves of the same data come out near 0.5."""
-    d = real_vs_real(digits.train.images, digits.heldout.images, DET, seed=0)
-    assert d.ci_low < 0.5 < d.ci_high
-    assert abs(d.accuracy - 0.5) < 0.08
-    assert d.p_value > 0.05
+    """Real vs real: two disjoint halves of the same data come out near 0.5.
+
+    One run's 95% interval misses 0.5 one time in twenty by design, so take five
+    seeds: their mean accuracy (SE ~0.012) must sit near 0.5, and at most one interval
+    may exclude it (P(two or more) ~ 2%)."""
+    runs = [real_vs_real(digits.train.images, digits.heldout.images, DET, seed=s) for s in range(5)]
+    mean = sum(d.accuracy for d in runs) / len(runs)
+    assert abs(mean - 0.5) < 0.04, [d.accuracy for d in runs]
+    assert sum(not (d.ci_low < 0.5 < d.ci_high) for d in runs) <= 1
+    assert sum(d.jsd_lower_bound for d in runs) / len(runs) < 0.02
 
 
 def test_a_known_corruption_is_detected(digits):

@@ -1,0 +1,117 @@
+"""Feature-space metrics: Fréchet distance, KID, precision/recall/density/coverage, diversity.
+
+For small data sets (digits, MNIST) Inception features say little, so the feature
+space is a classifier trained once per study on the real training data and frozen.
+Real features are computed once (`RealReference`) and reused for every generation and
+arm; only the samples' features are computed per generation. FID and KID come from
+torchmetrics, fed precomputed features through an identity extractor.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from synthdata.classifiers import SmallCNN, train_classifier
+
+
+class FeatureExtractor(nn.Module):
+    """A frozen classifier's globally pooled last conv features."""
+
+    def __init__(self, classifier: SmallCNN) -> None:
+        super().__init__()
+        self.net = classifier.eval().requires_grad_(False)
+        self.num_features = classifier.head.in_features
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.adaptive_avg_pool2d(self.net.features(x), 1).flatten(1)
+
+    @torch.no_grad()
+    def embed(self, images: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+        return torch.cat([self(chunk) for chunk in images.split(batch_size)])
+
+
+def train_feature_extractor(images: torch.Tensor, labels: torch.Tensor, num_classes: int, spec, *, seed: int) -> FeatureExtractor:
+    """Train the study's feature space: a classifier on the real training data, then frozen."""
+    return FeatureExtractor(train_classifier(spec, images, labels, num_classes, seed=seed))
+
+
+class _Identity(nn.Module):
+    """Lets torchmetrics take features we computed ourselves."""
+
+    def __init__(self, num_features: int) -> None:
+        super().__init__()
+        self.num_features = num_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+def _kth_neighbour_radii(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Distance from each row to its k-th nearest other row."""
+    d = torch.cdist(x, x)
+    return d.kthvalue(k + 1, dim=1).values  # +1: the row itself is at distance 0
+
+
+@dataclass
+class RealReference:
+    """Real features and their k-NN radii, computed once per study."""
+
+    features: torch.Tensor  # (N, D) float64
+    labels: torch.Tensor
+    radii: torch.Tensor
+    k: int
+
+    @classmethod
+    def build(cls, extractor: FeatureExtractor, images: torch.Tensor, labels: torch.Tensor, k: int = 5) -> "RealReference":
+        feats = extractor.embed(images).double()
+        return cls(feats, labels, _kth_neighbour_radii(feats, k), k)
+
+
+def prdc(real: RealReference, fake: torch.Tensor) -> dict[str, float]:
+    """Precision, recall, density and coverage (Naeem et al. 2020; Kynkäänniemi et al. 2019), k-NN manifolds."""
+    fake = fake.double()
+    d = torch.cdist(real.features, fake)  # (N_real, N_fake)
+    inside_real = d < real.radii[:, None]
+    fake_radii = _kth_neighbour_radii(fake, real.k)
+    return {
+        "precision": inside_real.any(0).double().mean().item(),
+        "recall": (d < fake_radii[None, :]).any(1).double().mean().item(),
+        "density": (inside_real.sum(0).double() / real.k).mean().item(),
+        "coverage": (d.min(1).values < real.radii).double().mean().item(),
+    }
+
+
+def class_spread(features: torch.Tensor, labels: torch.Tensor) -> float:
+    """Mean over classes of the root total variance of the class's features."""
+    spreads = [features[labels == c].var(0).sum().sqrt() for c in labels.unique() if (labels == c).sum() > 1]
+    return float(torch.stack(spreads).mean())
+
+
+def feature_metrics(real: RealReference, fake_features: torch.Tensor, fake_labels: torch.Tensor, *, kid_subset: int = 500) -> dict[str, float]:
+    """FID, KID (mean and std over subsets), PRDC and diversity of samples against the real reference.
+
+    `diversity` is the samples' per-class feature spread divided by the real data's:
+    1 is as diverse as real data, below 1 is collapsing.
+    """
+    from torchmetrics.image.fid import FrechetInceptionDistance
+    from torchmetrics.image.kid import KernelInceptionDistance
+
+    dim = real.features.shape[1]
+    fid = FrechetInceptionDistance(feature=_Identity(dim))
+    fid.update(real.features.float(), real=True)
+    fid.update(fake_features.float(), real=False)
+    subset = min(kid_subset, len(real.features), len(fake_features))
+    kid = KernelInceptionDistance(feature=_Identity(dim), subsets=50, subset_size=subset)
+    kid.update(real.features.float(), real=True)
+    kid.update(fake_features.float(), real=False)
+    with torch.random.fork_rng():  # KID draws random subsets: keep them reproducible and leave the caller's RNG alone
+        torch.manual_seed(0)
+        kid_mean, kid_std = kid.compute()
+    out = {"fid": float(fid.compute()), "kid": float(kid_mean), "kid_std": float(kid_std)}
+    out.update(prdc(real, fake_features))
+    out["diversity"] = class_spread(fake_features.double(), fake_labels) / class_spread(real.features, real.labels)
+    return out

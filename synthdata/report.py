@@ -1,0 +1,66 @@
+"""Figures and tables from a study's per-generation results.
+
+One figure per metric: the metric against generation, one line per loop type (or arm
+group), a band over seeds. Works on the table the runner prints, or on one rebuilt
+from MLflow.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+# Metrics worth a figure, in the order a reader wants them, with axis labels.
+FIGURE_METRICS: dict[str, str] = {
+    "detectability": "detectability (held-out accuracy)",
+    "detectability_jsd_lower_bound": "JSD lower bound (nats)",
+    "downstream_accuracy": "downstream accuracy (real test set)",
+    "fid": "Fréchet distance (study features)",
+    "kid": "KID (study features)",
+    "precision": "precision",
+    "recall": "recall",
+    "density": "density",
+    "coverage": "coverage",
+    "diversity": "diversity (per-class spread / real)",
+    "fitted_variance": "fitted variance",
+    "fitted_mean_error": "|fitted mean - true mean|",
+    "w2_to_truth": "W2 distance to the true distribution",
+}
+
+
+def metric_figures(table: pd.DataFrame, out_dir: str | Path, group: str = "group", title: str = "") -> list[Path]:
+    """Write `<metric>.png` for every known metric in `table`; return the paths.
+
+    `table` needs columns `generation`, `group` (the line: loop type, plus any swept
+    value) and one column per metric; rows of the same group and generation from
+    different seeds make the band (mean and standard deviation).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    sns.set_theme(style="whitegrid", context="notebook")
+    for metric, label in FIGURE_METRICS.items():
+        if metric not in table or table[metric].notna().sum() == 0:
+            continue
+        data = table[["generation", group, metric]].dropna()
+        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        sns.lineplot(data=data, x="generation", y=metric, hue=group, marker="o", errorbar="sd", ax=ax)
+        if metric == "detectability":
+            ax.axhline(0.5, color="grey", linestyle="--", linewidth=1, label="chance")
+        ax.set_ylabel(label)
+        ax.set_title(f"{title}: {label}" if title else label, fontsize=11)
+        if data["generation"].max() <= 20:
+            ax.set_xticks(sorted(data["generation"].unique()))
+        ax.legend(title=None, fontsize=9)
+        fig.tight_layout()
+        path = out_dir / f"{metric}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths

@@ -1,27 +1,40 @@
 """Run a loop study: arms as Ray streaming tasks, results logged to MLflow by the driver.
 
-study file -> spec (validated) -> real data (loaded and checked here, once) -> Ray arms
--> per-generation events -> MLflow + progress bars -> a table on the terminal.
+study file -> spec (validated) -> real data (loaded and checked here, once) -> the
+study's shared context (feature extractor, real features) -> Ray arms -> per-generation
+events -> MLflow + progress -> a table and figures.
 """
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pandas as pd
 
-from loops.autophagy import Arm, GenerationResult, Progress, device_for, run_arm
+from loops.autophagy import Arm, GenerationResult, Progress, ResumeState, StudyContext, device_for, run_arm
 from synthdata.data import Splits, make_splits
+from synthdata.errors import UserError
 from synthdata.generators import check_generator
-from synthdata.spec import StudySpec, flat_params
-from synthdata.tracking import StudyTracker, resolve_tracking_uri, sample_grid
+from synthdata.metrics.features import RealReference, train_feature_extractor
+from synthdata.report import metric_figures
+from synthdata.spec import StudySpec, flat_params, spec_hash
+from synthdata.tracking import StudyTracker, download_samples, find_resumable, resolve_tracking_uri, sample_grid
 
 
 def arms_of(spec: StudySpec) -> list[Arm]:
-    """One arm per loop type and seed, in the order the study file lists them."""
-    return [Arm(loop_type, seed) for loop_type in spec.loop.types for seed in spec.loop.seeds]
+    """One arm per loop type, swept value combination and seed, in the order the study file lists them."""
+    keys = list(spec.loop.sweep)
+    combos = list(itertools.product(*(spec.loop.sweep[k] for k in keys))) or [()]
+    return [
+        Arm(loop_type, seed, tuple(zip(keys, combo)))
+        for loop_type in spec.loop.types
+        for combo in combos
+        for seed in spec.loop.seeds
+    ]
 
 
 def init_ray(address: str | None, num_cpus: int | None = None) -> None:
@@ -38,12 +51,23 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
         ray.init(num_cpus=num_cpus, **kwargs)
 
 
-def _arm_task(spec: StudySpec, splits: Splits, arm: Arm):
+def study_context(spec: StudySpec, splits: Splits) -> StudyContext:
+    """What all arms share, computed once: the frozen feature extractor and the real features."""
+    if "features" not in spec.metrics:
+        return StudyContext()
+    heldout = splits.heldout
+    if heldout.images.shape[-1] == 1:  # toy vectors are their own features
+        return StudyContext(RealReference.build(None, heldout.images.flatten(1), heldout.labels))
+    extractor = train_feature_extractor(splits.train.images, splits.train.labels, splits.train.num_classes, spec.features, seed=0)
+    return StudyContext(RealReference.build(extractor, heldout.images, heldout.labels), extractor)
+
+
+def _arm_task(spec: StudySpec, splits: Splits, arm: Arm, context: StudyContext, resume: ResumeState | None):
     """The body of one arm's Ray task: pin torch threads to the CPUs Ray gave us, then stream events."""
     import torch
 
     torch.set_num_threads(max(1, int(spec.resources.cpus_per_arm)))
-    yield from run_arm(spec, splits, arm, device=device_for(spec.resources.gpus_per_arm))
+    yield from run_arm(spec, splits, arm, device=device_for(spec.resources.gpus_per_arm), context=context, resume=resume)
 
 
 @dataclass
@@ -52,21 +76,23 @@ class StudyResult:
     parent_run_id: str
     failed: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
+    figures: list[Path] = field(default_factory=list)
 
 
 class _Bars:
     """Progress per arm: a bar per arm over its generations on a terminal, one line per generation otherwise."""
 
-    def __init__(self, arms: list[Arm], generations: int, enabled: bool) -> None:
+    def __init__(self, arms: list[Arm], generations: int, enabled: bool, done: dict[str, int]) -> None:
         from tqdm.auto import tqdm
 
         self.enabled = enabled
         self.live = enabled and sys.stderr.isatty()
         self.width = max(len(a.name) for a in arms)
         self.total = generations
+        self.quiet = len(arms) * generations > 200  # many short generations: a line each would flood the log
         self.bars = {
-            a.name: tqdm(total=generations + 1, desc=a.name.ljust(self.width), position=i, unit="gen",
-                         leave=True, dynamic_ncols=True, file=sys.stderr, mininterval=0.5)
+            a.name: tqdm(total=generations + 1, initial=done.get(a.name, -1) + 1, desc=a.name.ljust(self.width), position=i,
+                         unit="gen", leave=True, dynamic_ncols=True, file=sys.stderr, mininterval=0.5)
             for i, a in enumerate(arms)
         } if self.live else {}
 
@@ -77,20 +103,61 @@ class _Bars:
             bar.refresh()
 
     def done(self, ev: GenerationResult) -> None:
-        shown = {k: v for k, v in ev.metrics.items() if k in ("detectability", "downstream_accuracy")}
-        summary = " ".join(f"{k}={v:.3f}" for k, v in shown.items())
+        shown = {k: v for k, v in ev.metrics.items() if k in ("detectability", "downstream_accuracy", "fid", "fitted_variance")}
+        summary = " ".join(f"{k}={v:.3g}" for k, v in shown.items())
         if self.live:
             bar = self.bars[ev.arm]
             bar.set_postfix_str(f"gen {ev.generation}: {summary}", refresh=False)
             bar.update(1)
-        elif self.enabled:
+        elif self.enabled and (not self.quiet or ev.generation == self.total):
             secs = sum(v for k, v in ev.metrics.items() if k.startswith("time_"))
-            print(f"{ev.arm.ljust(self.width)}  generation {ev.generation}/{self.total}  {summary}  ({secs:.0f}s)",
+            print(f"{ev.arm.ljust(self.width)}  generation {ev.generation}/{self.total}  {summary}  ({secs:.1f}s)",
                   file=sys.stderr, flush=True)
 
     def close(self) -> None:
         for bar in self.bars.values():
             bar.close()
+
+
+def _prepare_resume(spec: StudySpec, uri: str, arms: list[Arm]):
+    """The run to continue and each arm's ResumeState; UserError when there is nothing that matches."""
+    found, fingerprint = find_resumable(uri, spec.experiment_name, spec.name)
+    if found is None:
+        raise UserError(f"--resume: no earlier run of study '{spec.name}' in experiment '{spec.experiment_name}' at {uri}")
+    if fingerprint != spec_hash(spec):
+        raise UserError(
+            f"--resume: the latest run of study '{spec.name}' ({found.parent_id}) was made from a different study file; "
+            "run without --resume, or give the study another name"
+        )
+    states: dict[str, ResumeState | None] = {}
+    for arm in arms:
+        done = found.done.get(arm.name, -1)
+        if done < 0:
+            states[arm.name] = None
+            continue
+        keep = range(1, done + 1) if arm.loop_type == "accumulate" else range(max(1, done), done + 1)
+        history = [download_samples(uri, found.arm_runs[arm.name], g) for g in keep if g >= 1]
+        states[arm.name] = ResumeState(done + 1, history)
+    return found, states
+
+
+def _table_from_mlflow(uri: str, tracker: StudyTracker, arms: list[Arm]) -> list[dict]:
+    """Rows for generations logged before a resume, so the final table covers the whole study."""
+    rows: dict[tuple[str, int], dict] = {}
+    for arm in arms:
+        run_id = tracker.arm_runs.get(arm.name)
+        if run_id is None:
+            continue
+        run = tracker.client.get_run(run_id)
+        for key in run.data.metrics:
+            for m in tracker.client.get_metric_history(run_id, key):
+                row = rows.setdefault((arm.name, m.step), _row_base(arm, m.step))
+                row[key] = m.value
+    return list(rows.values())
+
+
+def _row_base(arm: Arm, generation: int) -> dict:
+    return {"arm": arm.name, "group": arm.group, "loop_type": arm.loop_type, "seed": arm.seed, "generation": generation}
 
 
 def run_loop_study(
@@ -99,6 +166,7 @@ def run_loop_study(
     address: str | None = None,
     tracking_uri: str | None = None,
     show_progress: bool = True,
+    resume: bool = False,
 ) -> StudyResult:
     """Run every arm of a loop study on Ray and log it to MLflow. Returns the per-generation table."""
     import ray
@@ -107,27 +175,39 @@ def run_loop_study(
     splits = make_splits(spec.data, seed=0)  # data errors surface here, before Ray or MLflow
     check_generator(spec.generator, splits.train.shape)
     arms = arms_of(spec)
+    by_name = {a.name: a for a in arms}
+    uri = resolve_tracking_uri(tracking_uri or spec.tracking.uri)
+    found, states = _prepare_resume(spec, uri, arms) if resume else (None, {})
 
     init_ray(address or spec.resources.address)
-    uri = resolve_tracking_uri(tracking_uri or spec.tracking.uri)
-    tracker = StudyTracker(uri, spec.experiment_name, spec.name, flat_params(spec), tags={"synthdata.kind": spec.kind})
+    context = study_context(spec, splits)
+    tracker = StudyTracker(
+        uri, spec.experiment_name, spec.name, flat_params(spec),
+        tags={"synthdata.kind": spec.kind, "synthdata.spec_hash": spec_hash(spec)}, resume=found,
+    )
     remote = ray.remote(_arm_task).options(
         num_cpus=spec.resources.cpus_per_arm, num_gpus=spec.resources.gpus_per_arm, max_retries=0
     )
-    splits_ref = ray.put(splits)
+    splits_ref, context_ref = ray.put(splits), ray.put(context)
     streams = {}
+    done = found.done if found else {}
+    rows: list[dict] = _table_from_mlflow(uri, tracker, arms) if found else []
     for arm in arms:
-        tracker.start_arm(arm.name, {"loop_type": arm.loop_type, "seed": str(arm.seed), "arm": arm.name})
-        streams[remote.remote(spec, splits_ref, arm)] = arm
+        tracker.start_arm(arm.name, arm.params())
+        if done.get(arm.name, -1) >= spec.loop.generations:
+            tracker.end_arm(arm.name, "FINISHED")
+            continue
+        streams[remote.remote(spec, splits_ref, arm, context_ref, states.get(arm.name))] = arm
 
-    bars = _Bars(arms, spec.loop.generations, show_progress)
-    rows: list[dict] = []
+    bars = _Bars(arms, spec.loop.generations, show_progress, done)
     failed: dict[str, str] = {}
     status = "FAILED"
     try:
         pending = list(streams)
         while pending:
             ready, _ = ray.wait(pending, num_returns=1, timeout=5.0)
+            if not ready:
+                tracker.flush()  # nothing new for a while: write what is buffered
             for stream in ready:
                 arm = streams[stream]
                 try:
@@ -144,11 +224,11 @@ def run_loop_study(
                     continue
                 if isinstance(event, Progress):
                     bars.progress(event)
-                else:
-                    grid = sample_grid(event.samples) if spec.tracking.sample_grid and event.samples is not None else None
-                    tracker.log_generation(event.arm, event.generation, event.metrics, grid)
-                    rows.append({"arm": event.arm, "generation": event.generation, **event.metrics})
-                    bars.done(event)
+                    continue
+                grid = sample_grid(event.grid[0]) if spec.tracking.sample_grid and event.grid is not None else None
+                tracker.log_generation(event.arm, event.generation, event.metrics, grid, event.samples, event.generator_state)
+                rows.append({**_row_base(by_name[event.arm], event.generation), **event.metrics})
+                bars.done(event)
         status = "FAILED" if failed else "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
@@ -156,11 +236,20 @@ def run_loop_study(
     finally:
         bars.close()
         table = results_table(rows)
+        figures: list[Path] = []
         if not table.empty:
-            tracker.log_table("results.txt", format_table(table))
+            out_dir = Path(spec.tracking.report_dir) / spec.name
+            out_dir.mkdir(parents=True, exist_ok=True)
+            text = format_table(table)
+            (out_dir / "results.txt").write_text(text + "\n")
+            table.to_csv(out_dir / "results.csv", index=False)
+            tracker.log_table("results.txt", text)
             tracker.log_table("results.csv", table.to_csv(index=False))
+            if status != "KILLED":
+                figures = metric_figures(table, out_dir / "figures", title=spec.name)
+                tracker.log_figures(figures)
         tracker.end(status)
-    return StudyResult(table, tracker.parent_id, failed, time.perf_counter() - start)
+    return StudyResult(table, tracker.parent_id, failed, time.perf_counter() - start, figures)
 
 
 def _short_reason(err: Exception) -> str:
@@ -173,14 +262,34 @@ def _short_reason(err: Exception) -> str:
 
 
 def results_table(rows: list[dict]) -> pd.DataFrame:
-    """Rows of (arm, generation) sorted for reading."""
+    """Rows of (arm, generation), one per generation, sorted for reading."""
     if not rows:
         return pd.DataFrame()
-    return pd.DataFrame(rows).sort_values(["arm", "generation"]).reset_index(drop=True)
+    table = pd.DataFrame(rows).drop(columns=["generation_done"], errors="ignore")
+    return table.drop_duplicates(["arm", "generation"], keep="last").sort_values(["arm", "generation"]).reset_index(drop=True)
 
 
-def format_table(table: pd.DataFrame) -> str:
-    """arm x generation x metric, with 95% intervals beside the accuracies."""
+# (column, header, format) of the metrics a table shows, in reading order.
+TABLE_METRICS = (
+    ("detectability_jsd_lower_bound", "JSD bound", ".3f"),
+    ("fid", "FID", ".2f"),
+    ("precision", "prec", ".2f"),
+    ("recall", "rec", ".2f"),
+    ("coverage", "cov", ".2f"),
+    ("diversity", "diversity", ".2f"),
+    ("fitted_variance", "fitted var", ".4f"),
+    ("w2_to_truth", "W2 to truth", ".3f"),
+)
+
+
+def format_table(table: pd.DataFrame, max_rows: int = 60) -> str:
+    """arm x generation x metric, with 95% intervals beside the accuracies.
+
+    Larger studies (many seeds or generations) print `summary_table` instead; the CSV
+    written beside the figures has every row.
+    """
+    if len(table) > max_rows:
+        return summary_table(table)
     out = pd.DataFrame({"arm": table["arm"], "gen": table["generation"]})
 
     def with_ci(col: str) -> pd.Series:
@@ -189,11 +298,32 @@ def format_table(table: pd.DataFrame) -> str:
             axis=1,
         )
 
+    def plain(col: str, fmt: str) -> pd.Series:
+        return table[col].map(lambda v: "" if pd.isna(v) else format(v, fmt))
+
     if "detectability" in table:
         out["detectability (95% CI)"] = with_ci("detectability")
-        out["JSD bound"] = table["detectability_jsd_lower_bound"].map("{:.3f}".format)
     if "downstream_accuracy" in table:
         out["downstream acc (95% CI)"] = with_ci("downstream_accuracy")
+    for col, name, fmt in TABLE_METRICS:
+        if col in table:
+            out[name] = plain(col, fmt)
     if "time_fit_s" in table:
-        out["fit s"] = table["time_fit_s"].map(lambda v: "" if pd.isna(v) else f"{v:.0f}")
+        out["fit s"] = plain("time_fit_s", ".0f")
     return out.to_string(index=False)
+
+
+def summary_table(table: pd.DataFrame, points: int = 5) -> str:
+    """One row per line of the study (loop type + swept values) at a few generations: mean ± sd over seeds."""
+    last = int(table["generation"].max())
+    shown = sorted({0, 1, *(round(last * i / (points - 1)) for i in range(1, points))})
+    metrics = [(c, n, f) for c, n, f in (("detectability", "detectability", ".3f"), ("downstream_accuracy", "downstream acc", ".3f"),
+                                          *TABLE_METRICS) if c in table]
+    rows = table[table["generation"].isin(shown)].dropna(how="all", subset=[c for c, _, _ in metrics])
+    grouped = rows.groupby(["group", "generation"])
+    out = grouped.size().rename("seeds").reset_index()
+    for col, name, fmt in metrics:
+        mean, sd = grouped[col].mean().values, grouped[col].std().fillna(0).values
+        out[name] = [("" if pd.isna(m) else f"{m:{fmt}} ± {d:{fmt}}") for m, d in zip(mean, sd)]
+    out = out.rename(columns={"generation": "gen"})
+    return out.to_string(index=False) + "\n(mean ± sd over seeds; every generation and arm is in results.csv)"

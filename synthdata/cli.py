@@ -27,6 +27,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray).")
     r.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db).")
     r.add_argument("--no-progress", action="store_true", help="Do not draw progress bars.")
+    r.add_argument("--resume", action="store_true", help="Continue the study's latest run from each arm's last finished generation.")
     return p
 
 
@@ -48,10 +49,14 @@ def _run(args: argparse.Namespace) -> int:
     spec = load_spec(args.study)  # validate before importing Ray or touching MLflow
     from loops.runner import format_table, run_loop_study
 
-    result = run_loop_study(spec, address=args.address, tracking_uri=args.tracking_uri, show_progress=not args.no_progress)
+    result = run_loop_study(
+        spec, address=args.address, tracking_uri=args.tracking_uri, show_progress=not args.no_progress, resume=args.resume
+    )
     print()
     print(f"study '{spec.name}': {len(result.table)} rows in {result.seconds:.0f}s  (MLflow parent run {result.parent_run_id})")
     print(format_table(result.table))
+    if result.figures:
+        print(f"figures: {result.figures[0].parent}/ ({', '.join(p.stem for p in result.figures)})")
     for arm, reason in result.failed.items():
         print(f"arm {arm} FAILED: {reason}", file=sys.stderr)
     return 1 if result.failed else 0

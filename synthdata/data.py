@@ -26,7 +26,7 @@ class ImageSet:
     images: torch.Tensor  # (N, C, H, W) float32
     labels: torch.Tensor  # (N,) int64
     num_classes: int
-    levels: int = 256  # intensity levels of the stored format; samples are quantized to match
+    levels: int | None = 256  # intensity levels of the stored format (None: continuous); samples are quantized to match
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -40,6 +40,14 @@ class ImageSet:
         return tuple(self.images.shape[1:])  # type: ignore[return-value]
 
 
+@dataclass(frozen=True)
+class ToyTruth:
+    """The true distribution of a toy source: class k is N(means[k], std^2 I)."""
+
+    means: torch.Tensor  # (K, D)
+    std: float
+
+
 @dataclass
 class Splits:
     """Disjoint real-data roles. `heldout` and `test` never train a generator."""
@@ -47,14 +55,18 @@ class Splits:
     train: ImageSet
     heldout: ImageSet
     test: ImageSet
+    truth: ToyTruth | None = None  # known only for toy sources
 
 
-def quantize(x: torch.Tensor, levels: int) -> torch.Tensor:
+def quantize(x: torch.Tensor, levels: int | None) -> torch.Tensor:
     """Snap [-1, 1] values to `levels` evenly spaced intensities, as saving to the data's format would.
 
     Without this a detector can separate continuous samples from quantized real images
-    by their value grid alone, which says nothing about the generator.
+    by their value grid alone, which says nothing about the generator. `levels=None`
+    (continuous toy data) returns `x` unchanged.
     """
+    if levels is None:
+        return x
     q = levels - 1
     return torch.round((x.clamp(-1, 1) + 1) * (q / 2)) / (q / 2) - 1
 
@@ -167,12 +179,34 @@ def _stratified_split(labels: np.ndarray, sizes: list[int], rng: np.random.Gener
     return [np.sort(np.array(p, dtype=np.int64)) for p in parts]
 
 
+def toy_gaussian_splits(toy, seed: int = 0) -> Splits:
+    """Samples of a known Gaussian per class, as (N, dim, 1, 1) "images" (a 1x1 CNN is an MLP)."""
+    g = torch.Generator().manual_seed(seed)
+    means = torch.zeros(toy.classes, toy.dim)
+    means[:, 0] = toy.separation * (torch.arange(toy.classes) - (toy.classes - 1) / 2)
+    truth = ToyTruth(means, toy.std)
+
+    def draw(n: int) -> ImageSet:
+        return sample_truth(truth, torch.arange(n) % toy.classes, g)
+
+    return Splits(draw(toy.train), draw(toy.heldout), draw(toy.test), truth)
+
+
+def sample_truth(truth: ToyTruth, labels: torch.Tensor, g: torch.Generator) -> ImageSet:
+    """Fresh samples of a toy source's true distribution for the given labels."""
+    k, d = truth.means.shape
+    x = truth.means[labels] + truth.std * torch.randn(len(labels), d, generator=g)
+    return ImageSet(x[:, :, None, None], labels, k, levels=None)
+
+
 def make_splits(spec: DataSpec, seed: int = 0) -> Splits:
     """Load the real data named by `spec` and split it into disjoint train / held-out / test parts.
 
     The split depends only on the data and `seed`, so every arm of a study sees the same one.
     Sources with an official test split (the torchvision sets) use it as the test part.
     """
+    if spec.source == "gaussian":
+        return toy_gaussian_splits(spec.toy, seed)
     rng = np.random.default_rng(seed)
     fr = spec.split
     if spec.source in ("mnist", "fashion_mnist", "cifar10"):

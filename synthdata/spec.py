@@ -5,6 +5,7 @@ Unknown keys are refused everywhere, so a typo never silently falls back to a de
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -13,8 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from synthdata.errors import SpecError
 
-LoopType = Literal["replace", "augment"]
-LOOP_TYPES: tuple[str, ...] = ("replace", "augment")
+LoopType = Literal["replace", "augment", "fresh", "accumulate"]
+LOOP_TYPES: tuple[str, ...] = ("replace", "augment", "fresh", "accumulate")
+Metric = Literal["detectability", "downstream", "features", "toy"]
 METRICS: tuple[str, ...] = ("detectability", "downstream")
 
 
@@ -40,12 +42,25 @@ class SplitSpec(_Strict):
         return self
 
 
+class ToyDataSpec(_Strict):
+    """A known distribution for checking loops against theory: class k is N(mu_k, std^2 I) in `dim` dimensions."""
+
+    dim: int = Field(2, ge=1, le=1024, description="Dimension of each sample.")
+    classes: int = Field(1, ge=1, le=100, description="Number of classes (Gaussians), means spread `separation` apart.")
+    std: float = Field(1.0, gt=0, description="Standard deviation of every coordinate.")
+    separation: float = Field(4.0, ge=0, description="Distance between neighbouring class means.")
+    train: int = Field(100, ge=2, description="Real training samples (the first generation's n).")
+    heldout: int = Field(1000, ge=2, description="Held-out real samples (detectability, feature metrics).")
+    test: int = Field(1000, ge=2, description="Real test samples (downstream accuracy).")
+
+
 class DataSpec(_Strict):
     """Where the real images come from."""
 
-    source: Literal["digits", "mnist", "fashion_mnist", "cifar10", "folder"] = Field(
-        "digits", description="digits (scikit-learn, embedded), a torchvision data set, or an image folder."
+    source: Literal["digits", "mnist", "fashion_mnist", "cifar10", "folder", "gaussian"] = Field(
+        "digits", description="digits (scikit-learn, embedded), a torchvision data set, an image folder, or a toy Gaussian."
     )
+    toy: ToyDataSpec = Field(default_factory=ToyDataSpec, description="The toy distribution (source: gaussian).")
     root: Path | None = Field(
         None, description="Directory of a torchvision data set or of an image folder (one sub-folder per class)."
     )
@@ -56,10 +71,10 @@ class DataSpec(_Strict):
 
     @model_validator(mode="after")
     def _root_exists(self) -> "DataSpec":
-        if self.source == "digits":
+        if self.source in ("digits", "gaussian"):
             return self
         if self.root is None:
-            raise ValueError(f"data.root is required for source '{self.source}'")
+            raise ValueError(f"data.root: required for source '{self.source}'")
         if not self.download and not self.root.is_dir():
             raise ValueError(f"data.root: directory does not exist: {self.root}")
         return self
@@ -81,6 +96,18 @@ class DiffusionSpec(_Strict):
     beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "squaredcos_cap_v2"
     sampling_steps: int = Field(25, ge=1, le=1000, description="DDIM steps when sampling.")
     sample_batch_size: int = Field(512, ge=1)
+    cond_dropout: float = Field(
+        0.0, ge=0, lt=1, description="Fraction of training steps with the label dropped (needed for guidance)."
+    )
+    guidance_scale: float = Field(
+        1.0, ge=0, le=20, description="Sampling bias: classifier-free guidance scale (1 = plain conditional sampling)."
+    )
+
+    @model_validator(mode="after")
+    def _guidance_needs_dropout(self) -> "DiffusionSpec":
+        if self.guidance_scale != 1.0 and self.cond_dropout == 0:
+            raise ValueError("guidance_scale != 1 needs an unconditional model: set cond_dropout > 0 (e.g. 0.1)")
+        return self
 
 
 class GaussianSpec(_Strict):
@@ -90,9 +117,21 @@ class GaussianSpec(_Strict):
     covariance: Literal["full", "diag"] = Field("full", description="Full or diagonal covariance.")
     ridge: float = Field(1e-3, ge=0, description="Added to the covariance diagonal so that it stays invertible.")
     unbiased: bool = Field(False, description="Refit with the (n-1) covariance instead of the ML (n) one.")
+    temperature: float = Field(1.0, gt=0, le=10, description="Sampling bias: sample from N(mu, temperature * Sigma).")
 
 
-GeneratorSpec = Annotated[Union[DiffusionSpec, GaussianSpec], Field(discriminator="name")]
+class GMMSpec(_Strict):
+    """Toy generator: a Gaussian mixture per class (scikit-learn, EM)."""
+
+    name: Literal["gmm"] = "gmm"
+    components: int = Field(3, ge=1, le=100, description="Mixture components per class.")
+    covariance: Literal["full", "diag"] = "full"
+    ridge: float = Field(1e-3, ge=0, description="Added to every covariance diagonal (scikit-learn's reg_covar).")
+    temperature: float = Field(1.0, gt=0, le=10, description="Sampling bias: component covariances scaled by this.")
+
+
+GENERATOR_NAMES = ("diffusion", "gaussian", "gmm")
+GeneratorSpec = Annotated[Union[DiffusionSpec, GaussianSpec, GMMSpec], Field(discriminator="name")]
 
 
 class ClassifierSpec(_Strict):
@@ -106,19 +145,48 @@ class ClassifierSpec(_Strict):
     weight_decay: float = Field(5e-4, ge=0)
 
 
+SWEEPABLE = (
+    "generator.guidance_scale",
+    "generator.temperature",
+    "loop.real_fraction",
+    "loop.samples_per_generation",
+)
+
+
 class LoopSpec(_Strict):
     """The self-consuming loop: which loop types, for how many generations, with which seeds."""
 
     types: tuple[LoopType, ...] = Field(("replace", "augment"), min_length=1, description="Loop types to run, one arm each per seed.")
     generations: int = Field(3, ge=1, le=10_000, description="Generations T per arm.")
-    samples_per_generation: int = Field(1000, ge=10, description="Samples each generation adds to the next training set.")
+    samples_per_generation: int = Field(1000, ge=2, description="Samples each generation adds to the next training set.")
+    real_fraction: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="augment/fresh: the real share of each training set from generation 2 on. "
+        "Default: augment keeps the whole real training set, fresh draws as many real images as samples (0.5).",
+    )
     seeds: tuple[int, ...] = Field((0,), min_length=1, description="One arm per loop type and seed.")
+    sweep: dict[str, tuple[float, ...]] = Field(
+        default_factory=dict,
+        description="Extra arm dimensions: a dotted spec field and its values, e.g. {generator.temperature: [0.9, 1.0]}.",
+    )
 
     @field_validator("types", "seeds")
     @classmethod
     def _unique(cls, v: tuple) -> tuple:
         if len(set(v)) != len(v):
             raise ValueError("entries must be unique")
+        return v
+
+    @field_validator("sweep")
+    @classmethod
+    def _sweepable(cls, v: dict) -> dict:
+        for key, values in v.items():
+            if key not in SWEEPABLE:
+                raise ValueError(f"cannot sweep {key!r}; sweepable fields: {', '.join(SWEEPABLE)}")
+            if not values or len(set(values)) != len(values):
+                raise ValueError(f"{key}: give one or more distinct values")
         return v
 
 
@@ -128,6 +196,10 @@ class TrackingSpec(_Strict):
     experiment: str | None = Field(None, min_length=1, description="MLflow experiment (default: the study name).")
     uri: str | None = Field(None, description="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db).")
     sample_grid: bool = Field(True, description="Log a grid of samples per generation as an image artifact.")
+    checkpoints: bool = Field(
+        True, description="Keep each generation's generator weights and samples as artifacts (needed by --resume)."
+    )
+    report_dir: Path = Field(Path("runs"), description="Figures and tables are also written to REPORT_DIR/<study name>/.")
 
 
 class ResourcesSpec(_Strict):
@@ -149,8 +221,14 @@ class StudySpec(_Strict):
     detector: ClassifierSpec = Field(default_factory=lambda: ClassifierSpec(epochs=10))
     downstream: ClassifierSpec = Field(default_factory=ClassifierSpec)
     loop: LoopSpec = Field(default_factory=LoopSpec)
-    metrics: tuple[Literal["detectability", "downstream"], ...] = Field(
-        METRICS, min_length=1, description="Per-generation metrics."
+    metrics: tuple[Metric, ...] = Field(
+        METRICS,
+        min_length=1,
+        description="Per-generation metrics: detectability, downstream, features (FID, KID, precision/recall/"
+        "density/coverage, diversity), toy (fitted mean/variance and distance to the truth; gaussian data only).",
+    )
+    features: ClassifierSpec = Field(
+        default_factory=ClassifierSpec, description="The study's feature extractor, trained once on real data (metric: features)."
     )
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
@@ -159,23 +237,53 @@ class StudySpec(_Strict):
     def experiment_name(self) -> str:
         return self.tracking.experiment or self.name
 
+    @model_validator(mode="after")
+    def _consistent(self) -> "StudySpec":
+        if "toy" in self.metrics and self.data.source != "gaussian":
+            raise ValueError("metrics: 'toy' needs data.source: gaussian (a known true distribution)")
+        if self.data.source == "gaussian" and self.generator.name == "diffusion":
+            raise ValueError("generator: the toy gaussian source is vectors, not images; use gaussian or gmm")
+        for key, values in self.loop.sweep.items():
+            section, field = key.split(".")
+            target = getattr(self, section)
+            if field not in type(target).model_fields:
+                raise ValueError(f"loop.sweep: {key} does not apply to generator {self.generator.name!r}")
+            for value in values:  # every swept value must make a valid spec
+                with_value(self, key, value)
+        return self
+
+
+def with_value(spec: "StudySpec", key: str, value: Any) -> "StudySpec":
+    """A copy of `spec` with the dotted field `key` set to `value`, validated."""
+    section, field = key.split(".")
+    data = spec.model_dump()
+    if field == "samples_per_generation":
+        value = int(value)
+    data[section][field] = value
+    data["loop"]["sweep"] = {}
+    return StudySpec.model_validate(data)
 
 def _field_path(loc: tuple[Any, ...]) -> str:
     # pydantic puts the discriminator tag in the location ("generator.diffusion.lr"); drop it.
-    parts = [str(p) for p in loc if p not in ("diffusion", "gaussian")]
+    parts = [str(p) for p in loc if p not in GENERATOR_NAMES]
     return ".".join(parts) or "(top level)"
 
 
-def _format_error(path: str | Path, err: ValidationError) -> str:
+def _format_error(source: str | Path, err: ValidationError) -> str:
     first = err.errors()[0]
     msg = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         msg = "unknown key"
     elif first["type"] == "union_tag_invalid":
         msg = f"unknown name {first.get('ctx', {}).get('tag')!r} (choose {first.get('ctx', {}).get('expected_tags')})"
+    path = _field_path(first["loc"])
+    # Cross-field checks name their own field ("loop.sweep: ..."); use it when it is more precise.
+    named = re.match(r"^([A-Za-z_][\w.]*): (.*)$", msg, re.S)
+    if named and (path == "(top level)" or named.group(1).startswith(path)):
+        path, msg = named.groups()
     more = len(err.errors()) - 1
     suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
-    return f"{path}: {_field_path(first['loc'])}: {msg}{suffix}"
+    return f"{source}: {path}: {msg}{suffix}"
 
 
 def parse_spec(data: Any, source: str | Path = "<study>") -> StudySpec:
@@ -202,6 +310,15 @@ def load_spec(path: str | Path) -> StudySpec:
     except UnicodeDecodeError:
         raise SpecError(f"{path}: not a text file") from None
     return parse_spec(data, path)
+
+
+def spec_hash(spec: StudySpec) -> str:
+    """A short fingerprint of what the study computes (tracking and resources excluded), to match a resume."""
+    import hashlib
+    import json
+
+    data = spec.model_dump(mode="json", exclude={"tracking", "resources", "description"})
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def flat_params(spec: StudySpec) -> dict[str, str]:

@@ -6,14 +6,50 @@ on a local SQLite store and exactly one value per metric and generation.
 """
 from __future__ import annotations
 
-import time
 import os
+import tempfile
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from synthdata.data import ImageSet
+
 DEFAULT_DB = "mlflow.db"
+DONE_METRIC = "generation_done"  # logged with a generation's metrics: the generation's commit marker
+
+
+def checkpoint_dir(generation: int) -> str:
+    return f"checkpoints/generation_{generation:03d}"
+
+
+def save_samples(samples: ImageSet, path: Path) -> None:
+    """Samples as safetensors: quantized images as uint8 codes of their levels (exact), else float32."""
+    from safetensors.torch import save_file
+
+    if samples.levels is not None and samples.levels <= 256:
+        codes = torch.round((samples.images.clamp(-1, 1) + 1) * (samples.levels - 1) / 2).to(torch.uint8)
+        tensors = {"images": codes}
+    else:
+        tensors = {"images": samples.images.float().contiguous()}
+    tensors["labels"] = samples.labels.long().contiguous()
+    meta = {"levels": str(samples.levels), "num_classes": str(samples.num_classes)}
+    save_file(tensors, str(path), metadata=meta)
+
+
+def load_samples(path: Path) -> ImageSet:
+    """Inverse of `save_samples` (safetensors only: no pickle is ever loaded)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+        images, labels = f.get_tensor("images"), f.get_tensor("labels")
+    levels = None if meta["levels"] == "None" else int(meta["levels"])
+    if images.dtype == torch.uint8:
+        images = images.float() * (2 / (levels - 1)) - 1
+    return ImageSet(images, labels, int(meta["num_classes"]), levels)
 
 
 def resolve_tracking_uri(uri: str | None = None) -> str:
@@ -45,20 +81,84 @@ def get_or_create_experiment(uri: str, name: str) -> str:
     return client.create_experiment(name, artifact_location=location)
 
 
+@dataclass
+class Resumable:
+    """A study run that can be continued: its parent run and, per arm, its run and last finished generation."""
+
+    parent_id: str
+    status: str
+    arm_runs: dict[str, str] = field(default_factory=dict)
+    done: dict[str, int] = field(default_factory=dict)  # arm -> last finished generation (-1: none)
+
+
+def find_resumable(uri: str, experiment: str, study: str) -> tuple[Resumable | None, str | None]:
+    """The latest run of `study` in `experiment`, with its spec hash; (None, None) when there is none."""
+    client = _client(uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return None, None
+    parents = client.search_runs(
+        [exp.experiment_id],
+        filter_string=f"tags.`synthdata.study` = '{study}' and tags.`synthdata.role` = 'study'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    if not parents:
+        return None, None
+    parent = parents[0]
+    found = Resumable(parent.info.run_id, parent.info.status)
+    children = client.search_runs([exp.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    for run in children:
+        arm = run.data.tags.get("synthdata.arm", run.info.run_name)
+        found.arm_runs[arm] = run.info.run_id
+        history = client.get_metric_history(run.info.run_id, DONE_METRIC)
+        found.done[arm] = int(max((m.step for m in history), default=-1))
+    return found, parent.data.tags.get("synthdata.spec_hash")
+
+
+def download_samples(uri: str, run_id: str, generation: int) -> ImageSet:
+    """The samples a finished generation kept as its checkpoint."""
+    import mlflow.artifacts
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path=f"{checkpoint_dir(generation)}/samples.safetensors", dst_path=tmp, tracking_uri=uri
+        )
+        return load_samples(Path(path))
+
+
 class StudyTracker:
     """Writes one study's runs. Create it in the driver, after the spec and data are validated."""
 
-    def __init__(self, uri: str, experiment: str, study: str, params: dict[str, str], tags: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        uri: str,
+        experiment: str,
+        study: str,
+        params: dict[str, str],
+        tags: dict[str, str] | None = None,
+        resume: Resumable | None = None,
+    ) -> None:
         self.uri = uri
         self.client = _client(uri)
         self.experiment_id = get_or_create_experiment(uri, experiment)
+        self.study = study
+        self.params = params
+        self.arm_runs: dict[str, str] = {}
+        self.flush_every_s = 2.0
+        self._pending: dict[str, list] = {}
+        self._flushed: dict[str, float] = {}
+        if resume is not None:  # continue the same runs, so each metric keeps one value per generation
+            self.parent_id = resume.parent_id
+            self.client.update_run(self.parent_id, status="RUNNING")
+            for arm, run_id in resume.arm_runs.items():
+                self.arm_runs[arm] = run_id
+                self.client.update_run(run_id, status="RUNNING")
+            return
         base_tags = {"synthdata.study": study, "synthdata.role": "study", **(tags or {})}
         run = self.client.create_run(self.experiment_id, run_name=study, tags=base_tags)
         self.parent_id = run.info.run_id
-        self.study = study
-        self.params = params
         self._log_params(self.parent_id, params)
-        self.arm_runs: dict[str, str] = {}
 
     def _log_params(self, run_id: str, params: dict[str, str]) -> None:
         from mlflow.entities import Param
@@ -69,6 +169,8 @@ class StudyTracker:
 
     def start_arm(self, arm: str, params: dict[str, str]) -> str:
         """A child run named after the arm (`replace/seed0`), with the study's params plus the arm's."""
+        if arm in self.arm_runs:  # resumed
+            return self.arm_runs[arm]
         run = self.client.create_run(
             self.experiment_id,
             run_name=arm,
@@ -78,21 +180,63 @@ class StudyTracker:
         self.arm_runs[arm] = run.info.run_id
         return run.info.run_id
 
-    def log_generation(self, arm: str, generation: int, metrics: dict[str, float], grid: np.ndarray | None = None) -> None:
-        """Metrics at step=generation, and the sample grid as `samples/generation_XXX.png`."""
+    def log_generation(
+        self,
+        arm: str,
+        generation: int,
+        metrics: dict[str, float],
+        grid: np.ndarray | None = None,
+        samples: ImageSet | None = None,
+        generator_state: dict[str, torch.Tensor] | None = None,
+    ) -> None:
+        """Artifacts first (sample grid, checkpoint), then all metrics at step=generation in one batch.
+
+        The batch carries `generation_done` as well, so a generation counts as finished
+        exactly when its metrics are in: a study killed half-way through a generation
+        left no metric of it, and a resume redoes it without logging anything twice.
+        """
         from mlflow.entities import Metric
 
         run_id = self.arm_runs[arm]
-        ts = int(time.time() * 1000)
-        items = [Metric(k, float(v), ts, generation) for k, v in metrics.items() if np.isfinite(v)]
-        self.client.log_batch(run_id, metrics=items)
         if grid is not None:
             self.client.log_image(run_id, grid, artifact_file=f"samples/generation_{generation:03d}.png")
+        if samples is not None or generator_state is not None:
+            with tempfile.TemporaryDirectory() as tmp:
+                if samples is not None:
+                    save_samples(samples, Path(tmp) / "samples.safetensors")
+                if generator_state is not None:
+                    from safetensors.torch import save_file
+
+                    save_file(generator_state, str(Path(tmp) / "generator.safetensors"))
+                self.client.log_artifacts(run_id, tmp, artifact_path=checkpoint_dir(generation))
+        ts = int(time.time() * 1000)
+        items = [Metric(k, float(v), ts, generation) for k, v in metrics.items() if np.isfinite(v)]
+        items.append(Metric(DONE_METRIC, float(generation), ts, generation))
+        self._pending.setdefault(arm, []).extend(items)
+        if time.monotonic() - self._flushed.get(arm, 0.0) >= self.flush_every_s:
+            self.flush(arm)
+
+    def flush(self, arm: str | None = None) -> None:
+        """Write buffered metrics (all arms when `arm` is None), each arm's in as few batches as MLflow allows.
+
+        Fast generations (toy loops) are buffered for up to `flush_every_s` so that
+        thousands of generations cost a few writes; slow ones are written at once.
+        """
+        for name in [arm] if arm is not None else list(self._pending):
+            items = self._pending.pop(name, [])
+            for i in range(0, len(items), 1000):  # MLflow's log_batch limit
+                self.client.log_batch(self.arm_runs[name], metrics=items[i : i + 1000])
+            self._flushed[name] = time.monotonic()
 
     def log_table(self, name: str, text: str) -> None:
         self.client.log_text(self.parent_id, text, name)
 
+    def log_figures(self, paths: list[Path]) -> None:
+        for path in paths:
+            self.client.log_artifact(self.parent_id, str(path), artifact_path="figures")
+
     def end_arm(self, arm: str, status: str = "FINISHED", reason: str | None = None) -> None:
+        self.flush(arm)
         run_id = self.arm_runs[arm]
         if reason:
             self.client.set_tag(run_id, "synthdata.failure", reason[:5000])
@@ -100,6 +244,7 @@ class StudyTracker:
 
     def end(self, status: str = "FINISHED") -> None:
         """End the study run and any arm run still open (a study never leaves a run RUNNING)."""
+        self.flush()
         for arm, run_id in self.arm_runs.items():
             if self.client.get_run(run_id).info.status == "RUNNING":
                 self.client.set_terminated(run_id, "KILLED" if status != "FINISHED" else status)

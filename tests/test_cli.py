@@ -33,7 +33,7 @@ def test_validate_prints_the_resolved_spec():
     [
         ({"name": "s", "loop": {"generatons": 3}}, "loop.generatons: unknown key"),
         ({"name": "s", "loop": {"generations": 0}}, "loop.generations:"),
-        ({"name": "s", "data": {"source": "folder", "root": "no/such/folder"}}, "data: data.root: directory does not exist"),
+        ({"name": "s", "data": {"source": "folder", "root": "no/such/folder"}}, "data.root: directory does not exist"),
         ("name: s\n  bad: [indent\n", "not valid YAML"),
     ],
 )

@@ -63,3 +63,56 @@ def test_diffusion_levels_must_fit_the_image_size():
     with pytest.raises(SpecError, match="divisible by 4"):
         check_generator(DiffusionSpec(channels=(16, 32, 32)), (1, 6, 6))
     check_generator(DiffusionSpec(channels=(16, 32, 32)), (1, 8, 8))
+
+
+def test_gaussian_temperature_scales_the_sampled_covariance():
+    data, _, _ = gaussian_set()
+    hot = create_generator(GaussianSpec(ridge=0.0, temperature=4.0), data.shape, 2)
+    hot.fit(data, seed=0)
+    x = hot.sample(torch.zeros(20000, dtype=torch.long), seed=0).flatten(1)
+    train = data.images.flatten(1)[data.labels == 0]
+    assert torch.allclose(x.std(0), 2 * train.std(0, correction=0), rtol=0.05)  # sqrt(4) times the spread
+    mean, cov = hot.moments()
+    assert torch.allclose(torch.diagonal(cov[0]), 4 * train.double().var(0, correction=0), rtol=1e-6)
+
+
+def test_gmm_fits_a_two_mode_class_and_reports_its_moments():
+    from synthdata.spec import GMMSpec
+
+    g = torch.Generator().manual_seed(0)
+    modes = torch.tensor([[-2.0, 0.0], [2.0, 0.0]])
+    idx = torch.arange(600) % 2
+    x = modes[idx] + 0.2 * torch.randn(600, 2, generator=g)
+    data = ImageSet(x[:, :, None, None], torch.zeros(600, dtype=torch.long), 1, levels=None)
+    gen = create_generator(GMMSpec(components=2), data.shape, 1)
+    gen.fit(data, seed=0)
+    s = gen.sample(torch.zeros(4000, dtype=torch.long), seed=1).flatten(1)
+    assert ((s[:, 0] > 0).float().mean() - 0.5).abs() < 0.05  # both modes, equally
+    assert (s[:, 0].abs() - 2).abs().median() < 0.2  # and not the gap between them
+    mean, cov = gen.moments()
+    assert torch.allclose(mean[0], x.double().mean(0), atol=0.05)
+    assert cov[0, 0, 0] == pytest.approx(float(x[:, 0].double().var()), rel=0.05)  # law of total variance
+    with pytest.raises(ValueError, match="needs at least 2"):
+        create_generator(GMMSpec(components=2), data.shape, 2).fit(data, seed=0)  # class 1 has no data
+
+
+def test_classifier_free_guidance_sharpens_class_separation():
+    torch.set_num_threads(2)
+    n = 256
+    labels = torch.arange(2).repeat_interleave(n // 2)
+    images = torch.where(labels[:, None, None, None] == 0, -0.3, 0.3) + 0.05 * torch.randn(n, 1, 8, 8)
+    data = ImageSet(images.clamp(-1, 1), labels, 2)
+    spec = DiffusionSpec(channels=(16, 32), train_steps=150, batch_size=64, lr=2e-3, warmup_steps=10, sampling_steps=10, cond_dropout=0.2)
+    gen = create_generator(spec, data.shape, 2)
+    gen.fit(data, seed=0)
+    y = torch.tensor([0] * 32 + [1] * 32)
+    plain = gen.sample(y, seed=0)
+    gen.spec = spec.model_copy(update={"guidance_scale": 3.0})
+    guided = gen.sample(y, seed=0)
+    gap = lambda x: float(x[32:].mean() - x[:32].mean())  # noqa: E731
+    assert gap(plain) > 0.2
+    assert gap(guided) > gap(plain)  # guidance pushes samples further toward their class
+    state = gen.state_dict()
+    fresh = create_generator(spec, data.shape, 2)
+    fresh.load_state_dict(state)
+    assert torch.equal(fresh.sample(y, seed=0), plain)

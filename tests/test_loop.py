@@ -1,8 +1,9 @@
-"""The loop library in-process (no Ray): training sets per loop type, events, seeding."""
+"""The loop library in-process (no Ray): training sets per loop type, arms, events, seeding."""
 import torch
 
-from loops.autophagy import Arm, GenerationResult, Progress, build_training_set, run_arm
-from synthdata.data import ImageSet, make_splits
+from loops.autophagy import Arm, GenerationResult, Progress, ResumeState, build_training_set, run_arm
+from loops.runner import arms_of
+from synthdata.data import ImageSet, Splits, ToyTruth, make_splits
 from synthdata.spec import parse_spec
 
 from conftest import tiny_study
@@ -12,38 +13,92 @@ def _set(n: int, value: float) -> ImageSet:
     return ImageSet(torch.full((n, 1, 2, 2), value), torch.zeros(n, dtype=torch.long), 1)
 
 
+def _splits(real: ImageSet, truth=None) -> Splits:
+    return Splits(real, real, real, truth)
+
+
 def test_training_set_per_loop_type():
-    real, prev = _set(10, 0.0), _set(4, 1.0)
-    assert build_training_set("replace", real, None) is real
-    assert build_training_set("augment", real, None) is real
-    replace = build_training_set("replace", real, prev)
-    assert len(replace) == 4 and replace.images.eq(1).all()  # only the previous samples
-    augment = build_training_set("augment", real, prev)
-    assert len(augment) == 14 and augment.images[:10].eq(0).all()  # the fixed real set plus samples
+    real = ImageSet(torch.arange(10.0)[:, None, None, None].expand(10, 1, 2, 2), torch.zeros(10, dtype=torch.long), 1)
+    s1, s2 = _set(4, 100.0), _set(4, 200.0)
+    splits = _splits(real)
+    for loop_type in ("replace", "augment", "fresh", "accumulate"):
+        assert build_training_set(loop_type, splits, []) is real  # generation 1 trains on real data
+    replace = build_training_set("replace", splits, [s1, s2])
+    assert len(replace) == 4 and replace.images.eq(200).all()  # only the latest samples
+    augment = build_training_set("augment", splits, [s2])
+    assert len(augment) == 14 and torch.equal(augment.images[:10], real.images)  # the fixed real set plus samples
+    accumulate = build_training_set("accumulate", splits, [s1, s2])
+    assert len(accumulate) == 18 and accumulate.images[10:14].eq(100).all() and accumulate.images[14:].eq(200).all()
+    # A real fraction of 0.6 with 4 samples: 6 real images, the same ones every generation for augment.
+    order = torch.randperm(10, generator=torch.Generator().manual_seed(1))
+    a1 = build_training_set("augment", splits, [s1], real_fraction=0.6, fixed_order=order)
+    a2 = build_training_set("augment", splits, [s2], real_fraction=0.6, fixed_order=order)
+    assert len(a1) == 10 and torch.equal(a1.images[:6], a2.images[:6])
+    # fresh: a new real draw each generation (half by default).
+    f1 = build_training_set("fresh", splits, [s1], generator=torch.Generator().manual_seed(1))
+    f2 = build_training_set("fresh", splits, [s1], generator=torch.Generator().manual_seed(2))
+    assert len(f1) == 8 and f1.images[4:].eq(100).all()
+    assert not torch.equal(f1.images[:4], f2.images[:4])
+
+
+def test_fresh_draws_new_samples_of_the_truth_for_toy_sources():
+    real = ImageSet(torch.zeros(10, 2, 1, 1), torch.zeros(10, dtype=torch.long), 1, levels=None)
+    truth = ToyTruth(torch.tensor([[5.0, 5.0]]), std=0.1)
+    samples = ImageSet(torch.zeros(4, 2, 1, 1), torch.zeros(4, dtype=torch.long), 1, levels=None)
+    fresh = build_training_set("fresh", _splits(real, truth), [samples], real_fraction=0.5)
+    assert len(fresh) == 8
+    assert (fresh.images[:4] - 5).abs().max() < 1  # drawn from N(5, 0.1^2), not from the stored real set
+
+
+def test_arms_cover_loop_types_sweeps_and_seeds():
+    spec = parse_spec(tiny_study(loop={"types": ["replace", "fresh"], "seeds": [0, 1], "sweep": {"generator.temperature": [0.9, 1.0]}}))
+    arms = arms_of(spec)
+    assert len(arms) == 8
+    assert arms[0].name == "replace/temperature=0.9/seed0" and arms[0].group == "replace temperature=0.9"
+    assert arms[0].spec_for(spec).generator.temperature == 0.9
+    assert arms[0].params()["generator.temperature"] == "0.9"
+
+
+def _results(events) -> list[GenerationResult]:
+    return [e for e in events if isinstance(e, GenerationResult)]
+
+
+def _strip(m: dict) -> dict:
+    return {k: v for k, v in m.items() if not k.startswith("time_")}
 
 
 def test_run_arm_yields_each_generation_once_and_is_deterministic():
     spec = parse_spec(tiny_study(loop={"generations": 3}))
     splits = make_splits(spec.data, seed=0)
-
-    def results(arm):
-        return [e for e in run_arm(spec, splits, arm) if isinstance(e, GenerationResult)]
-
-    events = list(run_arm(spec, splits, Arm("replace", 0)))
-    assert any(isinstance(e, Progress) for e in events)
-    res = [e for e in events if isinstance(e, GenerationResult)]
+    res = _results(run_arm(spec, splits, Arm("replace", 0)))
     assert [r.generation for r in res] == [0, 1, 2, 3]
     assert res[1].metrics["train_set_size"] == len(splits.train)
     assert res[2].metrics["train_set_size"] == 300  # replace: only generation 1's samples
+    assert res[0].samples is None and len(res[1].samples) == 300 and res[1].generator_state is not None
     for r in res:
         assert 0 <= r.metrics["detectability"] <= 1 and 0 <= r.metrics["downstream_accuracy"] <= 1
         assert r.metrics["detectability_ci_low"] <= r.metrics["detectability"] <= r.metrics["detectability_ci_high"]
-    again = results(Arm("replace", 0))
-    assert _same_except_time(again, res)  # same seed, same numbers
-    aug = results(Arm("augment", 0))
+    again = _results(run_arm(spec, splits, Arm("replace", 0)))
+    assert [_strip(r.metrics) for r in again] == [_strip(r.metrics) for r in res]  # same seed, same numbers
+    aug = _results(run_arm(spec, splits, Arm("augment", 0)))
     assert aug[2].metrics["train_set_size"] == len(splits.train) + 300
 
 
-def _same_except_time(a, b) -> bool:
-    strip = lambda m: {k: v for k, v in m.items() if not k.startswith("time_")}  # noqa: E731
-    return all(strip(x.metrics) == strip(y.metrics) for x, y in zip(a, b))
+def test_a_resumed_arm_repeats_exactly_what_an_uninterrupted_one_computes():
+    spec = parse_spec(tiny_study(loop={"types": ["accumulate"], "generations": 3}))
+    splits = make_splits(spec.data, seed=0)
+    full = _results(run_arm(spec, splits, Arm("accumulate", 0)))
+    resumed = _results(run_arm(spec, splits, Arm("accumulate", 0), resume=ResumeState(2, [full[1].samples])))
+    assert [r.generation for r in resumed] == [2, 3]
+    assert [_strip(r.metrics) for r in resumed] == [_strip(r.metrics) for r in full[2:]]
+
+
+def test_feature_metrics_in_the_loop():
+    from loops.runner import study_context
+
+    spec = parse_spec(tiny_study(metrics=["features"], loop={"generations": 1}, features={"epochs": 2}))
+    splits = make_splits(spec.data, seed=0)
+    res = _results(run_arm(spec, splits, Arm("replace", 0), context=study_context(spec, splits)))
+    for r in res:
+        assert {"fid", "kid", "precision", "recall", "density", "coverage", "diversity"} <= set(r.metrics)
+    assert res[0].metrics["fid"] < res[1].metrics["fid"]  # real train vs real held-out is the floor

@@ -66,3 +66,77 @@ def test_a_failing_arm_is_recorded_and_the_others_finish(local_ray, tracking_uri
     assert "needs at least 2" in arms["replace/seed0"].data.tags["synthdata.failure"]
     assert arms["augment/seed0"].info.status == "FINISHED"
     assert parent.info.status == "FAILED"  # a study with a failed arm is not claimed as finished
+
+
+def test_sweep_arms_and_figures_are_logged(local_ray, tracking_uri, tmp_path):
+    spec = parse_spec(tiny_study(
+        loop={"types": ["replace", "fresh"], "generations": 2, "seeds": [0, 1], "sweep": {"generator.temperature": [0.8]}},
+        metrics=["detectability", "features"], features={"epochs": 2}, tracking={"report_dir": str(tmp_path / "runs")},
+    ))
+    result = run_loop_study(spec, tracking_uri=tracking_uri, show_progress=False)
+    assert not result.failed
+    c, arms, parent = _arm_runs(tracking_uri, "tiny")
+    assert set(arms) == {f"{t}/temperature=0.8/seed{s}" for t in ("replace", "fresh") for s in (0, 1)}
+    run = arms["fresh/temperature=0.8/seed1"]
+    assert run.data.params["generator.temperature"] == "0.8" and run.data.params["loop_type"] == "fresh"
+    assert sorted(m.step for m in c.get_metric_history(run.info.run_id, "fid")) == [0, 1, 2]
+    ckpt = {a.path for a in c.list_artifacts(run.info.run_id, "checkpoints/generation_002")}
+    assert ckpt == {"checkpoints/generation_002/samples.safetensors", "checkpoints/generation_002/generator.safetensors"}
+    figures = {a.path for a in c.list_artifacts(parent.info.run_id, "figures")}
+    assert {"figures/detectability.png", "figures/fid.png", "figures/coverage.png"} <= figures
+    assert (tmp_path / "runs" / "tiny" / "figures" / "fid.png").stat().st_size > 10_000
+    assert (tmp_path / "runs" / "tiny" / "results.csv").exists()
+
+
+def test_sigkilled_study_resumes_with_every_metric_once(tmp_path):
+    """Kill the driver (and its local Ray) mid-study, then --resume finishes it from the last finished generation."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import yaml
+
+    T = 6
+    study = tiny_study(loop={"types": ["replace", "accumulate"], "generations": T}, detector={"epochs": 6})
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(study))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cmd = [str(Path(sys.executable).parent / "synthdata"), "run", str(path), "--no-progress", "--tracking-uri", uri]
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+    def finished_generations() -> dict[str, int]:
+        try:
+            c = MlflowClient(uri)
+            exp = c.get_experiment_by_name("tiny")
+            runs = c.search_runs([exp.experiment_id], "tags.`synthdata.role` = 'arm'") if exp else []
+        except Exception:
+            return {}
+        return {r.info.run_name: int(r.data.metrics.get("generation_done", -1)) for r in runs}
+
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        done = finished_generations()
+        if len(done) == 2 and min(done.values()) >= 2:
+            break
+        time.sleep(0.5)
+    assert proc.poll() is None, proc.stdout.read().decode()[-2000:]
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
+    proc.wait()
+    before = finished_generations()
+    assert all(2 <= g < T for g in before.values()), before
+
+    r = subprocess.run([*cmd, "--resume"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    c, arms, parent = _arm_runs(uri, "tiny")
+    assert parent.info.status == "FINISHED"
+    assert len(c.search_runs([c.get_experiment_by_name("tiny").experiment_id], "tags.`synthdata.role` = 'study'")) == 1
+    for name, run in arms.items():
+        assert run.info.status == "FINISHED"
+        for metric in ("detectability", "downstream_accuracy", "generation_done"):
+            steps = [m.step for m in c.get_metric_history(run.info.run_id, metric)]
+            assert sorted(steps) == list(range(T + 1)), (name, metric, steps)
+    assert f"study 'tiny': {2 * (T + 1)} rows" in r.stdout

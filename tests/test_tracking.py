@@ -1,9 +1,10 @@
 """The tracker against a real (temporary) MLflow SQLite store."""
 import numpy as np
+import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from synthdata.tracking import StudyTracker, resolve_tracking_uri, sample_grid
+from synthdata.tracking import StudyTracker, load_samples, resolve_tracking_uri, sample_grid, save_samples
 
 
 def test_resolve_tracking_uri(monkeypatch, tmp_path):
@@ -45,6 +46,18 @@ def test_parent_and_arm_runs_with_stepped_metrics(tracking_uri, tmp_path):
     ]
     assert runs["augment/seed0"].info.status == "FAILED"
     assert runs["augment/seed0"].data.tags["synthdata.failure"] == "ValueError: boom"
+
+
+@pytest.mark.parametrize("levels", [17, 256, None])
+def test_samples_round_trip_through_safetensors(tmp_path, levels):
+    from synthdata.data import ImageSet, quantize
+
+    images = quantize(torch.rand(20, 1, 4, 4) * 2 - 1, levels)
+    samples = ImageSet(images, torch.arange(20) % 3, 3, levels)
+    save_samples(samples, tmp_path / "s.safetensors")
+    back = load_samples(tmp_path / "s.safetensors")
+    assert torch.allclose(back.images, samples.images, atol=1e-6) and torch.equal(back.labels, samples.labels)
+    assert back.levels == levels and back.num_classes == 3
 
 
 def test_sample_grid_is_uint8_and_upscaled():

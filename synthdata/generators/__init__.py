@@ -22,13 +22,19 @@ class Generator(Protocol):
     def sample(self, labels: torch.Tensor, *, seed: int) -> torch.Tensor:
         """Images (N, C, H, W) in [-1, 1], one per label."""
 
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Tensors that restore the fitted generator (saved as safetensors)."""
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore from `state_dict()`."""
+
 
 def create_generator(spec, shape: tuple[int, int, int], num_classes: int, device: str = "cpu") -> Generator:
     """Build the generator named by `spec.name` for images of `shape` with `num_classes` classes."""
     from synthdata.generators.diffusion import DiffusionGenerator
-    from synthdata.generators.gaussian import GaussianGenerator
+    from synthdata.generators.gaussian import GaussianGenerator, GMMGenerator
 
-    registry = {"diffusion": DiffusionGenerator, "gaussian": GaussianGenerator}
+    registry = {"diffusion": DiffusionGenerator, "gaussian": GaussianGenerator, "gmm": GMMGenerator}
     return registry[spec.name](spec, shape, num_classes, device)
 
 

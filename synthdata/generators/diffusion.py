@@ -37,7 +37,8 @@ def build_unet(spec, shape: tuple[int, int, int], num_classes: int) -> UNet2DMod
         norm_num_groups=groups,
         attention_head_dim=min(32, spec.channels[-1]),
         add_attention=spec.attention,
-        num_class_embeds=num_classes,
+        # One more embedding for "no label" when the model is trained for guidance.
+        num_class_embeds=num_classes + (1 if spec.cond_dropout > 0 else 0),
     )
 
 
@@ -74,6 +75,9 @@ class DiffusionGenerator:
             idx = order[pos : pos + spec.batch_size].to(device)
             pos += spec.batch_size
             x0, y = images[idx], labels[idx]
+            if spec.cond_dropout > 0:  # label dropout: the same network learns the unconditional model
+                drop = torch.rand(len(idx), generator=g).to(device) < spec.cond_dropout
+                y = torch.where(drop, self.num_classes, y)
             noise = torch.randn(x0.shape, generator=g).to(device)
             t = torch.randint(0, T, (len(idx),), generator=g).to(device)
             xt = self.noise_scheduler.add_noise(x0, noise, t)
@@ -97,6 +101,15 @@ class DiffusionGenerator:
             progress(1.0)
         return {"generator_loss": float(running)}
 
+    def _eps(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Noise prediction, with classifier-free guidance when `guidance_scale` != 1."""
+        w = self.spec.guidance_scale
+        if w == 1.0:
+            return self.model(x, t, class_labels=y).sample
+        null = torch.full_like(y, self.num_classes)
+        eps_c, eps_u = self.model(torch.cat([x, x]), t, class_labels=torch.cat([y, null])).sample.chunk(2)
+        return eps_u + w * (eps_c - eps_u)
+
     @torch.no_grad()
     def sample(self, labels: torch.Tensor, *, seed: int) -> torch.Tensor:
         """Deterministic DDIM (eta=0) in `sampling_steps` steps, in batches of `sample_batch_size`."""
@@ -108,7 +121,14 @@ class DiffusionGenerator:
             y = chunk.to(self.device)
             x = torch.randn((len(chunk), *self.shape), generator=g).to(self.device)
             for t in scheduler.timesteps:
-                eps = self.model(x, t, class_labels=y).sample
-                x = scheduler.step(eps, t, x, eta=0.0).prev_sample
+                x = scheduler.step(self._eps(x, t, y), t, x, eta=0.0).prev_sample
             out.append(x.clamp(-1, 1).cpu())
         return torch.cat(out)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The sampled (EMA) UNet weights."""
+        return {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.model.load_state_dict(state)
+        self.model.eval()

@@ -1,8 +1,9 @@
-"""Toy generator: one Gaussian per class over flattened images, fitted by maximum likelihood.
+"""Toy generators: one Gaussian (or a Gaussian mixture) per class over flattened images.
 
-Fast enough for hundreds of generations, and its collapse under self-consumption has a
-closed form (the variance shrinks by (n-1)/n per `replace` generation), so it is how
-the loops are checked against theory.
+Fast enough for hundreds of generations, and the Gaussian's collapse under
+self-consumption has a closed form (the ML variance shrinks by (n-1)/n per `replace`
+generation; sampling with temperature lambda multiplies it by lambda), so these are
+how the loops are checked against theory.
 """
 from __future__ import annotations
 
@@ -12,18 +13,23 @@ from synthdata.data import ImageSet
 from synthdata.generators import Progress
 
 
+def _cholesky(cov: torch.Tensor) -> torch.Tensor:
+    return torch.linalg.cholesky(cov)
+
+
 class GaussianGenerator:
     def __init__(self, spec, shape: tuple[int, int, int], num_classes: int, device: str = "cpu") -> None:
         self.spec = spec
         self.shape = shape
         self.num_classes = num_classes
-        self.means: torch.Tensor | None = None  # (K, D)
-        self.chols: torch.Tensor | None = None  # (K, D, D), or (K, D) standard deviations for diag
+        self.means: torch.Tensor | None = None  # (K, D) float64
+        self.covs: torch.Tensor | None = None  # (K, D, D) float64, ridge included
 
     def fit(self, data: ImageSet, *, seed: int, progress: Progress | None = None) -> dict[str, float]:
+        """Maximum-likelihood mean and covariance per class (the (n-1) covariance if `unbiased`)."""
         x = data.images.reshape(len(data), -1).double()
         d = x.shape[1]
-        means, chols, variances = [], [], []
+        means, covs, variances = [], [], []
         for k in range(self.num_classes):
             xk = x[data.labels == k]
             if len(xk) < 2:
@@ -31,26 +37,105 @@ class GaussianGenerator:
             mu = xk.mean(0)
             centred = xk - mu
             denom = len(xk) - 1 if self.spec.unbiased else len(xk)
+            cov = centred.T @ centred / denom
             if self.spec.covariance == "diag":
-                var = (centred**2).sum(0) / denom + self.spec.ridge
-                chols.append(var.sqrt())
-                variances.append(var.mean())
-            else:
-                cov = centred.T @ centred / denom + self.spec.ridge * torch.eye(d, dtype=x.dtype)
-                chols.append(torch.linalg.cholesky(cov))
-                variances.append(torch.diagonal(cov).mean())
+                cov = torch.diag(torch.diagonal(cov))
+            variances.append(torch.diagonal(cov).mean())
             means.append(mu)
-        self.means, self.chols = torch.stack(means), torch.stack(chols)
+            covs.append(cov + self.spec.ridge * torch.eye(d, dtype=x.dtype))
+        self.means, self.covs = torch.stack(means), torch.stack(covs)
         if progress:
             progress(1.0)
         return {"fitted_variance": float(torch.stack(variances).mean())}
+
+    def moments(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-class mean (K, D) and covariance (K, D, D) of what `sample` draws from."""
+        return self.means, self.covs * self.spec.temperature
 
     def sample(self, labels: torch.Tensor, *, seed: int) -> torch.Tensor:
         assert self.means is not None, "fit() first"
         g = torch.Generator().manual_seed(seed)
         z = torch.randn(len(labels), self.means.shape[1], generator=g, dtype=torch.float64)
-        if self.spec.covariance == "diag":
-            x = self.means[labels] + z * self.chols[labels]
-        else:
-            x = self.means[labels] + torch.einsum("nij,nj->ni", self.chols[labels], z)
-        return x.float().reshape(len(labels), *self.shape).clamp(-1, 1)
+        chols = _cholesky(self.covs * self.spec.temperature)
+        x = self.means[labels] + torch.einsum("nij,nj->ni", chols[labels], z)
+        return x.float().reshape(len(labels), *self.shape)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"means": self.means.contiguous(), "covs": self.covs.contiguous()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.means, self.covs = state["means"].double(), state["covs"].double()
+
+
+class GMMGenerator:
+    """A Gaussian mixture per class, fitted by EM (scikit-learn)."""
+
+    def __init__(self, spec, shape: tuple[int, int, int], num_classes: int, device: str = "cpu") -> None:
+        self.spec = spec
+        self.shape = shape
+        self.num_classes = num_classes
+        self.weights: list[torch.Tensor] = []  # per class (C,)
+        self.means: list[torch.Tensor] = []  # per class (C, D)
+        self.covs: list[torch.Tensor] = []  # per class (C, D, D)
+
+    def fit(self, data: ImageSet, *, seed: int, progress: Progress | None = None) -> dict[str, float]:
+        from sklearn.mixture import GaussianMixture
+
+        x = data.images.reshape(len(data), -1).double().numpy()
+        labels = data.labels.numpy()
+        self.weights, self.means, self.covs = [], [], []
+        for k in range(self.num_classes):
+            xk = x[labels == k]
+            if len(xk) < max(2, self.spec.components):
+                raise ValueError(
+                    f"gmm generator: class {k} has {len(xk)} training images, needs at least {max(2, self.spec.components)}"
+                )
+            gm = GaussianMixture(
+                self.spec.components, covariance_type=self.spec.covariance, reg_covar=max(self.spec.ridge, 1e-9), random_state=seed
+            ).fit(xk)
+            covs = torch.from_numpy(gm.covariances_)
+            if self.spec.covariance == "diag":
+                covs = torch.diag_embed(covs)
+            self.weights.append(torch.from_numpy(gm.weights_))
+            self.means.append(torch.from_numpy(gm.means_))
+            self.covs.append(covs)
+        if progress:
+            progress(1.0)
+        _, cov = self.moments()
+        return {"fitted_variance": float(torch.diagonal(cov, dim1=1, dim2=2).mean())}
+
+    def moments(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-class mean and covariance of the mixture (law of total variance)."""
+        means, covs = [], []
+        t = self.spec.temperature
+        for w, mu, cov in zip(self.weights, self.means, self.covs):
+            m = (w[:, None] * mu).sum(0)
+            centred = mu - m
+            c = (w[:, None, None] * (t * cov + centred[:, :, None] * centred[:, None, :])).sum(0)
+            means.append(m)
+            covs.append(c)
+        return torch.stack(means), torch.stack(covs)
+
+    def sample(self, labels: torch.Tensor, *, seed: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(seed)
+        d = self.means[0].shape[1]
+        out = torch.empty(len(labels), d, dtype=torch.float64)
+        for k in labels.unique().tolist():
+            idx = torch.nonzero(labels == k).flatten()
+            comp = torch.multinomial(self.weights[k], len(idx), replacement=True, generator=g)
+            z = torch.randn(len(idx), d, generator=g, dtype=torch.float64)
+            chols = _cholesky(self.covs[k] * self.spec.temperature)
+            out[idx] = self.means[k][comp] + torch.einsum("nij,nj->ni", chols[comp], z)
+        return out.float().reshape(len(labels), *self.shape)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {
+            f"{name}.{k}": t.contiguous()
+            for k in range(self.num_classes)
+            for name, t in (("weights", self.weights[k]), ("means", self.means[k]), ("covs", self.covs[k]))
+        }
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.weights = [state[f"weights.{k}"] for k in range(self.num_classes)]
+        self.means = [state[f"means.{k}"] for k in range(self.num_classes)]
+        self.covs = [state[f"covs.{k}"] for k in range(self.num_classes)]

@@ -66,8 +66,9 @@ class RealReference:
     k: int
 
     @classmethod
-    def build(cls, extractor: FeatureExtractor, images: torch.Tensor, labels: torch.Tensor, k: int = 5) -> "RealReference":
-        feats = extractor.embed(images).double()
+    def build(cls, extractor: FeatureExtractor | None, images: torch.Tensor, labels: torch.Tensor, k: int = 5) -> "RealReference":
+        """Embed real images (or take vectors as they are when `extractor` is None)."""
+        feats = extractor.embed(images).double() if extractor is not None else images.flatten(1).double()
         return cls(feats, labels, _kth_neighbour_radii(feats, k), k)
 
 

@@ -100,7 +100,9 @@ def test_sigkilled_study_resumes_with_every_metric_once(tmp_path):
     import yaml
 
     T = 6
-    study = tiny_study(loop={"types": ["replace", "accumulate"], "generations": T}, detector={"epochs": 6})
+    # A tiny diffusion model: generations of a few seconds, so the kill lands mid-study.
+    generator = {"name": "diffusion", "channels": [16, 32], "train_steps": 150, "batch_size": 64, "warmup_steps": 5, "sampling_steps": 4}
+    study = tiny_study(generator=generator, loop={"types": ["replace", "accumulate"], "generations": T})
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(study))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -122,7 +124,7 @@ def test_sigkilled_study_resumes_with_every_metric_once(tmp_path):
         done = finished_generations()
         if len(done) == 2 and min(done.values()) >= 2:
             break
-        time.sleep(0.5)
+        time.sleep(0.2)
     assert proc.poll() is None, proc.stdout.read().decode()[-2000:]
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
     proc.wait()

@@ -62,12 +62,25 @@ def study_context(spec: StudySpec, splits: Splits) -> StudyContext:
     return StudyContext(RealReference.build(extractor, heldout.images, heldout.labels), extractor)
 
 
-def _arm_task(spec: StudySpec, splits: Splits, arm: Arm, context: StudyContext, resume: ResumeState | None):
-    """The body of one arm's Ray task: pin torch threads to the CPUs Ray gave us, then stream events."""
+def _arm_task(spec: StudySpec, splits: Splits, arm: Arm, context: StudyContext, resume: ResumeState | None, every_s: float = 0.5):
+    """The body of one arm's Ray task: pin torch threads to the CPUs Ray gave us, then stream events.
+
+    Events go out in lists, at most one every `every_s` seconds: a slow generation's
+    result leaves at once, while a toy loop's thousands of fast generations cost a few
+    hundred Ray objects instead of one each.
+    """
     import torch
 
     torch.set_num_threads(max(1, int(spec.resources.cpus_per_arm)))
-    yield from run_arm(spec, splits, arm, device=device_for(spec.resources.gpus_per_arm), context=context, resume=resume)
+    batch: list = []
+    sent = time.monotonic()
+    for event in run_arm(spec, splits, arm, device=device_for(spec.resources.gpus_per_arm), context=context, resume=resume):
+        batch.append(event)
+        if time.monotonic() - sent >= every_s:
+            yield batch
+            batch, sent = [], time.monotonic()
+    if batch:
+        yield batch
 
 
 @dataclass
@@ -211,7 +224,7 @@ def run_loop_study(
             for stream in ready:
                 arm = streams[stream]
                 try:
-                    event = ray.get(next(stream))
+                    events = ray.get(next(stream))
                 except StopIteration:
                     pending.remove(stream)
                     tracker.end_arm(arm.name, "FINISHED")
@@ -222,13 +235,14 @@ def run_loop_study(
                     failed[arm.name] = reason
                     tracker.end_arm(arm.name, "FAILED", reason)
                     continue
-                if isinstance(event, Progress):
-                    bars.progress(event)
-                    continue
-                grid = sample_grid(event.grid[0]) if spec.tracking.sample_grid and event.grid is not None else None
-                tracker.log_generation(event.arm, event.generation, event.metrics, grid, event.samples, event.generator_state)
-                rows.append({**_row_base(by_name[event.arm], event.generation), **event.metrics})
-                bars.done(event)
+                for event in events:
+                    if isinstance(event, Progress):
+                        bars.progress(event)
+                        continue
+                    grid = sample_grid(event.grid[0]) if spec.tracking.sample_grid and event.grid is not None else None
+                    tracker.log_generation(event.arm, event.generation, event.metrics, grid, event.samples, event.generator_state)
+                    rows.append({**_row_base(by_name[event.arm], event.generation), **event.metrics})
+                    bars.done(event)
         status = "FAILED" if failed else "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"

@@ -45,19 +45,32 @@ def metric_figures(table: pd.DataFrame, out_dir: str | Path, group: str = "group
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     sns.set_theme(style="whitegrid", context="notebook")
+    table = table.copy()
+    # Colour by loop type, line style by swept value ("replace temperature=0.9" -> "temperature=0.9").
+    hue = "loop_type" if "loop_type" in table else group
+    table["swept"] = table[group].astype(str).str.partition(" ")[2] if hue == "loop_type" else ""
+    style = "swept" if table["swept"].nunique() > 1 else None
+    short = table["generation"].max() <= 20
     for metric, label in FIGURE_METRICS.items():
         if metric not in table or table[metric].notna().sum() == 0:
             continue
-        data = table[["generation", group, metric]].dropna()
-        fig, ax = plt.subplots(figsize=(6.4, 4.2))
-        sns.lineplot(data=data, x="generation", y=metric, hue=group, marker="o", errorbar="sd", ax=ax)
+        data = table[["generation", hue, "swept", metric]].dropna(subset=[metric])
+        positive = data[metric][data[metric] > 0]
+        # Collapse is exponential: show it on a log axis, with a band that stays positive there.
+        log = bool(len(positive)) and (data[metric] >= 0).all() and positive.min() < 1e-2 * positive.max()
+        fig, ax = plt.subplots(figsize=(7.6, 4.2))
+        sns.lineplot(data=data, x="generation", y=metric, hue=hue, style=style, marker="o" if short else None,
+                     estimator="median" if log else "mean", errorbar=("pi", 50) if log else "sd", ax=ax)
         if metric == "detectability":
             ax.axhline(0.5, color="grey", linestyle="--", linewidth=1, label="chance")
+        if log:
+            ax.set_yscale("log")
+            label += " (median, IQR over seeds)"
         ax.set_ylabel(label)
         ax.set_title(f"{title}: {label}" if title else label, fontsize=11)
-        if data["generation"].max() <= 20:
+        if short:
             ax.set_xticks(sorted(data["generation"].unique()))
-        ax.legend(title=None, fontsize=9)
+        ax.legend(title=None, fontsize=9, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
         fig.tight_layout()
         path = out_dir / f"{metric}.png"
         fig.savefig(path, dpi=110)

@@ -31,11 +31,16 @@ class Generator(Protocol):
 
 def create_generator(spec, shape: tuple[int, int, int], num_classes: int, device: str = "cpu") -> Generator:
     """Build the generator named by `spec.name` for images of `shape` with `num_classes` classes."""
-    from synthdata.generators.diffusion import DiffusionGenerator
-    from synthdata.generators.gaussian import GaussianGenerator, GMMGenerator
+    import importlib
 
-    registry = {"diffusion": DiffusionGenerator, "gaussian": GaussianGenerator, "gmm": GMMGenerator}
-    return registry[spec.name](spec, shape, num_classes, device)
+    # Imported on demand: diffusers takes seconds to import, and toy arms never need it.
+    registry = {
+        "diffusion": ("synthdata.generators.diffusion", "DiffusionGenerator"),
+        "gaussian": ("synthdata.generators.gaussian", "GaussianGenerator"),
+        "gmm": ("synthdata.generators.gaussian", "GMMGenerator"),
+    }
+    module, name = registry[spec.name]
+    return getattr(importlib.import_module(module), name)(spec, shape, num_classes, device)
 
 
 def check_generator(spec, shape: tuple[int, int, int]) -> None:

@@ -8,6 +8,7 @@ torchmetrics, fed precomputed features through an identity extractor.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -106,7 +107,9 @@ def feature_metrics(real: RealReference, fake_features: torch.Tensor, fake_label
     fid.update(real.features.float(), real=True)
     fid.update(fake_features.float(), real=False)
     subset = min(kid_subset, len(real.features), len(fake_features))
-    kid = KernelInceptionDistance(feature=_Identity(dim), subsets=50, subset_size=subset)
+    with warnings.catch_warnings():  # "will save all extracted features": intended, ours are small vectors
+        warnings.simplefilter("ignore", UserWarning)
+        kid = KernelInceptionDistance(feature=_Identity(dim), subsets=50, subset_size=subset)
     kid.update(real.features.float(), real=True)
     kid.update(fake_features.float(), real=False)
     with torch.random.fork_rng():  # KID draws random subsets: keep them reproducible and leave the caller's RNG alone

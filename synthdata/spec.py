@@ -145,6 +145,25 @@ class ClassifierSpec(_Strict):
     weight_decay: float = Field(5e-4, ge=0)
 
 
+class FeatureSpec(ClassifierSpec):
+    """The study's feature space for FID/KID/PRDC: a CNN trained on the real data, or Inception with local weights."""
+
+    name: Literal["cnn", "inception"] = Field("cnn", description="cnn (trained once per study) or inception (frozen).")
+    weights: Path | None = Field(
+        None, description="inception: a local FID Inception-v3 weights file (torch-fidelity's pt_inception-2015-12-05)."
+    )
+    epochs: int = Field(15, ge=1)
+
+    @model_validator(mode="after")
+    def _weights_exist(self) -> "FeatureSpec":
+        if self.name == "inception":
+            if self.weights is None:
+                raise ValueError("features.weights: required for inception (nothing is downloaded at run time)")
+            if not self.weights.is_file():
+                raise ValueError(f"features.weights: file does not exist: {self.weights}")
+        return self
+
+
 SWEEPABLE = (
     "generator.guidance_scale",
     "generator.temperature",
@@ -227,8 +246,8 @@ class StudySpec(_Strict):
         description="Per-generation metrics: detectability, downstream, features (FID, KID, precision/recall/"
         "density/coverage, diversity), toy (fitted mean/variance and distance to the truth; gaussian data only).",
     )
-    features: ClassifierSpec = Field(
-        default_factory=ClassifierSpec, description="The study's feature extractor, trained once on real data (metric: features)."
+    features: FeatureSpec = Field(
+        default_factory=FeatureSpec, description="The study's feature space (metric: features)."
     )
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)

@@ -49,3 +49,45 @@ def test_class_spread():
     y = torch.tensor([0, 0, 1, 1])
     # class 0: var (2, 0) -> sqrt 2 ; class 1: var (0, 8) -> sqrt 8
     assert class_spread(x, y) == pytest.approx((2**0.5 + 8**0.5) / 2)
+
+
+def _inception_weights(path) -> None:
+    """A local, randomly initialised copy of the FID Inception weights (nothing is downloaded here).
+
+    torch-fidelity builds the network and then loads the file; building against an
+    empty file raises after the layers exist, which is all we need to save their shapes.
+    """
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    torch.save({}, path)
+    net = FeatureExtractorInceptionV3.__new__(FeatureExtractorInceptionV3)
+    with pytest.raises(RuntimeError):
+        FeatureExtractorInceptionV3.__init__(net, "inception-v3-compat", ["2048"], feature_extractor_weights_path=str(path))
+    torch.save(net.state_dict(), path)
+
+
+def test_inception_features_load_from_a_local_file(tmp_path):
+    from synthdata.metrics.features import train_feature_extractor
+    from synthdata.spec import FeatureSpec
+
+    weights = tmp_path / "pt_inception.pth"
+    _inception_weights(weights)
+    spec = FeatureSpec(name="inception", weights=weights)
+    extractor = train_feature_extractor(torch.zeros(1), torch.zeros(1), 10, spec, seed=0)
+    feats = extractor.embed(torch.rand(3, 1, 8, 8) * 2 - 1)  # grey 8x8 digits work: resized to 299, 3 channels
+    assert feats.shape == (3, 2048) and torch.isfinite(feats).all()
+
+
+def test_inception_needs_a_safe_local_weights_file(tmp_path):
+    from synthdata.errors import DataError
+    from synthdata.metrics.features import InceptionFeatures
+    from synthdata.spec import parse_spec
+
+    with pytest.raises(Exception, match="features.weights: required"):
+        parse_spec({"name": "s", "features": {"name": "inception"}})
+    with pytest.raises(Exception, match="features.weights: file does not exist"):
+        parse_spec({"name": "s", "features": {"name": "inception", "weights": str(tmp_path / "none.pth")}})
+    unsafe = tmp_path / "unsafe.pth"
+    torch.save({"not": object()}, unsafe)  # arbitrary pickled objects are refused, never unpickled
+    with pytest.raises(DataError, match="not a weights-only Inception state dict"):
+        InceptionFeatures(unsafe)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -35,8 +36,41 @@ class FeatureExtractor(nn.Module):
         return torch.cat([self(chunk) for chunk in images.split(batch_size)])
 
 
-def train_feature_extractor(images: torch.Tensor, labels: torch.Tensor, num_classes: int, spec, *, seed: int) -> FeatureExtractor:
-    """Train the study's feature space: a classifier on the real training data, then frozen."""
+class InceptionFeatures(nn.Module):
+    """FID's Inception-v3 pool features (2048-d) from a local weights file, via torchmetrics/torch-fidelity."""
+
+    def __init__(self, weights: Path) -> None:
+        super().__init__()
+        from torchmetrics.image.fid import NoTrainInceptionV3
+
+        from synthdata.errors import DataError
+
+        # torch-fidelity unpickles the file; accept it only if it is plain tensors.
+        try:
+            torch.load(weights, map_location="cpu", weights_only=True)
+        except Exception as err:
+            raise DataError(f"{weights}: not a weights-only Inception state dict ({type(err).__name__})") from None
+        self.net = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"], feature_extractor_weights_path=str(weights))
+        self.num_features = 2048
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        codes = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        if codes.shape[1] == 1:
+            codes = codes.expand(-1, 3, -1, -1)
+        return self.net(codes).reshape(len(x), -1)
+
+    @torch.no_grad()
+    def embed(self, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+        return torch.cat([self(chunk) for chunk in images.split(batch_size)])
+
+
+def train_feature_extractor(
+    images: torch.Tensor, labels: torch.Tensor, num_classes: int, spec, *, seed: int
+) -> FeatureExtractor | InceptionFeatures:
+    """The study's feature space: Inception from local weights, or a classifier trained on the real data, frozen."""
+    if getattr(spec, "name", "cnn") == "inception":
+        return InceptionFeatures(spec.weights)
     return FeatureExtractor(train_classifier(spec, images, labels, num_classes, seed=seed))
 
 

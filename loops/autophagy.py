@@ -205,7 +205,8 @@ def _measure(
         acc = downstream_accuracy(images, labels, splits.test.images, splits.test.labels, splits.train.num_classes, spec.downstream, seed=seed_of(2), device=device)
         out.update(downstream_accuracy=acc.value, downstream_accuracy_ci_low=acc.ci_low, downstream_accuracy_ci_high=acc.ci_high)
     if "features" in wants and context.reference is not None:
-        feats = context.extractor.embed(images.to(device)).cpu() if context.extractor is not None else images.flatten(1)
+        # The extractor was built once in the driver, on the CPU; features are cheap there.
+        feats = context.extractor.embed(images.cpu()) if context.extractor is not None else images.flatten(1)
         out.update(feature_metrics(context.reference, feats, labels))
     return out
 

@@ -15,7 +15,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from synthdata.errors import SpecError
 
 LoopType = Literal["replace", "augment", "fresh", "accumulate"]
-LOOP_TYPES: tuple[str, ...] = ("replace", "augment", "fresh", "accumulate")
 Metric = Literal["detectability", "downstream", "features", "toy"]
 METRICS: tuple[str, ...] = ("detectability", "downstream")
 

@@ -1,7 +1,7 @@
 """The loop library in-process (no Ray): training sets per loop type, arms, events, seeding."""
 import torch
 
-from loops.autophagy import Arm, GenerationResult, Progress, ResumeState, build_training_set, run_arm
+from loops.autophagy import Arm, GenerationResult, ResumeState, build_training_set, run_arm
 from loops.runner import arms_of
 from synthdata.data import ImageSet, Splits, ToyTruth, make_splits
 from synthdata.spec import parse_spec

@@ -264,6 +264,10 @@ def run_arm(
         start = time.perf_counter()
         labels = class_balanced_labels(n + n_eval, real.labels, k, torch.Generator().manual_seed(seed_of(t, 4)))
         images = quantize(generator.sample(labels, seed=seed_of(t, 5)), real.levels)
+        if not torch.isfinite(images).all():
+            # A loop that blows up (temperature > 1 compounds every generation) must stop
+            # here: non-finite samples would poison every later generation and metric.
+            raise FloatingPointError(f"generator diverged at generation {t}: its samples are not finite")
         metrics["time_sample_s"] = time.perf_counter() - start
         samples = ImageSet(images[:n], labels[:n], k, real.levels)
         held_out_fakes = images[n:]  # never trained on, by the detector or the next generator

@@ -74,11 +74,16 @@ def _arm_task(spec: StudySpec, splits: Splits, arm: Arm, context: StudyContext, 
     torch.set_num_threads(max(1, int(spec.resources.cpus_per_arm)))
     batch: list = []
     sent = time.monotonic()
-    for event in run_arm(spec, splits, arm, device=device_for(spec.resources.gpus_per_arm), context=context, resume=resume):
-        batch.append(event)
-        if time.monotonic() - sent >= every_s:
+    try:
+        for event in run_arm(spec, splits, arm, device=device_for(spec.resources.gpus_per_arm), context=context, resume=resume):
+            batch.append(event)
+            if time.monotonic() - sent >= every_s:
+                yield batch
+                batch, sent = [], time.monotonic()
+    except Exception:
+        if batch:  # the generations that finished before the error still count
             yield batch
-            batch, sent = [], time.monotonic()
+        raise
     if batch:
         yield batch
 
@@ -198,12 +203,16 @@ def run_loop_study(
         uri, spec.experiment_name, spec.name, flat_params(spec),
         tags={"synthdata.kind": spec.kind, "synthdata.spec_hash": spec_hash(spec)}, resume=found,
     )
+    # Ray's own task retries would rerun a dead arm from generation 0 and log its
+    # generations twice; the driver restarts it instead, from its last finished generation.
     remote = ray.remote(_arm_task).options(
         num_cpus=spec.resources.cpus_per_arm, num_gpus=spec.resources.gpus_per_arm, max_retries=0
     )
     splits_ref, context_ref = ray.put(splits), ray.put(context)
     streams = {}
-    done = found.done if found else {}
+    done = dict(found.done) if found else {}
+    kept = {name: list(state.history) for name, state in states.items() if state is not None}
+    retries: dict[str, int] = {}
     rows: list[dict] = _table_from_mlflow(uri, tracker, arms) if found else []
     for arm in arms:
         tracker.start_arm(arm.name, arm.params())
@@ -229,19 +238,39 @@ def run_loop_study(
                     pending.remove(stream)
                     tracker.end_arm(arm.name, "FINISHED")
                     continue
-                except ray.exceptions.RayError as err:
+                except ray.exceptions.RayTaskError as err:  # the arm's own code raised: not worth retrying
                     pending.remove(stream)
-                    reason = _short_reason(err)
-                    failed[arm.name] = reason
-                    tracker.end_arm(arm.name, "FAILED", reason)
+                    failed[arm.name] = _short_reason(err)
+                    tracker.end_arm(arm.name, "FAILED", failed[arm.name])
+                    continue
+                except ray.exceptions.RayError as err:  # the worker or its node died
+                    pending.remove(stream)
+                    retries[arm.name] = retries.get(arm.name, 0) + 1
+                    if retries[arm.name] > spec.resources.max_arm_retries:
+                        failed[arm.name] = f"{_short_reason(err)} (gave up after {spec.resources.max_arm_retries} retries)"
+                        tracker.end_arm(arm.name, "FAILED", failed[arm.name])
+                        continue
+                    last = done.get(arm.name, -1)
+                    tracker.note_retry(arm.name, retries[arm.name], f"{type(err).__name__}: {_short_reason(err)}")
+                    print(f"{arm.name}: worker lost ({type(err).__name__}); retry {retries[arm.name]} from generation {last + 1}",
+                          file=sys.stderr, flush=True)
+                    resume_state = ResumeState(last + 1, kept.get(arm.name, [])) if last >= 0 else None
+                    stream = remote.remote(spec, splits_ref, arm, context_ref, resume_state)
+                    streams[stream] = arm
+                    pending.append(stream)
                     continue
                 for event in events:
                     if isinstance(event, Progress):
                         bars.progress(event)
                         continue
                     grid = sample_grid(event.grid[0]) if spec.tracking.sample_grid and event.grid is not None else None
-                    tracker.log_generation(event.arm, event.generation, event.metrics, grid, event.samples, event.generator_state)
+                    tracker.log_generation(event.arm, event.generation, event.metrics, grid, event.samples, event.generator_state,
+                                           keep_samples=spec.tracking.checkpoints)
                     rows.append({**_row_base(by_name[event.arm], event.generation), **event.metrics})
+                    done[event.arm] = event.generation
+                    if event.samples is not None:  # what a restart of this arm would need
+                        history = kept.get(event.arm, []) if by_name[event.arm].loop_type == "accumulate" else []
+                        kept[event.arm] = history + [event.samples]
                     bars.done(event)
         status = "FAILED" if failed else "FINISHED"
     except KeyboardInterrupt:

@@ -226,6 +226,11 @@ class ResourcesSpec(_Strict):
     cpus_per_arm: float = Field(1, gt=0, description="CPUs Ray reserves for each arm; torch uses as many threads.")
     gpus_per_arm: float = Field(0, ge=0, description="GPUs for each arm (0 on CPU-only machines).")
     address: str | None = Field(None, description="Ray cluster address (default: $RAY_ADDRESS, else a local Ray).")
+    max_arm_retries: int = Field(
+        2, ge=0, le=100,
+        description="Times an arm whose worker died (node lost, process killed) is restarted from its last finished "
+        "generation. Errors in the arm itself (bad data, a diverging generator) fail it at once.",
+    )
 
 
 class StudySpec(_Strict):
@@ -289,7 +294,7 @@ def _field_path(loc: tuple[Any, ...]) -> str:
 
 def _format_error(source: str | Path, err: ValidationError) -> str:
     first = err.errors()[0]
-    msg = first["msg"].removeprefix("Value error, ")
+    msg = first["msg"].removeprefix("Value error, ").replace("Tuple should", "List should")  # YAML has lists
     if first["type"] == "extra_forbidden":
         msg = "unknown key"
     elif first["type"] == "union_tag_invalid":

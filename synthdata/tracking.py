@@ -7,16 +7,19 @@ on a local SQLite store and exactly one value per metric and generation.
 from __future__ import annotations
 
 import os
+import random
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable, TypeVar
 
 import numpy as np
 import torch
 
 from synthdata.data import ImageSet
 
+T = TypeVar("T")
 DEFAULT_DB = "mlflow.db"
 DONE_METRIC = "generation_done"  # logged with a generation's metrics: the generation's commit marker
 
@@ -63,10 +66,59 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
     return uri
 
 
+_READY: set[str] = set()  # tracking URIs whose store this process has opened
+
+
 def _client(uri: str):
+    """An MlflowClient; a SQLite store is created (or its schema migrated) by one process at a time.
+
+    Several processes opening a new SQLite store at once (trials, workers, a second
+    driver) would otherwise race on creating its tables.
+    """
     from mlflow.tracking import MlflowClient
 
-    return MlflowClient(tracking_uri=uri)
+    if uri in _READY or not uri.startswith("sqlite:///"):
+        return _RetryLocked(MlflowClient(tracking_uri=uri))
+    from filelock import FileLock
+
+    db = Path(uri.removeprefix("sqlite:///"))
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{db}.lock", timeout=600):
+        client = _RetryLocked(MlflowClient(tracking_uri=uri))
+        client.search_experiments(max_results=1)  # opens the store: tables, migrations
+    _READY.add(uri)
+    return client
+
+
+def _retry_locked(fn: Callable[..., T], *args: Any, attempts: int = 10, **kwargs: Any) -> T:
+    """Call `fn`, retrying with backoff while SQLite says "database is locked".
+
+    SQLite allows one writer at a time; under many concurrent writers its busy timeout
+    can run out. A failed write is rolled back, so retrying it never logs twice.
+    """
+    delay = 0.05
+    for attempt in range(attempts):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as err:
+            if "database is locked" not in str(err) or attempt == attempts - 1:
+                raise
+            time.sleep(delay + random.uniform(0, delay))
+            delay = min(delay * 2, 5.0)
+    raise AssertionError("unreachable")
+
+
+class _RetryLocked:
+    """An MlflowClient whose every call is retried while SQLite says "database is locked"."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._client, name)
+        if not callable(attr):
+            return attr
+        return lambda *args, **kwargs: _retry_locked(attr, *args, **kwargs)
 
 
 def get_or_create_experiment(uri: str, name: str) -> str:
@@ -78,7 +130,13 @@ def get_or_create_experiment(uri: str, name: str) -> str:
     location = None
     if uri.startswith("sqlite:///"):
         location = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts" / name).as_uri()
-    return client.create_experiment(name, artifact_location=location)
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except Exception:
+        exp = client.get_experiment_by_name(name)  # another process created it first
+        if exp is None:
+            raise
+        return exp.experiment_id
 
 
 @dataclass
@@ -188,6 +246,7 @@ class StudyTracker:
         grid: np.ndarray | None = None,
         samples: ImageSet | None = None,
         generator_state: dict[str, torch.Tensor] | None = None,
+        keep_samples: bool = True,
     ) -> None:
         """Artifacts first (sample grid, checkpoint), then all metrics at step=generation in one batch.
 
@@ -200,6 +259,7 @@ class StudyTracker:
         run_id = self.arm_runs[arm]
         if grid is not None:
             self.client.log_image(run_id, grid, artifact_file=f"samples/generation_{generation:03d}.png")
+        samples = samples if keep_samples else None
         if samples is not None or generator_state is not None:
             with tempfile.TemporaryDirectory() as tmp:
                 if samples is not None:
@@ -227,6 +287,13 @@ class StudyTracker:
             for i in range(0, len(items), 1000):  # MLflow's log_batch limit
                 self.client.log_batch(self.arm_runs[name], metrics=items[i : i + 1000])
             self._flushed[name] = time.monotonic()
+
+    def note_retry(self, arm: str, count: int, reason: str) -> None:
+        """Record on the arm's run that its worker was lost and the arm restarted."""
+        self.flush(arm)
+        run_id = self.arm_runs[arm]
+        self.client.set_tag(run_id, "synthdata.retries", str(count))
+        self.client.set_tag(run_id, "synthdata.last_retry_reason", reason[:5000])
 
     def log_table(self, name: str, text: str) -> None:
         self.client.log_text(self.parent_id, text, name)

@@ -1,0 +1,139 @@
+"""Faults, for real: a Ray worker killed mid-arm, a diverging generator, many writers to one SQLite store,
+and the same study run twice."""
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import tiny_study
+from loops.runner import run_loop_study
+from synthdata.spec import parse_spec
+
+pytestmark = pytest.mark.slow
+
+TINY_DIFFUSION = {"name": "diffusion", "channels": [16, 32], "train_steps": 120, "batch_size": 64, "warmup_steps": 5,
+                  "sampling_steps": 4}
+
+
+def _arms(uri: str, experiment: str) -> tuple[MlflowClient, dict]:
+    c = MlflowClient(uri)
+    exp = c.get_experiment_by_name(experiment)
+    runs = c.search_runs([exp.experiment_id], "tags.`synthdata.role` = 'arm'") if exp else []
+    return c, {r.info.run_name: r for r in runs}
+
+
+def _steps(c: MlflowClient, run, metric: str) -> list[int]:
+    return sorted(m.step for m in c.get_metric_history(run.info.run_id, metric))
+
+
+def _arm_workers() -> list:
+    """Ray worker processes running an arm right now (Ray titles them after the task)."""
+    import psutil
+
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = " ".join(p.info["cmdline"] or [])
+        if cmd.startswith("ray::_arm_task"):
+            found.append(p)
+    return found
+
+
+def test_killed_worker_is_retried_from_its_last_finished_generation(local_ray, tracking_uri):
+    T = 3
+    spec = parse_spec(tiny_study(generator={**TINY_DIFFUSION, "train_steps": 80}, loop={"generations": T}))
+    out: dict = {}
+    thread = threading.Thread(target=lambda: out.setdefault("result", run_loop_study(spec, tracking_uri=tracking_uri, show_progress=False)))
+    thread.start()
+
+    killed = None
+    deadline = time.time() + 240
+    while killed is None and time.time() < deadline and thread.is_alive():
+        _, arms = _arms(tracking_uri, "tiny")
+        done = {name: int(r.data.metrics.get("generation_done", -1)) for name, r in arms.items()}
+        if done and max(done.values()) >= 1:
+            workers = _arm_workers()
+            if workers:
+                workers[0].kill()  # SIGKILL: the worker dies mid-generation, as on a lost node
+                killed = workers[0].pid
+        time.sleep(0.2)
+    assert killed is not None, "no arm worker to kill"
+    thread.join(timeout=400)
+    result = out["result"]
+    assert not result.failed, result.failed
+
+    c, arms = _arms(tracking_uri, "tiny")
+    retried = {name for name, r in arms.items() if r.data.tags.get("synthdata.retries") == "1"}
+    assert len(retried) == 1, {n: r.data.tags for n, r in arms.items()}
+    reason = arms[retried.pop()].data.tags["synthdata.last_retry_reason"]
+    assert reason.startswith("WorkerCrashedError: The worker died"), reason
+    for name, run in arms.items():
+        assert run.info.status == "FINISHED"
+        for metric in ("generation_done", "detectability", "downstream_accuracy"):
+            assert _steps(c, run, metric) == list(range(T + 1)), (name, metric)
+    assert len(result.table) == 2 * (T + 1)
+
+
+def test_a_diverging_generator_fails_its_arm_with_the_reason(local_ray, tracking_uri):
+    # Sampling at temperature 10 multiplies the variance ~10x per replace generation: from
+    # std 1e15 the samples overflow float32 after ~50 generations. Temperature 1 stays put.
+    study = {
+        "name": "tiny", "data": {"source": "gaussian", "toy": {"std": 1e15}}, "generator": {"name": "gaussian"},
+        "metrics": ["toy"], "loop": {"types": ["replace"], "generations": 80, "sweep": {"generator.temperature": [1, 10]}},
+    }
+    result = run_loop_study(parse_spec(study), tracking_uri=tracking_uri, show_progress=False)
+    assert set(result.failed) == {"replace/temperature=10/seed0"}
+    c, arms = _arms(tracking_uri, "tiny")
+    bad, good = arms["replace/temperature=10/seed0"], arms["replace/temperature=1/seed0"]
+    assert bad.info.status == "FAILED"
+    reason = bad.data.tags["synthdata.failure"]
+    assert reason.startswith("FloatingPointError: generator diverged at generation ") and "not finite" in reason
+    diverged_at = int(reason.split("generation ")[1].split(":")[0])
+    assert 30 < diverged_at < 80
+    # Every generation before the divergence is logged, once.
+    assert _steps(c, bad, "generation_done") == list(range(diverged_at))
+    assert good.info.status == "FINISHED" and _steps(c, good, "generation_done") == list(range(81))
+    parent = c.get_run(c.get_run(good.info.run_id).data.tags["mlflow.parentRunId"])
+    assert parent.info.status == "FAILED"
+
+
+def test_same_study_and_seed_give_the_same_metrics(local_ray, tmp_path):
+    spec = parse_spec(tiny_study(generator={**TINY_DIFFUSION, "train_steps": 60}, loop={"types": ["replace"], "generations": 1}))
+    tables = [
+        run_loop_study(spec, tracking_uri=f"sqlite:///{tmp_path / f'run{i}.db'}", show_progress=False).table for i in (0, 1)
+    ]
+    metrics = [c for c in tables[0].columns if not c.startswith("time_")]
+    assert "detectability" in metrics and "generator_loss" in metrics
+    assert tables[0][metrics].equals(tables[1][metrics]), (tables[0][metrics], tables[1][metrics])
+
+
+def test_eight_parallel_writers_into_one_sqlite_store_lose_nothing(local_ray, tmp_path):
+    """8 trials start together on a new store (schema creation races too) and log every generation."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    G, M = 40, 10
+
+    def log_trial(uri: str, trial: int, generations: int, metrics: int) -> None:  # nested: Ray pickles it by value
+        from synthdata.tracking import StudyTracker
+
+        tracker = StudyTracker(uri, "parallel", f"trial{trial}", {"trial": str(trial)})
+        tracker.flush_every_s = 0.0  # every generation is its own write: the most contention
+        tracker.start_arm("arm", {"trial": str(trial)})
+        for g in range(generations):
+            tracker.log_generation("arm", g, {f"m{k}": trial + g + k / 100 for k in range(metrics)})
+        tracker.end_arm("arm")
+        tracker.end()
+
+    remote = local_ray.remote(log_trial).options(num_cpus=0.25)
+    local_ray.get([remote.remote(uri, t, G, M) for t in range(8)], timeout=300)
+
+    c = MlflowClient(uri)
+    exp = c.get_experiment_by_name("parallel")
+    arms = c.search_runs([exp.experiment_id], "tags.`synthdata.role` = 'arm'")
+    assert len(arms) == 8 and all(r.info.status == "FINISHED" for r in arms)
+    for run in arms:
+        trial = int(run.data.params["trial"])
+        for k in range(M):
+            history = sorted((m.step, m.value) for m in c.get_metric_history(run.info.run_id, f"m{k}"))
+            assert history == [(g, pytest.approx(trial + g + k / 100)) for g in range(G)]

@@ -68,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     # Library chatter (deprecations, Ray/MLflow notices) is not for the study's reader.
     warnings.filterwarnings("ignore")
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # our own bars are the progress
     logging.getLogger("alembic").setLevel(logging.WARNING)
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     try:

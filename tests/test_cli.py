@@ -61,27 +61,5 @@ def test_corrupt_image_exits_2_before_any_run_is_opened(tmp_path):
     assert r.stderr.strip() == f"error: {data / 'c1' / '3.png'}: cannot read image (UnidentifiedImageError)"
     assert not (tmp_path / "mlflow.db").exists()
 
-
-def test_resume_without_an_earlier_run_exits_2(tmp_path):
-    path = write_study(tmp_path, tiny_study())
-    r = run_cli("run", str(path), "--resume", cwd=tmp_path)
-    assert r.returncode == 2
-    assert r.stderr.strip().startswith("error: --resume: no earlier run of study 'tiny'")
-    assert not (tmp_path / "mlflow.db").exists() or "RUNNING" not in r.stdout
-
-
-@pytest.mark.slow
-def test_run_prints_a_table_and_resume_refuses_a_changed_study(tmp_path):
-    path = write_study(tmp_path, tiny_study(loop={"generations": 1}))
-    r = run_cli("run", str(path), "--no-progress", cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
-    assert "study 'tiny': 4 rows" in r.stdout
-    assert "augment/seed0" in r.stdout and "downstream acc (95% CI)" in r.stdout
-    assert (tmp_path / "mlflow.db").exists()
-    assert (tmp_path / "runs" / "tiny" / "figures" / "detectability.png").exists()
-
-    write_study(tmp_path, tiny_study(loop={"generations": 2}))  # same name, different study
-    r = run_cli("run", str(path), "--resume", cwd=tmp_path)
-    assert r.returncode == 2
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and "was made from a different study file" in lines[0], r.stderr
+# Refusals of --resume (no earlier run, a changed study) are in test_bad_input.py; a full CLI run and
+# resume is in test_study_e2e.py.

@@ -43,7 +43,7 @@ def _arm_workers() -> list:
 
 def test_killed_worker_is_retried_from_its_last_finished_generation(local_ray, tracking_uri):
     T = 3
-    spec = parse_spec(tiny_study(generator={**TINY_DIFFUSION, "train_steps": 80}, loop={"generations": T}))
+    spec = parse_spec(tiny_study(generator={**TINY_DIFFUSION, "train_steps": 40}, loop={"generations": T}))
     out: dict = {}
     thread = threading.Thread(target=lambda: out.setdefault("result", run_loop_study(spec, tracking_uri=tracking_uri, show_progress=False)))
     thread.start()
@@ -100,7 +100,7 @@ def test_a_diverging_generator_fails_its_arm_with_the_reason(local_ray, tracking
 
 
 def test_same_study_and_seed_give_the_same_metrics(local_ray, tmp_path):
-    spec = parse_spec(tiny_study(generator={**TINY_DIFFUSION, "train_steps": 60}, loop={"types": ["replace"], "generations": 1}))
+    spec = parse_spec(tiny_study(generator={**TINY_DIFFUSION, "train_steps": 30}, loop={"types": ["replace"], "generations": 1}))
     tables = [
         run_loop_study(spec, tracking_uri=f"sqlite:///{tmp_path / f'run{i}.db'}", show_progress=False).table for i in (0, 1)
     ]
@@ -112,7 +112,7 @@ def test_same_study_and_seed_give_the_same_metrics(local_ray, tmp_path):
 def test_eight_parallel_writers_into_one_sqlite_store_lose_nothing(local_ray, tmp_path):
     """8 trials start together on a new store (schema creation races too) and log every generation."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    G, M = 40, 10
+    G, M = 25, 10
 
     def log_trial(uri: str, trial: int, generations: int, metrics: int) -> None:  # nested: Ray pickles it by value
         from synthdata.tracking import StudyTracker

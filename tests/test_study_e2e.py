@@ -99,9 +99,9 @@ def test_sigkilled_study_resumes_with_every_metric_once(tmp_path):
 
     import yaml
 
-    T = 6
+    T = 3
     # A tiny diffusion model: generations of a few seconds, so the kill lands mid-study.
-    generator = {"name": "diffusion", "channels": [16, 32], "train_steps": 150, "batch_size": 64, "warmup_steps": 5, "sampling_steps": 4}
+    generator = {"name": "diffusion", "channels": [16, 32], "train_steps": 40, "batch_size": 64, "warmup_steps": 5, "sampling_steps": 4}
     study = tiny_study(generator=generator, loop={"types": ["replace", "accumulate"], "generations": T})
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(study))
@@ -122,14 +122,14 @@ def test_sigkilled_study_resumes_with_every_metric_once(tmp_path):
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
         done = finished_generations()
-        if len(done) == 2 and min(done.values()) >= 2:
+        if len(done) == 2 and min(done.values()) >= 1:
             break
         time.sleep(0.2)
     assert proc.poll() is None, proc.stdout.read().decode()[-2000:]
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
     proc.wait()
     before = finished_generations()
-    assert all(2 <= g < T for g in before.values()), before
+    assert all(1 <= g < T for g in before.values()), before
 
     r = subprocess.run([*cmd, "--resume"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -141,4 +141,7 @@ def test_sigkilled_study_resumes_with_every_metric_once(tmp_path):
         for metric in ("detectability", "downstream_accuracy", "generation_done"):
             steps = [m.step for m in c.get_metric_history(run.info.run_id, metric)]
             assert sorted(steps) == list(range(T + 1)), (name, metric, steps)
+    # The command ends with the whole study's table (generations from before the kill included) and its figures.
     assert f"study 'tiny': {2 * (T + 1)} rows" in r.stdout
+    assert "accumulate/seed0" in r.stdout and "downstream acc (95% CI)" in r.stdout
+    assert (tmp_path / "runs" / "tiny" / "figures" / "detectability.png").stat().st_size > 10_000

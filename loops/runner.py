@@ -282,12 +282,7 @@ def run_loop_study(
         figures: list[Path] = []
         if not table.empty:
             out_dir = Path(spec.tracking.report_dir) / spec.name
-            out_dir.mkdir(parents=True, exist_ok=True)
-            text = format_table(table)
-            (out_dir / "results.txt").write_text(text + "\n")
-            table.to_csv(out_dir / "results.csv", index=False)
-            tracker.log_table("results.txt", text)
-            tracker.log_table("results.csv", table.to_csv(index=False))
+            tracker.save_results(out_dir, table, format_table(table))
             if status != "KILLED":
                 figures = metric_figures(table, out_dir / "figures", title=spec.name)
                 tracker.log_figures(figures)

@@ -4,6 +4,8 @@ One small CNN and one training loop serve both; they differ only in labels and c
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -46,8 +48,13 @@ def train_classifier(
     *,
     seed: int,
     device: str = "cpu",
+    on_epoch: Callable[[int, nn.Module, float], None] | None = None,
 ) -> nn.Module:
-    """Train a classifier from scratch with AdamW and a one-cycle schedule; return it in eval mode."""
+    """Train a classifier from scratch with AdamW and a one-cycle schedule; return it in eval mode.
+
+    `on_epoch(epoch, model, mean_loss)` is called after each epoch (1-based) with the
+    model in eval mode, for per-epoch curves.
+    """
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     model = create_classifier(spec, images.shape[1], num_classes, images.shape[-1]).to(device)
@@ -58,8 +65,9 @@ def train_classifier(
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=spec.lr, total_steps=spec.epochs * steps_per_epoch)
     images, labels = images.to(device), labels.to(device)
     model.train()
-    for _ in range(spec.epochs):
+    for epoch in range(1, spec.epochs + 1):
         order = torch.randperm(n, generator=g).to(device)
+        total = torch.zeros((), device=device)
         for i in range(steps_per_epoch):
             idx = order[i * batch : (i + 1) * batch]
             loss = F.cross_entropy(model(images[idx]), labels[idx])
@@ -67,6 +75,10 @@ def train_classifier(
             loss.backward()
             opt.step()
             sched.step()
+            total += loss.detach()
+        if on_epoch is not None:
+            on_epoch(epoch, model.eval(), float(total) / steps_per_epoch)
+            model.train()
     return model.eval()
 
 

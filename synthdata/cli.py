@@ -47,18 +47,28 @@ def _run(args: argparse.Namespace) -> int:
     from synthdata.spec import load_spec
 
     spec = load_spec(args.study)  # validate before importing Ray or touching MLflow
-    from loops.runner import format_table, run_loop_study
+    if spec.kind == "mix":
+        if args.resume:
+            raise UserError(f"{args.study}: --resume applies to loop studies; a mix study's trials are rerun")
+        from loops.mix import format_mix_table, run_mix_study
 
-    result = run_loop_study(
-        spec, address=args.address, tracking_uri=args.tracking_uri, show_progress=not args.no_progress, resume=args.resume
-    )
+        result = run_mix_study(spec, address=args.address, tracking_uri=args.tracking_uri, show_progress=not args.no_progress)
+        table = format_mix_table(result.table) if not result.table.empty else "(no trial finished)"
+        what = f"{len(result.table)} trials"
+    else:
+        from loops.runner import format_table, run_loop_study
+
+        result = run_loop_study(
+            spec, address=args.address, tracking_uri=args.tracking_uri, show_progress=not args.no_progress, resume=args.resume
+        )
+        table, what = format_table(result.table), f"{len(result.table)} rows"
     print()
-    print(f"study '{spec.name}': {len(result.table)} rows in {result.seconds:.0f}s  (MLflow parent run {result.parent_run_id})")
-    print(format_table(result.table))
+    print(f"study '{spec.name}': {what} in {result.seconds:.0f}s  (MLflow parent run {result.parent_run_id})")
+    print(table)
     if result.figures:
         print(f"figures: {result.figures[0].parent}/ ({', '.join(p.stem for p in result.figures)})")
     for arm, reason in result.failed.items():
-        print(f"arm {arm} FAILED: {reason}", file=sys.stderr)
+        print(f"{arm} FAILED: {reason}", file=sys.stderr)
     return 1 if result.failed else 0
 
 

@@ -208,6 +208,78 @@ class LoopSpec(_Strict):
         return v
 
 
+MixMode = Literal["augment", "replace"]
+
+
+class SearchSpec(_Strict):
+    """How Ray Tune picks the mix trials."""
+
+    type: Literal["grid", "random"] = Field(
+        "grid", description="grid: every mode x ratio x seed; random: `num_samples` trials, ratio ~ U(ratio_range)."
+    )
+    num_samples: int = Field(20, ge=1, le=10_000, description="random: number of trials.")
+    ratio_range: tuple[float, float] = Field((0.0, 1.0), description="random: the ratio's range (replace is capped at 1).")
+
+    @model_validator(mode="after")
+    def _range(self) -> "SearchSpec":
+        lo, hi = self.ratio_range
+        if not 0 <= lo < hi:
+            raise ValueError("ratio_range: give [low, high] with 0 <= low < high")
+        return self
+
+
+class MixSpec(_Strict):
+    """Real/synthetic mixes for a downstream classifier (kind: mix), swept as Ray Tune trials.
+
+    With N real training images and ratio r: `augment` trains on all N real images plus
+    r*N synthetic ones; `replace` on N images of which a fraction r is synthetic (r = 1 is
+    synthetic-only at size N, the far end). r = 0 is the real-only baseline in both modes.
+    """
+
+    modes: tuple[MixMode, ...] = Field(("augment", "replace"), min_length=1, description="Mix modes to sweep.")
+    ratios: tuple[float, ...] = Field(
+        (0.0, 0.25, 0.5, 1.0), min_length=1, description="grid: values of r (replace trials use those <= 1)."
+    )
+    seeds: tuple[int, ...] = Field((0, 1, 2), min_length=1, description="One synthetic pool (generator) per seed.")
+    real_size: int | None = Field(
+        None, ge=2, description="N: real images per seed; its generator and all its trials use these (default: all of train)."
+    )
+    samples: Path | None = Field(
+        None,
+        description="A saved sample set (samples.safetensors from a checkpoint or an earlier mix study) used as the "
+        "pool of every seed, instead of training the generator.",
+    )
+    pool_size: int | None = Field(None, ge=1, description="Synthetic images drawn per seed (default: what the largest ratio needs).")
+    search: SearchSpec = Field(default_factory=SearchSpec)
+
+    @field_validator("ratios")
+    @classmethod
+    def _ratios(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        if any(r < 0 for r in v) or len(set(v)) != len(v):
+            raise ValueError("ratios must be distinct and >= 0")
+        return v
+
+    @field_validator("modes", "seeds")
+    @classmethod
+    def _distinct(cls, v: tuple) -> tuple:
+        if len(set(v)) != len(v):
+            raise ValueError("entries must be unique")
+        return v
+
+    @model_validator(mode="after")
+    def _usable(self) -> "MixSpec":
+        if self.samples is not None and not self.samples.is_file():
+            raise ValueError(f"samples: file does not exist: {self.samples}")
+        if self.search.type == "grid" and self.modes == ("replace",) and not any(r <= 1 for r in self.ratios):
+            raise ValueError("ratios: replace needs ratios <= 1 (r is the synthetic share of N)")
+        return self
+
+    def max_ratio(self) -> float:
+        """The largest synthetic share any trial asks for."""
+        hi = self.search.ratio_range[1] if self.search.type == "random" else max(self.ratios)
+        return hi if "augment" in self.modes else min(hi, 1.0)
+
+
 class TrackingSpec(_Strict):
     """Where results go. The tracking URI comes from MLFLOW_TRACKING_URI unless set here."""
 
@@ -237,13 +309,16 @@ class StudySpec(_Strict):
     """A whole study, as written in a YAML study file."""
 
     name: str = Field(..., min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$", description="Study name (letters, digits, _ . -).")
-    kind: Literal["loop"] = Field("loop", description="Study kind.")
+    kind: Literal["loop", "mix"] = Field(
+        "loop", description="loop: self-consuming loops (section `loop`); mix: real/synthetic mixes (section `mix`)."
+    )
     description: str = ""
     data: DataSpec = Field(default_factory=DataSpec)
     generator: GeneratorSpec = Field(default_factory=DiffusionSpec)
     detector: ClassifierSpec = Field(default_factory=lambda: ClassifierSpec(epochs=10))
     downstream: ClassifierSpec = Field(default_factory=ClassifierSpec)
     loop: LoopSpec = Field(default_factory=LoopSpec)
+    mix: MixSpec = Field(default_factory=MixSpec, description="The mix sweep (kind: mix).")
     metrics: tuple[Metric, ...] = Field(
         METRICS,
         min_length=1,
@@ -262,6 +337,9 @@ class StudySpec(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> "StudySpec":
+        other = {"loop": "mix", "mix": "loop"}[self.kind]
+        if other in self.model_fields_set:
+            raise ValueError(f"{other}: not used by a {self.kind} study (set kind: {other}, or remove the section)")
         if "toy" in self.metrics and self.data.source != "gaussian":
             raise ValueError("metrics: 'toy' needs data.source: gaussian (a known true distribution)")
         if self.data.source == "gaussian" and self.generator.name == "diffusion":
@@ -284,6 +362,7 @@ def with_value(spec: "StudySpec", key: str, value: Any) -> "StudySpec":
         value = int(value)
     data[section][field] = value
     data["loop"]["sweep"] = {}
+    data.pop({"loop": "mix", "mix": "loop"}[spec.kind])  # the other kind's section stays at its defaults
     return StudySpec.model_validate(data)
 
 def _field_path(loc: tuple[Any, ...]) -> str:
@@ -304,6 +383,8 @@ def _format_error(source: str | Path, err: ValidationError) -> str:
     named = re.match(r"^([A-Za-z_][\w.]*): (.*)$", msg, re.S)
     if named and (path == "(top level)" or named.group(1).startswith(path)):
         path, msg = named.groups()
+    elif named:  # a section's check naming one of its own fields ("ratios: ...")
+        path, msg = f"{path}.{named.group(1)}", named.group(2)
     more = len(err.errors()) - 1
     suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
     return f"{source}: {path}: {msg}{suffix}"

@@ -295,6 +295,14 @@ class StudyTracker:
         self.client.set_tag(run_id, "synthdata.retries", str(count))
         self.client.set_tag(run_id, "synthdata.last_retry_reason", reason[:5000])
 
+    def save_results(self, out_dir: Path, table, text: str) -> None:
+        """The study's table as `results.txt` (what was printed) and `results.csv`, in `out_dir` and on the study run."""
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "results.txt").write_text(text + "\n")
+        table.to_csv(out_dir / "results.csv", index=False)
+        self.log_table("results.txt", text)
+        self.log_table("results.csv", table.to_csv(index=False))
+
     def log_table(self, name: str, text: str) -> None:
         self.client.log_text(self.parent_id, text, name)
 

@@ -63,6 +63,12 @@ def _empty(root: Path) -> Path:
     return root
 
 
+def _bytes(path: Path, content: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content)
+    return path
+
+
 def folder_study(**data) -> dict:
     return tiny_study(data={"source": "folder", "root": "data", **data})
 
@@ -103,6 +109,15 @@ SPEC_CASES: list[tuple[str, object, str]] = [
     ("no-study-file", None, "study file not found"),
     ("missing-data-root", folder_study(root="no/such/folder"), "data.root: directory does not exist: no/such/folder"),
     ("missing-mnist-root", tiny_study(data={"source": "mnist"}), "data.root: required for source 'mnist'"),
+    ("mix-section-in-loop-study", {**tiny_study(), "mix": {"ratios": [0, 1]}}, "mix: not used by a loop study"),
+    ("loop-section-in-mix-study", {**tiny_study(), "kind": "mix"}, "loop: not used by a mix study"),
+    ("negative-mix-ratio", {"name": "m", "kind": "mix", "mix": {"ratios": [0, -0.5]}}, "mix.ratios: ratios must be distinct and >= 0"),
+    ("replace-only-above-1", {"name": "m", "kind": "mix", "mix": {"modes": ["replace"], "ratios": [2, 4]}},
+     "mix.ratios: replace needs ratios <= 1"),
+    ("mix-samples-missing", {"name": "m", "kind": "mix", "mix": {"samples": "pool.safetensors"}},
+     "mix.samples: file does not exist: pool.safetensors"),
+    ("random-search-bad-range", {"name": "m", "kind": "mix", "mix": {"search": {"type": "random", "ratio_range": [1, 0.5]}}},
+     "mix.search.ratio_range: give [low, high]"),
 ]
 
 # Problems only reading the data (or shaping a model for it) reveals: `run` refuses them before any run opens.
@@ -115,6 +130,9 @@ DATA_CASES: list[tuple[str, dict, Callable[[Path], Path] | None, str]] = [
     ("mixed-image-sizes", folder_study(), _mixed_sizes, "{path}: image size (12, 12) differs from (8, 8)"),
     ("too-few-images", folder_study(), lambda root: _folder(root, per_class=2), "data: 4 images are too few to split"),
     ("mnist-not-there", tiny_study(data={"source": "mnist", "root": "data"}), _empty, "data.root: mnist not found under data"),
+    ("corrupt-sample-set", {"name": "m", "kind": "mix", "mix": {"samples": "data/pool.safetensors"}},
+     lambda root: _bytes(root / "pool.safetensors", b"\x10\x00\x00\x00\x00\x00\x00\x00{not json"),
+     "{path}: cannot read sample set"),
     ("unet-too-deep-for-8px", tiny_study(generator={**DIFFUSION, "channels": [8, 8, 8, 8, 8]}), None,
      "generator.channels: 5 UNet levels need an image size divisible by 16, the data is 8x8"),
 ]

@@ -100,12 +100,14 @@ def test_a_diverging_generator_fails_its_arm_with_the_reason(local_ray, tracking
 
 
 def test_same_study_and_seed_give_the_same_metrics(local_ray, tmp_path):
-    spec = parse_spec(tiny_study(generator={**TINY_DIFFUSION, "train_steps": 30}, loop={"types": ["replace"], "generations": 1}))
+    # Diffusion training's determinism is checked in-process (test_loop.py); here the CNN detector and
+    # downstream classifier train inside Ray workers, twice.
+    spec = parse_spec(tiny_study(loop={"types": ["replace"], "generations": 2}))
     tables = [
         run_loop_study(spec, tracking_uri=f"sqlite:///{tmp_path / f'run{i}.db'}", show_progress=False).table for i in (0, 1)
     ]
     metrics = [c for c in tables[0].columns if not c.startswith("time_")]
-    assert "detectability" in metrics and "generator_loss" in metrics
+    assert {"detectability", "downstream_accuracy", "fitted_variance"} <= set(metrics)
     assert tables[0][metrics].equals(tables[1][metrics]), (tables[0][metrics], tables[1][metrics])
 
 

@@ -102,7 +102,8 @@ def test_sigkilled_study_resumes_with_every_metric_once(tmp_path):
     T = 3
     # A tiny diffusion model: generations of a few seconds, so the kill lands mid-study.
     generator = {"name": "diffusion", "channels": [16, 32], "train_steps": 40, "batch_size": 64, "warmup_steps": 5, "sampling_steps": 4}
-    study = tiny_study(generator=generator, loop={"types": ["replace", "accumulate"], "generations": T})
+    study = tiny_study(generator=generator, loop={"types": ["replace", "accumulate"], "generations": T},
+                       metrics=["detectability"], detector={"epochs": 2})
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(study))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -138,10 +139,10 @@ def test_sigkilled_study_resumes_with_every_metric_once(tmp_path):
     assert len(c.search_runs([c.get_experiment_by_name("tiny").experiment_id], "tags.`synthdata.role` = 'study'")) == 1
     for name, run in arms.items():
         assert run.info.status == "FINISHED"
-        for metric in ("detectability", "downstream_accuracy", "generation_done"):
+        for metric in ("detectability", "detectability_auc", "generation_done"):
             steps = [m.step for m in c.get_metric_history(run.info.run_id, metric)]
             assert sorted(steps) == list(range(T + 1)), (name, metric, steps)
     # The command ends with the whole study's table (generations from before the kill included) and its figures.
     assert f"study 'tiny': {2 * (T + 1)} rows" in r.stdout
-    assert "accumulate/seed0" in r.stdout and "downstream acc (95% CI)" in r.stdout
+    assert "accumulate/seed0" in r.stdout and "detectability (95% CI)" in r.stdout
     assert (tmp_path / "runs" / "tiny" / "figures" / "detectability.png").stat().st_size > 10_000

@@ -1,0 +1,286 @@
+"""Run a mix study: real/synthetic training mixes as a Ray Tune sweep, each trial an MLflow child run.
+
+study file -> spec -> real data -> one synthetic pool per seed (a generator trained once,
+as Ray tasks; or a saved sample set) -> Tune trials (mode x ratio x seed), each training
+the downstream classifier and reporting test accuracy per epoch -> MLflow (Tune's
+MLflowLoggerCallback, in the driver) -> a table and a figure built from the MLflow runs.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from loops.runner import StudyResult, init_ray
+from synthdata.data import ImageSet, Splits, make_splits
+from synthdata.errors import DataError
+from synthdata.generators import check_generator
+from synthdata.mixing import load_pool, make_pool, mix_training_set, real_subset, synthetic_count
+from synthdata.spec import StudySpec, flat_params, spec_hash
+from synthdata.tracking import StudyTracker, resolve_tracking_uri, sample_grid, save_samples
+
+METRIC = "test_accuracy"
+
+
+def trial_name(config: dict[str, Any]) -> str:
+    """Run name of a trial, so that trials line up in the MLflow UI: `augment/r=0.5/seed0`."""
+    return f"{config['mode']}/r={config['ratio']:g}/seed{config['seed']}"
+
+
+def grid_trials(spec: StudySpec) -> list[dict[str, Any]]:
+    """Every mode x ratio x seed of a grid search (replace only at ratios <= 1)."""
+    mix = spec.mix
+    return [
+        {"mode": mode, "ratio": float(r), "seed": seed}
+        for mode in mix.modes
+        for r in mix.ratios
+        if not (mode == "replace" and r > 1)
+        for seed in mix.seeds
+    ]
+
+
+def pool_size(spec: StudySpec, n_train: int) -> int:
+    """Synthetic images per seed: the study's `pool_size`, else what the largest ratio needs."""
+    n = min(spec.mix.real_size or n_train, n_train)
+    return spec.mix.pool_size or max(1, synthetic_count("augment", spec.mix.max_ratio(), n))
+
+
+def _pool_task(generator_spec, real: ImageSet, size: int, seed: int, threads: int) -> tuple[ImageSet, dict[str, float]]:
+    import torch
+
+    torch.set_num_threads(threads)
+    return make_pool(generator_spec, real, size, seed=seed)
+
+
+def make_pools(spec: StudySpec, splits: Splits, show_progress: bool) -> dict[int, ImageSet]:
+    """One pool per seed: a generator trained once on the real training set, in parallel on Ray."""
+    import ray
+
+    size = pool_size(spec, len(splits.train))
+    if spec.mix.samples is not None:
+        pool = load_pool(spec.mix.samples, splits.train)
+        if len(pool) < size:
+            raise DataError(f"{spec.mix.samples}: has {len(pool)} samples, the largest ratio needs {size}")
+        return {seed: pool for seed in spec.mix.seeds}
+    task = ray.remote(_pool_task).options(num_cpus=spec.resources.cpus_per_arm, num_gpus=spec.resources.gpus_per_arm)
+    threads = max(1, int(spec.resources.cpus_per_arm))
+    refs = {seed: task.remote(spec.generator, real_subset(splits.train, spec.mix.real_size, seed=seed), size, seed, threads)
+            for seed in spec.mix.seeds}
+    if show_progress:
+        print(f"training {len(refs)} generator(s), one per seed, for pools of {size} samples", file=sys.stderr, flush=True)
+    pools = {}
+    for seed, ref in refs.items():
+        pools[seed], info = ray.get(ref)
+        if show_progress:
+            print(f"  pool seed {seed}: " + " ".join(f"{k}={v:.3g}" for k, v in info.items()), file=sys.stderr, flush=True)
+    return pools
+
+
+def _trial(config: dict[str, Any], spec: StudySpec, splits: Splits, pools: dict[int, ImageSet]) -> None:
+    """One Tune trial: train the downstream classifier on the mix, report real-test accuracy every epoch."""
+    import torch
+    from ray import tune
+
+    from loops.autophagy import device_for
+    from synthdata.classifiers import predict_logits, train_classifier
+    from synthdata.metrics.stats import accuracy_with_ci
+
+    torch.set_num_threads(max(1, int(spec.resources.cpus_per_arm)))
+    device = device_for(spec.resources.gpus_per_arm)
+    mode, ratio, seed = config["mode"], float(config["ratio"]), int(config["seed"])
+    real = real_subset(splits.train, spec.mix.real_size, seed=seed)
+    data = mix_training_set(real, pools[seed], mode, ratio, seed=seed)
+    n_syn = synthetic_count(mode, ratio, len(real))
+    test = splits.test
+
+    def on_epoch(epoch: int, model: torch.nn.Module, loss: float) -> None:
+        pred = predict_logits(model, test.images, device=device).argmax(1)
+        acc = accuracy_with_ci(int((pred == test.labels).sum()), len(test))
+        tune.report({"epoch": epoch, METRIC: acc.value, f"{METRIC}_ci_low": acc.ci_low, f"{METRIC}_ci_high": acc.ci_high,
+                     "train_loss": loss, "n_real": len(data) - n_syn, "n_synthetic": n_syn})
+
+    # The classifier's seed depends on the seed only: every ratio of a seed starts from the same weights.
+    train_classifier(spec.downstream, data.images, data.labels, data.num_classes, seed=seed * 1_000_003 + 2,
+                     device=device, on_epoch=on_epoch)
+
+
+def _progress_callback(total: int, enabled: bool):
+    """A Tune callback that draws one bar over the trials (a line per finished trial off a terminal)."""
+    from ray import tune
+    from tqdm.auto import tqdm
+
+    class Bar(tune.Callback):
+        def __init__(self) -> None:
+            self.live = enabled and sys.stderr.isatty()
+            self.bar = tqdm(total=total, desc="trials", unit="trial", file=sys.stderr) if self.live else None
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            if self.bar is not None:
+                self.bar.set_postfix_str(f"{trial_name(trial.config)} epoch {result.get('epoch')}: {result.get(METRIC, 0):.3f}")
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            result = trial.last_result or {}
+            if self.bar is not None:
+                self.bar.update(1)
+            elif enabled:
+                print(f"{trial_name(trial.config):>24}  {METRIC}={result.get(METRIC, float('nan')):.3f}", file=sys.stderr, flush=True)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            if self.bar is not None:
+                self.bar.update(1)
+            print(f"{trial_name(trial.config)} FAILED", file=sys.stderr, flush=True)
+
+        def on_experiment_end(self, trials, **info):
+            if self.bar is not None:
+                self.bar.close()
+
+    return Bar()
+
+
+def _tuner(spec: StudySpec, splits: Splits, pools: dict[int, ImageSet], uri: str, parent_id: str, storage: Path, show_progress: bool):
+    from ray import tune
+    from ray.air.integrations.mlflow import MLflowLoggerCallback
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    mix = spec.mix
+    if mix.search.type == "grid":
+        points = grid_trials(spec)
+        # Tune's grid_search is a full product; the grid here skips replace at r > 1, so its
+        # points are given to the basic search as the trials to run, one each.
+        param_space = {"mode": tune.choice(list(mix.modes)), "ratio": tune.choice(list(mix.ratios)), "seed": tune.choice(list(mix.seeds))}
+        search, num_samples = BasicVariantGenerator(points_to_evaluate=points), len(points)
+    else:
+        import numpy as np
+
+        lo, hi = mix.search.ratio_range
+        rng = np.random.default_rng(0)
+        param_space = {
+            "mode": tune.choice(list(mix.modes)),
+            "seed": tune.choice(list(mix.seeds)),
+            "ratio": tune.sample_from(lambda s: float(rng.uniform(lo, hi if s.config["mode"] == "augment" else min(hi, 1.0)))),
+        }
+        search, num_samples = BasicVariantGenerator(random_state=0), mix.search.num_samples
+    trainable = tune.with_resources(
+        tune.with_parameters(_trial, spec=spec, splits=splits, pools=pools),
+        {"cpu": spec.resources.cpus_per_arm, "gpu": spec.resources.gpus_per_arm},
+    )
+    mlflow_cb = MLflowLoggerCallback(
+        tracking_uri=uri,
+        experiment_name=spec.experiment_name,
+        tags={"mlflow.parentRunId": parent_id, "synthdata.study": spec.name, "synthdata.role": "trial"},
+    )
+    return tune.Tuner(
+        trainable,
+        param_space=param_space,
+        tune_config=tune.TuneConfig(search_alg=search, num_samples=num_samples, trial_name_creator=lambda t: trial_name(t.config),
+                                    trial_dirname_creator=lambda t: trial_name(t.config).replace("/", "_")),
+        run_config=tune.RunConfig(name=spec.name, storage_path=str(storage), verbose=0,
+                                  callbacks=[mlflow_cb, _progress_callback(num_samples, show_progress)]),
+    )
+
+
+def mix_table_from_mlflow(uri: str, parent_id: str) -> pd.DataFrame:
+    """One row per trial run of a mix study: mode, ratio, seed and the final-epoch metrics, read back from MLflow."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    parent = client.get_run(parent_id)
+    runs = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'")
+    rows = []
+    for run in runs:
+        p, m = run.data.params, run.data.metrics
+        rows.append({
+            "trial": run.info.run_name, "mode": p.get("mode"), "ratio": float(p.get("ratio", "nan")), "seed": int(p.get("seed", -1)),
+            "status": run.info.status, "epochs": int(m.get("epoch", 0)),
+            **{k: m.get(k) for k in (METRIC, f"{METRIC}_ci_low", f"{METRIC}_ci_high", "n_real", "n_synthetic")},
+        })
+    if not rows:
+        return pd.DataFrame()
+    return pd.DataFrame(rows).sort_values(["mode", "ratio", "seed"]).reset_index(drop=True)
+
+
+def format_mix_table(table: pd.DataFrame) -> str:
+    """Accuracy per mode and ratio: mean ± sd over seeds, with the seeds' 95% intervals when there is one seed."""
+    done = table[table[METRIC].notna()]
+    grouped = done.groupby(["mode", "ratio"])
+    out = grouped.agg(seeds=("seed", "nunique"), n_real=("n_real", "first"), n_synthetic=("n_synthetic", "first")).reset_index()
+    mean, sd = grouped[METRIC].mean().values, grouped[METRIC].std().fillna(0).values
+    lo, hi = grouped[f"{METRIC}_ci_low"].mean().values, grouped[f"{METRIC}_ci_high"].mean().values
+    out["test accuracy"] = [f"{m:.3f} ± {d:.3f}" for m, d in zip(mean, sd)]
+    out["mean 95% CI"] = [f"[{a:.3f}, {b:.3f}]" for a, b in zip(lo, hi)]
+    out = out.astype({"n_real": int, "n_synthetic": int})
+    return out.to_string(index=False) + "\n(mean ± sd over seeds; each trial's own interval averaged in 'mean 95% CI')"
+
+
+def mix_figure(table: pd.DataFrame, path: Path, title: str) -> Path:
+    """Test accuracy against the synthetic ratio r, a line per mode, a band of one sd over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    sns.set_theme(style="whitegrid", context="notebook")
+    fig, ax = plt.subplots(figsize=(7.0, 4.2))
+    data = table[table[METRIC].notna()]
+    sns.lineplot(data=data, x="ratio", y=METRIC, hue="mode", marker="o", errorbar="sd", ax=ax)
+    ax.set_xlabel("r (synthetic images per real image: added in augment, swapped in for real in replace)")
+    ax.set_ylabel("downstream accuracy (real test set)")
+    ax.set_title(title, fontsize=11)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def run_mix_study(
+    spec: StudySpec, *, address: str | None = None, tracking_uri: str | None = None, show_progress: bool = True
+) -> StudyResult:
+    """Make the pools, run the Tune sweep with every trial logged as a child run, and summarize from MLflow."""
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no CSV/JSON/TensorBoard files per trial
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    start = time.perf_counter()
+    splits = make_splits(spec.data, seed=0)  # data errors surface here, before Ray or MLflow
+    check_generator(spec.generator, splits.train.shape)
+    if spec.mix.samples is not None:
+        load_pool(spec.mix.samples, splits.train)  # a bad sample file is refused before anything is tracked
+    uri = resolve_tracking_uri(tracking_uri or spec.tracking.uri)
+    init_ray(address or spec.resources.address)
+    tracker = StudyTracker(uri, spec.experiment_name, spec.name, flat_params(spec),
+                           tags={"synthdata.kind": spec.kind, "synthdata.spec_hash": spec_hash(spec)})
+    out_dir = Path(spec.tracking.report_dir) / spec.name
+    status, failed = "FAILED", {}
+    table = pd.DataFrame()
+    figures: list[Path] = []
+    try:
+        pools = make_pools(spec, splits, show_progress)
+        for seed, pool in pools.items():
+            if spec.tracking.checkpoints:  # reusable as `mix.samples` by later studies
+                with tempfile.TemporaryDirectory() as tmp:
+                    save_samples(pool, Path(tmp) / f"seed{seed}.safetensors")
+                    tracker.client.log_artifact(tracker.parent_id, str(Path(tmp) / f"seed{seed}.safetensors"), artifact_path="pools")
+            if spec.tracking.sample_grid and pool.images.shape[-1] > 1:
+                tracker.client.log_image(tracker.parent_id, sample_grid(pool.images[:64]), artifact_file=f"pools/seed{seed}.png")
+        storage = (out_dir / "tune").resolve()
+        results = _tuner(spec, splits, pools, uri, tracker.parent_id, storage, show_progress).fit()
+        for result in results:
+            if result.error is not None:
+                failed[trial_name(result.config)] = str(result.error).strip().splitlines()[-1]
+        table = mix_table_from_mlflow(uri, tracker.parent_id)
+        if not table.empty:
+            tracker.save_results(out_dir, table, format_mix_table(table))
+            figures = [mix_figure(table, out_dir / "figures" / f"{METRIC}_vs_ratio.png", f"{spec.name}: augment vs replace")]
+            tracker.log_figures(figures)
+        status = "FAILED" if failed else "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        tracker.end(status)
+    return StudyResult(table, tracker.parent_id, failed, time.perf_counter() - start, figures)

@@ -1,0 +1,82 @@
+"""Real/synthetic training mixes, and the synthetic pool they draw from.
+
+A mix study asks: with N real images, does a classifier do better with synthetic
+images added (`augment`) or swapped in (`replace`)? Every trial of a seed draws from
+one pool, made once by a generator trained on the real training set, so trials differ
+only in the mix.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from synthdata.data import ImageSet, class_balanced_labels, concat, quantize
+from synthdata.errors import DataError
+from synthdata.generators import Progress, create_generator
+
+
+def make_pool(generator_spec, real: ImageSet, size: int, *, seed: int, device: str = "cpu",
+              progress: Progress | None = None) -> tuple[ImageSet, dict[str, float]]:
+    """Train a generator on `real` and draw `size` labelled samples with `real`'s class balance.
+
+    Samples are quantized to the real data's intensity levels, as saving them would.
+    Returns the pool and the generator's fit summary.
+    """
+    generator = create_generator(generator_spec, real.shape, real.num_classes, device)
+    info = generator.fit(real, seed=seed, progress=progress)
+    labels = class_balanced_labels(size, real.labels, real.num_classes, torch.Generator().manual_seed(seed + 1))
+    images = quantize(generator.sample(labels, seed=seed + 2), real.levels)
+    if not torch.isfinite(images).all():
+        raise FloatingPointError("generator diverged: its samples are not finite")
+    return ImageSet(images, labels, real.num_classes, real.levels), {k: float(v) for k, v in info.items()}
+
+
+def load_pool(path: Path, real: ImageSet) -> ImageSet:
+    """A saved sample set, checked against the real data it will be mixed with."""
+    from synthdata.tracking import load_samples
+
+    try:
+        pool = load_samples(path)
+    except Exception as err:  # safetensors raises its own error types for a damaged file
+        raise DataError(f"{path}: cannot read sample set ({type(err).__name__}: {err})") from None
+    if pool.shape != real.shape or pool.num_classes != real.num_classes:
+        raise DataError(
+            f"{path}: samples are {pool.shape} with {pool.num_classes} classes, the real data {real.shape} with {real.num_classes}"
+        )
+    return pool
+
+
+def synthetic_count(mode: str, ratio: float, n_real: int) -> int:
+    """Synthetic images in a trial: r*N in both modes (added in `augment`, swapped in for real in `replace`)."""
+    if mode == "replace" and ratio > 1:
+        raise ValueError(f"replace needs a ratio <= 1, got {ratio}")
+    return round(ratio * n_real)
+
+
+def real_subset(real: ImageSet, real_size: int | None, *, seed: int) -> ImageSet:
+    """The N real images of a seed (all of them when `real_size` is None), in the seed's fixed order.
+
+    The seed's generator trains on exactly these, and its trials mix prefixes of them:
+    the generator never sees real data the classifier is denied.
+    """
+    order = torch.randperm(len(real), generator=torch.Generator().manual_seed(seed))
+    return real.subset(order[: min(real_size or len(real), len(real))])
+
+
+def mix_training_set(real: ImageSet, pool: ImageSet, mode: str, ratio: float, *, seed: int) -> ImageSet:
+    """The training set of one trial, from a seed's N real images (`real_subset`) and its pool.
+
+    Real and synthetic images are prefixes of orders fixed per seed, so the trials of a
+    seed are nested (in `augment` a larger r only adds synthetic images; in `replace` it
+    keeps a subset of the real ones and a superset of the synthetic ones): differences
+    between r values are the mix, not the draw.
+    """
+    n = len(real)
+    n_syn = synthetic_count(mode, ratio, n)
+    n_real = n if mode == "augment" else n - n_syn
+    if n_syn > len(pool):
+        raise ValueError(f"{mode} at ratio {ratio:g} needs {n_syn} synthetic images, the pool has {len(pool)}")
+    pool_order = torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed + 1))
+    parts = [s for s in (real.subset(torch.arange(n_real)), pool.subset(pool_order[:n_syn])) if len(s)]
+    return concat(*parts)

@@ -1,0 +1,91 @@
+"""Mix studies: the training-set arithmetic, and a tiny sweep through real Ray Tune into a temporary MLflow store."""
+from __future__ import annotations
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from loops.mix import grid_trials, mix_table_from_mlflow, run_mix_study
+from synthdata.data import ImageSet
+from synthdata.mixing import mix_training_set, real_subset
+from synthdata.spec import parse_spec
+
+
+def _set(n: int, value: float, k: int = 2) -> ImageSet:
+    return ImageSet(torch.full((n, 1, 4, 4), value), torch.arange(n) % k, k, None)
+
+
+@pytest.mark.parametrize("mode, ratio, n_real, n_syn", [
+    ("augment", 0.0, 100, 0), ("augment", 0.5, 100, 50), ("augment", 2.0, 100, 200),
+    ("replace", 0.0, 100, 0), ("replace", 0.3, 70, 30), ("replace", 1.0, 0, 100),
+])
+def test_mix_sizes(mode, ratio, n_real, n_syn):
+    real, pool = _set(150, -1.0), _set(300, 1.0)  # real images are -1, synthetic +1
+    data = mix_training_set(real_subset(real, 100, seed=0), pool, mode, ratio, seed=0)
+    synthetic = int((data.images[:, 0, 0, 0] > 0).sum())
+    assert (len(data) - synthetic, synthetic) == (n_real, n_syn)
+
+
+def test_mixes_of_a_seed_are_nested_and_seeds_differ():
+    real = ImageSet(torch.arange(100.0).view(-1, 1, 1, 1), torch.zeros(100, dtype=torch.long), 1, None)
+    pool = ImageSet(1000 + torch.arange(100.0).view(-1, 1, 1, 1), torch.zeros(100, dtype=torch.long), 1, None)
+    ids = lambda mode, r, seed: set(mix_training_set(real_subset(real, 40, seed=seed), pool, mode, r, seed=seed).images.flatten().tolist())
+    assert ids("augment", 0.25, 0) < ids("augment", 0.5, 0)  # more synthetic adds images, keeps the rest
+    real_of = lambda s: {x for x in s if x < 1000}
+    synthetic_of = lambda s: {x for x in s if x >= 1000}
+    # replace swaps: a larger r keeps a subset of the real images and a superset of the synthetic ones
+    assert real_of(ids("replace", 0.5, 0)) < real_of(ids("replace", 0.25, 0))
+    assert synthetic_of(ids("replace", 0.25, 0)) < synthetic_of(ids("replace", 0.5, 0))
+    assert ids("augment", 0.0, 0) != ids("augment", 0.0, 1)  # each seed has its own N real images
+    assert ids("augment", 0.0, 0) == set(real_subset(real, 40, seed=0).images.flatten().tolist())
+    with pytest.raises(ValueError, match="ratio <= 1"):
+        mix_training_set(real_subset(real, 40, seed=0), pool, "replace", 1.5, seed=0)
+    with pytest.raises(ValueError, match="the pool has 100"):
+        mix_training_set(real_subset(real, 40, seed=0), pool, "augment", 4.0, seed=0)
+
+
+def test_grid_skips_replace_above_one():
+    spec = parse_spec({"name": "m", "kind": "mix", "mix": {"ratios": [0, 1, 2], "seeds": [0, 1]}})
+    names = {(t["mode"], t["ratio"]) for t in grid_trials(spec)}
+    assert names == {("augment", 0.0), ("augment", 1.0), ("augment", 2.0), ("replace", 0.0), ("replace", 1.0)}
+    assert len(grid_trials(spec)) == 10
+
+
+@pytest.mark.slow
+def test_tiny_sweep_through_ray_tune_logs_every_trial(local_ray, tracking_uri, tmp_path):
+    epochs = 2
+    spec = parse_spec({
+        "name": "mix", "kind": "mix",
+        "data": {"limit": 300},
+        "generator": {"name": "gaussian", "covariance": "diag"},
+        "downstream": {"epochs": epochs, "batch_size": 64},
+        "mix": {"modes": ["augment", "replace"], "ratios": [0.0, 1.0], "seeds": [0]},
+        "tracking": {"report_dir": str(tmp_path / "runs")},
+    })
+    result = run_mix_study(spec, tracking_uri=tracking_uri, show_progress=False)
+    assert not result.failed
+
+    c = MlflowClient(tracking_uri)
+    runs = c.search_runs([c.get_experiment_by_name("mix").experiment_id], f"tags.`mlflow.parentRunId` = '{result.parent_run_id}'")
+    by_name = {r.info.run_name: r for r in runs}
+    assert set(by_name) == {"augment/r=0/seed0", "augment/r=1/seed0", "replace/r=0/seed0", "replace/r=1/seed0"}
+    for name, run in by_name.items():
+        mode, r, _ = name.split("/")
+        assert run.info.status == "FINISHED" and run.data.tags["synthdata.role"] == "trial"
+        assert run.data.params["mode"] == mode and float(run.data.params["ratio"]) == float(r[2:]) and run.data.params["seed"] == "0"
+        curve = c.get_metric_history(run.info.run_id, "test_accuracy")
+        assert sorted(m.step for m in curve) == list(range(1, epochs + 1))  # a point per epoch
+    # Trials of the same seed share the pool and the classifier's initial weights: r = 0 is the same trial in both modes.
+    final = {n: r.data.metrics["test_accuracy"] for n, r in by_name.items()}
+    assert final["augment/r=0/seed0"] == final["replace/r=0/seed0"]
+    assert by_name["replace/r=1/seed0"].data.metrics["n_real"] == 0  # synthetic only, at size N
+
+    # The summary table is what MLflow holds.
+    table = mix_table_from_mlflow(tracking_uri, result.parent_run_id)
+    assert len(result.table) == 4 and result.table.equals(table)
+    parent = c.get_run(result.parent_run_id)
+    assert parent.info.status == "FINISHED" and parent.data.params["mix.ratios"] == "0.0,1.0"
+    artifacts = {a.path for a in c.list_artifacts(result.parent_run_id)}
+    assert {"results.txt", "results.csv", "figures", "pools"} <= artifacts
+    assert {a.path for a in c.list_artifacts(result.parent_run_id, "pools")} >= {"pools/seed0.safetensors"}
+    assert (tmp_path / "runs" / "mix" / "figures" / "test_accuracy_vs_ratio.png").stat().st_size > 10_000

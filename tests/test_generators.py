@@ -43,20 +43,29 @@ def test_gaussian_ml_fit_is_biased_by_n_minus_1_over_n():
     assert v_ml == pytest.approx(v_unb * 4 / 5)
 
 
-def test_diffusion_trains_and_samples_class_conditionally():
+@pytest.fixture(scope="module")
+def two_class_diffusion():
+    """One small class-conditional model, trained with label dropout so it can also be guided.
+
+    Two classes that differ only in brightness: a conditional model must keep them apart.
+    """
     torch.set_num_threads(2)
-    # Two classes that differ only in brightness: a conditional model must keep them apart.
     n = 256
     labels = torch.arange(2).repeat_interleave(n // 2)
-    images = torch.where(labels[:, None, None, None] == 0, -0.6, 0.6) + 0.05 * torch.randn(n, 1, 8, 8)
+    images = torch.where(labels[:, None, None, None] == 0, -0.3, 0.3) + 0.05 * torch.randn(n, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     data = ImageSet(images.clamp(-1, 1), labels, 2)
-    spec = DiffusionSpec(channels=(16, 32), train_steps=150, batch_size=64, lr=2e-3, warmup_steps=10, sampling_steps=10)
+    spec = DiffusionSpec(channels=(16, 32), train_steps=150, batch_size=64, lr=2e-3, warmup_steps=10, sampling_steps=10, cond_dropout=0.2)
     gen = create_generator(spec, data.shape, 2)
     info = gen.fit(data, seed=0)
+    return gen, spec, data, info
+
+
+def test_diffusion_trains_and_samples_class_conditionally(two_class_diffusion):
+    gen, _, _, info = two_class_diffusion
     assert info["generator_loss"] < 0.5
     out = gen.sample(torch.tensor([0] * 32 + [1] * 32), seed=0)
     assert out.shape == (64, 1, 8, 8) and out.min() >= -1 and out.max() <= 1
-    assert out[:32].mean() < -0.2 and out[32:].mean() > 0.2
+    assert out[:32].mean() < -0.1 and out[32:].mean() > 0.1
 
 
 def test_diffusion_levels_must_fit_the_image_size():
@@ -96,19 +105,13 @@ def test_gmm_fits_a_two_mode_class_and_reports_its_moments():
         create_generator(GMMSpec(components=2), data.shape, 2).fit(data, seed=0)  # class 1 has no data
 
 
-def test_classifier_free_guidance_sharpens_class_separation():
-    torch.set_num_threads(2)
-    n = 256
-    labels = torch.arange(2).repeat_interleave(n // 2)
-    images = torch.where(labels[:, None, None, None] == 0, -0.3, 0.3) + 0.05 * torch.randn(n, 1, 8, 8)
-    data = ImageSet(images.clamp(-1, 1), labels, 2)
-    spec = DiffusionSpec(channels=(16, 32), train_steps=150, batch_size=64, lr=2e-3, warmup_steps=10, sampling_steps=10, cond_dropout=0.2)
-    gen = create_generator(spec, data.shape, 2)
-    gen.fit(data, seed=0)
+def test_classifier_free_guidance_sharpens_class_separation(two_class_diffusion):
+    gen, spec, data, _ = two_class_diffusion
     y = torch.tensor([0] * 32 + [1] * 32)
     plain = gen.sample(y, seed=0)
     gen.spec = spec.model_copy(update={"guidance_scale": 3.0})
     guided = gen.sample(y, seed=0)
+    gen.spec = spec
     gap = lambda x: float(x[32:].mean() - x[:32].mean())  # noqa: E731
     assert gap(plain) > 0.2
     assert gap(guided) > gap(plain)  # guidance pushes samples further toward their class
@@ -116,3 +119,12 @@ def test_classifier_free_guidance_sharpens_class_separation():
     fresh = create_generator(spec, data.shape, 2)
     fresh.load_state_dict(state)
     assert torch.equal(fresh.sample(y, seed=0), plain)
+
+
+def test_non_finite_diffusion_loss_stops_training_with_the_step():
+    # One non-finite pixel (an overflowed sample fed back by a loop) makes the loss NaN at once.
+    images = torch.zeros(64, 1, 8, 8)
+    images[5, 0, 3, 3] = float("inf")
+    spec = DiffusionSpec(channels=(8, 16), train_steps=20, batch_size=64, warmup_steps=0, attention=False)
+    with pytest.raises(FloatingPointError, match="diffusion training diverged at step 0"):
+        create_generator(spec, (1, 8, 8), 2).fit(ImageSet(images, torch.arange(64) % 2, 2), seed=0)

@@ -61,14 +61,16 @@ def train_classifier(
     n = len(labels)
     batch = min(spec.batch_size, n)
     steps_per_epoch = max(1, n // batch)
+    total_steps = spec.steps or spec.epochs * steps_per_epoch
     opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=spec.lr, total_steps=spec.epochs * steps_per_epoch)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=spec.lr, total_steps=total_steps)
     images, labels = images.to(device), labels.to(device)
     model.train()
-    for epoch in range(1, spec.epochs + 1):
+    for epoch in range(1, -(-total_steps // steps_per_epoch) + 1):
         order = torch.randperm(n, generator=g).to(device)
         total = torch.zeros((), device=device)
-        for i in range(steps_per_epoch):
+        steps = min(steps_per_epoch, total_steps - (epoch - 1) * steps_per_epoch)  # the last pass may be partial
+        for i in range(steps):
             idx = order[i * batch : (i + 1) * batch]
             loss = F.cross_entropy(model(images[idx]), labels[idx])
             opt.zero_grad(set_to_none=True)
@@ -77,7 +79,7 @@ def train_classifier(
             sched.step()
             total += loss.detach()
         if on_epoch is not None:
-            on_epoch(epoch, model.eval(), float(total) / steps_per_epoch)
+            on_epoch(epoch, model.eval(), float(total) / steps)
             model.train()
     return model.eval()
 

@@ -139,6 +139,11 @@ class ClassifierSpec(_Strict):
     name: Literal["cnn"] = Field("cnn", description="Classifier architecture (the small CNN).")
     width: int = Field(32, ge=4, le=512, description="Channels of the first conv layer.")
     epochs: int = Field(15, ge=1)
+    steps: int | None = Field(
+        None, ge=1,
+        description="Train for exactly this many optimizer steps instead of `epochs` passes: the same compute "
+        "whatever the training set's size (mix studies compare sets of different sizes).",
+    )
     batch_size: int = Field(128, ge=1)
     lr: float = Field(2e-3, gt=0, lt=1)
     weight_decay: float = Field(5e-4, ge=0)

@@ -44,6 +44,20 @@ def test_mixes_of_a_seed_are_nested_and_seeds_differ():
         mix_training_set(real_subset(real, 40, seed=0), pool, "augment", 4.0, seed=0)
 
 
+def test_a_step_budget_gives_every_mix_the_same_compute():
+    from synthdata.classifiers import train_classifier
+    from synthdata.spec import ClassifierSpec
+
+    calls = []
+    spec = ClassifierSpec(steps=7, batch_size=32, width=4)
+    for n in (100, 300):  # 3 and 9 steps per pass
+        x, y = torch.randn(n, 1, 8, 8), torch.arange(n) % 2
+        seen: list[int] = []
+        train_classifier(spec, x, y, 2, seed=0, on_epoch=lambda e, m, loss: seen.append(e))
+        calls.append(seen)
+    assert calls == [[1, 2, 3], [1]]  # 3+3+1 steps, then one partial pass of 7
+
+
 def test_grid_skips_replace_above_one():
     spec = parse_spec({"name": "m", "kind": "mix", "mix": {"ratios": [0, 1, 2], "seeds": [0, 1]}})
     names = {(t["mode"], t["ratio"]) for t in grid_trials(spec)}

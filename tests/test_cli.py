@@ -25,7 +25,7 @@ def write_study(tmp_path: Path, study) -> Path:
 def test_validate_prints_the_resolved_spec():
     r = run_cli("validate", "studies/quickstart.yaml", cwd=REPO)
     assert r.returncode == 0, r.stderr
-    assert "valid loop study 'quickstart'" in r.stdout and "train_steps: 800" in r.stdout
+    assert "valid loop study 'quickstart'" in r.stdout and "train_steps: 450" in r.stdout
 
 
 # The installed command's exit code and stderr, for one spec error and one data error; the

@@ -155,15 +155,8 @@ def _tuner(spec: StudySpec, splits: Splits, pools: dict[int, ImageSet], uri: str
         param_space = {"mode": tune.choice(list(mix.modes)), "ratio": tune.choice(list(mix.ratios)), "seed": tune.choice(list(mix.seeds))}
         search, num_samples = BasicVariantGenerator(points_to_evaluate=points), len(points)
     else:
-        import numpy as np
-
-        lo, hi = mix.search.ratio_range
-        rng = np.random.default_rng(0)
-        param_space = {
-            "mode": tune.choice(list(mix.modes)),
-            "seed": tune.choice(list(mix.seeds)),
-            "ratio": tune.sample_from(lambda s: float(rng.uniform(lo, hi if s.config["mode"] == "augment" else min(hi, 1.0)))),
-        }
+        lo, hi = mix.search.ratio_range  # the spec refuses high > 1 when replace is swept
+        param_space = {"mode": tune.choice(list(mix.modes)), "seed": tune.choice(list(mix.seeds)), "ratio": tune.uniform(lo, hi)}
         search, num_samples = BasicVariantGenerator(random_state=0), mix.search.num_samples
     trainable = tune.with_resources(
         tune.with_parameters(_trial, spec=spec, splits=splits, pools=pools),

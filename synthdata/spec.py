@@ -223,7 +223,7 @@ class SearchSpec(_Strict):
         "grid", description="grid: every mode x ratio x seed; random: `num_samples` trials, ratio ~ U(ratio_range)."
     )
     num_samples: int = Field(20, ge=1, le=10_000, description="random: number of trials.")
-    ratio_range: tuple[float, float] = Field((0.0, 1.0), description="random: the ratio's range (replace is capped at 1).")
+    ratio_range: tuple[float, float] = Field((0.0, 1.0), description="random: the ratio's range (at most 1 when replace is swept).")
 
     @model_validator(mode="after")
     def _range(self) -> "SearchSpec":
@@ -275,6 +275,8 @@ class MixSpec(_Strict):
     def _usable(self) -> "MixSpec":
         if self.samples is not None and not self.samples.is_file():
             raise ValueError(f"samples: file does not exist: {self.samples}")
+        if self.search.type == "random" and "replace" in self.modes and self.search.ratio_range[1] > 1:
+            raise ValueError("search.ratio_range: replace needs ratios <= 1; sweep augment alone for larger ones")
         if self.search.type == "grid" and self.modes == ("replace",) and not any(r <= 1 for r in self.ratios):
             raise ValueError("ratios: replace needs ratios <= 1 (r is the synthetic share of N)")
         return self

@@ -116,6 +116,8 @@ SPEC_CASES: list[tuple[str, object, str]] = [
      "mix.ratios: replace needs ratios <= 1"),
     ("mix-samples-missing", {"name": "m", "kind": "mix", "mix": {"samples": "pool.safetensors"}},
      "mix.samples: file does not exist: pool.safetensors"),
+    ("random-replace-above-1", {"name": "m", "kind": "mix", "mix": {"search": {"type": "random", "ratio_range": [0, 2]}}},
+     "mix.search.ratio_range: replace needs ratios <= 1"),
     ("random-search-bad-range", {"name": "m", "kind": "mix", "mix": {"search": {"type": "random", "ratio_range": [1, 0.5]}}},
      "mix.search.ratio_range: give [low, high]"),
 ]

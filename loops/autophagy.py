@@ -50,7 +50,8 @@ class Arm:
         return " ".join([self.loop_type, *(f"{key.split('.')[-1]}={value:g}" for key, value in self.overrides)])
 
     def params(self) -> dict[str, str]:
-        return {"loop_type": self.loop_type, "seed": str(self.seed), "arm": self.name, **{k: f"{v:g}" for k, v in self.overrides}}
+        """What the arm's MLflow run holds besides the study's params; `group` lets the UI colour runs by line."""
+        return {"loop_type": self.loop_type, "seed": str(self.seed), "arm": self.name, "group": self.group, **{k: f"{v:g}" for k, v in self.overrides}}
 
     def spec_for(self, spec: StudySpec) -> StudySpec:
         """The study spec with this arm's swept values filled in."""

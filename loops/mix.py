@@ -22,9 +22,9 @@ from synthdata.errors import DataError
 from synthdata.generators import check_generator
 from synthdata.mixing import load_pool, make_pool, mix_training_set, real_subset, synthetic_count
 from synthdata.spec import StudySpec, flat_params, spec_hash
+from synthdata.figures import mix_figure
+from synthdata.results import MIX_METRIC, format_mix_table, mix_table_from_mlflow
 from synthdata.tracking import StudyTracker, resolve_tracking_uri, sample_grid, save_samples
-
-METRIC = "test_accuracy"
 
 
 def trial_name(config: dict[str, Any]) -> str:
@@ -101,7 +101,7 @@ def _trial(config: dict[str, Any], spec: StudySpec, splits: Splits, pools: dict[
     def on_epoch(epoch: int, model: torch.nn.Module, loss: float) -> None:
         pred = predict_logits(model, test.images, device=device).argmax(1)
         acc = accuracy_with_ci(int((pred == test.labels).sum()), len(test))
-        tune.report({"epoch": epoch, METRIC: acc.value, f"{METRIC}_ci_low": acc.ci_low, f"{METRIC}_ci_high": acc.ci_high,
+        tune.report({"epoch": epoch, MIX_METRIC: acc.value, f"{MIX_METRIC}_ci_low": acc.ci_low, f"{MIX_METRIC}_ci_high": acc.ci_high,
                      "train_loss": loss, "n_real": len(data) - n_syn, "n_synthetic": n_syn})
 
     # The classifier's seed depends on the seed only: every ratio of a seed starts from the same weights.
@@ -121,14 +121,14 @@ def _progress_callback(total: int, enabled: bool):
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             if self.bar is not None:
-                self.bar.set_postfix_str(f"{trial_name(trial.config)} epoch {result.get('epoch')}: {result.get(METRIC, 0):.3f}")
+                self.bar.set_postfix_str(f"{trial_name(trial.config)} epoch {result.get('epoch')}: {result.get(MIX_METRIC, 0):.3f}")
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             result = trial.last_result or {}
             if self.bar is not None:
                 self.bar.update(1)
             elif enabled:
-                print(f"{trial_name(trial.config):>24}  {METRIC}={result.get(METRIC, float('nan')):.3f}", file=sys.stderr, flush=True)
+                print(f"{trial_name(trial.config):>24}  {MIX_METRIC}={result.get(MIX_METRIC, float('nan')):.3f}", file=sys.stderr, flush=True)
 
         def on_trial_error(self, iteration, trials, trial, **info):
             if self.bar is not None:
@@ -177,61 +177,6 @@ def _tuner(spec: StudySpec, splits: Splits, pools: dict[int, ImageSet], uri: str
     )
 
 
-def mix_table_from_mlflow(uri: str, parent_id: str) -> pd.DataFrame:
-    """One row per trial run of a mix study: mode, ratio, seed and the final-epoch metrics, read back from MLflow."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(uri)
-    parent = client.get_run(parent_id)
-    runs = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'")
-    rows = []
-    for run in runs:
-        p, m = run.data.params, run.data.metrics
-        rows.append({
-            "trial": run.info.run_name, "mode": p.get("mode"), "ratio": float(p.get("ratio", "nan")), "seed": int(p.get("seed", -1)),
-            "status": run.info.status, "epochs": int(m.get("epoch", 0)),
-            **{k: m.get(k) for k in (METRIC, f"{METRIC}_ci_low", f"{METRIC}_ci_high", "n_real", "n_synthetic")},
-        })
-    if not rows:
-        return pd.DataFrame()
-    return pd.DataFrame(rows).sort_values(["mode", "ratio", "seed"]).reset_index(drop=True)
-
-
-def format_mix_table(table: pd.DataFrame) -> str:
-    """Accuracy per mode and ratio: mean ± sd over seeds, with the seeds' 95% intervals when there is one seed."""
-    done = table[table[METRIC].notna()]
-    grouped = done.groupby(["mode", "ratio"])
-    out = grouped.agg(seeds=("seed", "nunique"), n_real=("n_real", "first"), n_synthetic=("n_synthetic", "first")).reset_index()
-    mean, sd = grouped[METRIC].mean().values, grouped[METRIC].std().fillna(0).values
-    lo, hi = grouped[f"{METRIC}_ci_low"].mean().values, grouped[f"{METRIC}_ci_high"].mean().values
-    out["test accuracy"] = [f"{m:.3f} ± {d:.3f}" for m, d in zip(mean, sd)]
-    out["mean 95% CI"] = [f"[{a:.3f}, {b:.3f}]" for a, b in zip(lo, hi)]
-    out = out.astype({"n_real": int, "n_synthetic": int})
-    return out.to_string(index=False) + "\n(mean ± sd over seeds; each trial's own interval averaged in 'mean 95% CI')"
-
-
-def mix_figure(table: pd.DataFrame, path: Path, title: str) -> Path:
-    """Test accuracy against the synthetic ratio r, a line per mode, a band of one sd over seeds."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    sns.set_theme(style="whitegrid", context="notebook")
-    fig, ax = plt.subplots(figsize=(7.0, 4.2))
-    data = table[table[METRIC].notna()]
-    sns.lineplot(data=data, x="ratio", y=METRIC, hue="mode", marker="o", errorbar="sd", ax=ax)
-    ax.set_xlabel("r (synthetic images per real image: added in augment, swapped in for real in replace)")
-    ax.set_ylabel("downstream accuracy (real test set)")
-    ax.set_title(title, fontsize=11)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
 def run_mix_study(
     spec: StudySpec, *, address: str | None = None, tracking_uri: str | None = None, show_progress: bool = True
 ) -> StudyResult:
@@ -268,7 +213,7 @@ def run_mix_study(
         table = mix_table_from_mlflow(uri, tracker.parent_id)
         if not table.empty:
             tracker.save_results(out_dir, table, format_mix_table(table))
-            figures = [mix_figure(table, out_dir / "figures" / f"{METRIC}_vs_ratio.png", f"{spec.name}: augment vs replace")]
+            figures = [mix_figure(table, out_dir / "figures" / f"{MIX_METRIC}_vs_ratio.png", f"{spec.name}: augment vs replace")]
             tracker.log_figures(figures)
         status = "FAILED" if failed else "FINISHED"
     except KeyboardInterrupt:

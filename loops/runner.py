@@ -20,7 +20,8 @@ from synthdata.data import Splits, make_splits
 from synthdata.errors import UserError
 from synthdata.generators import check_generator
 from synthdata.metrics.features import RealReference, train_feature_extractor
-from synthdata.report import metric_figures
+from synthdata.figures import metric_figures
+from synthdata.results import format_table, loop_rows_from_mlflow, results_table
 from synthdata.spec import StudySpec, flat_params, spec_hash
 from synthdata.tracking import StudyTracker, download_samples, find_resumable, resolve_tracking_uri, sample_grid
 
@@ -45,10 +46,9 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
         return
     address = address or os.environ.get("RAY_ADDRESS")
     kwargs = dict(include_dashboard=False, log_to_driver=True, configure_logging=True, logging_level="ERROR")
-    if address:
-        ray.init(address=address, **kwargs)
-    else:
-        ray.init(num_cpus=num_cpus, **kwargs)
+    # "local" always starts a new Ray here; without it, ray.init() would join whatever
+    # cluster `ray start` last left running on this machine.
+    ray.init(address=address or "local", num_cpus=None if address else num_cpus, **kwargs)
 
 
 def study_context(spec: StudySpec, splits: Splits) -> StudyContext:
@@ -159,21 +159,6 @@ def _prepare_resume(spec: StudySpec, uri: str, arms: list[Arm]):
     return found, states
 
 
-def _table_from_mlflow(uri: str, tracker: StudyTracker, arms: list[Arm]) -> list[dict]:
-    """Rows for generations logged before a resume, so the final table covers the whole study."""
-    rows: dict[tuple[str, int], dict] = {}
-    for arm in arms:
-        run_id = tracker.arm_runs.get(arm.name)
-        if run_id is None:
-            continue
-        run = tracker.client.get_run(run_id)
-        for key in run.data.metrics:
-            for m in tracker.client.get_metric_history(run_id, key):
-                row = rows.setdefault((arm.name, m.step), _row_base(arm, m.step))
-                row[key] = m.value
-    return list(rows.values())
-
-
 def _row_base(arm: Arm, generation: int) -> dict:
     return {"arm": arm.name, "group": arm.group, "loop_type": arm.loop_type, "seed": arm.seed, "generation": generation}
 
@@ -213,7 +198,7 @@ def run_loop_study(
     done = dict(found.done) if found else {}
     kept = {name: list(state.history) for name, state in states.items() if state is not None}
     retries: dict[str, int] = {}
-    rows: list[dict] = _table_from_mlflow(uri, tracker, arms) if found else []
+    rows: list[dict] = loop_rows_from_mlflow(uri, tracker.parent_id) if found else []  # generations before the resume
     for arm in arms:
         tracker.start_arm(arm.name, arm.params())
         if done.get(arm.name, -1) >= spec.loop.generations:
@@ -297,71 +282,3 @@ def _short_reason(err: Exception) -> str:
         return f"{type(cause).__name__}: {cause}"
     lines = [ln for ln in str(err).strip().splitlines() if ln.strip()]
     return lines[-1] if lines else type(err).__name__
-
-
-def results_table(rows: list[dict]) -> pd.DataFrame:
-    """Rows of (arm, generation), one per generation, sorted for reading."""
-    if not rows:
-        return pd.DataFrame()
-    table = pd.DataFrame(rows).drop(columns=["generation_done"], errors="ignore")
-    return table.drop_duplicates(["arm", "generation"], keep="last").sort_values(["arm", "generation"]).reset_index(drop=True)
-
-
-# (column, header, format) of the metrics a table shows, in reading order.
-TABLE_METRICS = (
-    ("detectability_jsd_lower_bound", "JSD bound", ".3f"),
-    ("fid", "FID", ".2f"),
-    ("precision", "prec", ".2f"),
-    ("recall", "rec", ".2f"),
-    ("coverage", "cov", ".2f"),
-    ("diversity", "diversity", ".2f"),
-    ("fitted_variance", "fitted var", ".4f"),
-    ("w2_to_truth", "W2 to truth", ".3f"),
-)
-
-
-def format_table(table: pd.DataFrame, max_rows: int = 60) -> str:
-    """arm x generation x metric, with 95% intervals beside the accuracies.
-
-    Larger studies (many seeds or generations) print `summary_table` instead; the CSV
-    written beside the figures has every row.
-    """
-    if len(table) > max_rows:
-        return summary_table(table)
-    out = pd.DataFrame({"arm": table["arm"], "gen": table["generation"]})
-
-    def with_ci(col: str) -> pd.Series:
-        return table.apply(
-            lambda r: f"{r[col]:.3f} [{r[col + '_ci_low']:.3f}, {r[col + '_ci_high']:.3f}]" if pd.notna(r.get(col)) else "",
-            axis=1,
-        )
-
-    def plain(col: str, fmt: str) -> pd.Series:
-        return table[col].map(lambda v: "" if pd.isna(v) else format(v, fmt))
-
-    if "detectability" in table:
-        out["detectability (95% CI)"] = with_ci("detectability")
-    if "downstream_accuracy" in table:
-        out["downstream acc (95% CI)"] = with_ci("downstream_accuracy")
-    for col, name, fmt in TABLE_METRICS:
-        if col in table:
-            out[name] = plain(col, fmt)
-    if "time_fit_s" in table:
-        out["fit s"] = plain("time_fit_s", ".0f")
-    return out.to_string(index=False)
-
-
-def summary_table(table: pd.DataFrame, points: int = 5) -> str:
-    """One row per line of the study (loop type + swept values) at a few generations: mean ± sd over seeds."""
-    last = int(table["generation"].max())
-    shown = sorted({0, 1, *(round(last * i / (points - 1)) for i in range(1, points))})
-    metrics = [(c, n, f) for c, n, f in (("detectability", "detectability", ".3f"), ("downstream_accuracy", "downstream acc", ".3f"),
-                                          *TABLE_METRICS) if c in table]
-    rows = table[table["generation"].isin(shown)].dropna(how="all", subset=[c for c, _, _ in metrics])
-    grouped = rows.groupby(["group", "generation"])
-    out = grouped.size().rename("seeds").reset_index()
-    for col, name, fmt in metrics:
-        mean, sd = grouped[col].mean().values, grouped[col].std().fillna(0).values
-        out[name] = [("" if pd.isna(m) else f"{m:{fmt}} ± {d:{fmt}}") for m, d in zip(mean, sd)]
-    out = out.rename(columns={"generation": "gen"})
-    return out.to_string(index=False) + "\n(mean ± sd over seeds; every generation and arm is in results.csv)"

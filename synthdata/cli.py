@@ -1,4 +1,4 @@
-"""The `synthdata` command: `validate` a study file, `run` it.
+"""The `synthdata` command: `validate` a study file, `run` it, `report` on it from MLflow.
 
 Bad input (a study file that does not validate, a missing data path, an unreadable
 image) prints one line naming the file and field and exits with code 2.
@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 import warnings
+from pathlib import Path
 
 from synthdata.errors import UserError
 
@@ -28,6 +29,12 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db).")
     r.add_argument("--no-progress", action="store_true", help="Do not draw progress bars.")
     r.add_argument("--resume", action="store_true", help="Continue the study's latest run from each arm's last finished generation.")
+
+    rep = sub.add_parser("report", help="Build an HTML page, tables and figures for a study from what MLflow holds.")
+    rep.add_argument("study", nargs="?", help="A study file, or the name of its MLflow experiment (the latest study run in it).")
+    rep.add_argument("--run", default=None, help="A study run id instead (the parent run of a study).")
+    rep.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: the study file's, $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db).")
+    rep.add_argument("--out", default=None, help="Folder for index.html and the PNGs (default: <report_dir>/<study>/report).")
     return p
 
 
@@ -50,13 +57,15 @@ def _run(args: argparse.Namespace) -> int:
     if spec.kind == "mix":
         if args.resume:
             raise UserError(f"{args.study}: --resume applies to loop studies; a mix study's trials are rerun")
-        from loops.mix import format_mix_table, run_mix_study
+        from loops.mix import run_mix_study
+        from synthdata.results import format_mix_table
 
         result = run_mix_study(spec, address=args.address, tracking_uri=args.tracking_uri, show_progress=not args.no_progress)
         table = format_mix_table(result.table) if not result.table.empty else "(no trial finished)"
         what = f"{len(result.table)} trials"
     else:
-        from loops.runner import format_table, run_loop_study
+        from loops.runner import run_loop_study
+        from synthdata.results import format_table
 
         result = run_loop_study(
             spec, address=args.address, tracking_uri=args.tracking_uri, show_progress=not args.no_progress, resume=args.resume
@@ -72,6 +81,25 @@ def _run(args: argparse.Namespace) -> int:
     return 1 if result.failed else 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from synthdata.report import build_report
+    from synthdata.spec import load_spec
+    from synthdata.tracking import resolve_tracking_uri
+
+    if args.study is None and args.run is None:
+        raise UserError("report: name a study file, an experiment, or --run RUN_ID")
+    experiment, uri, out = args.study, args.tracking_uri, args.out
+    if args.study and args.study.endswith((".yaml", ".yml")):
+        spec = load_spec(args.study)
+        experiment, uri = spec.experiment_name, uri or spec.tracking.uri
+        out = out or Path(spec.tracking.report_dir) / spec.name / "report"
+    uri = resolve_tracking_uri(uri)
+    page = build_report(uri, out or Path("runs") / (experiment or args.run) / "report",
+                        experiment=None if args.run else experiment, run_id=args.run)
+    print(f"report: {page}  (open it in a browser; the PNGs are beside it)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `synthdata` console command."""
     args = _parser().parse_args(argv)
@@ -82,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("alembic").setLevel(logging.WARNING)
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     try:
-        return {"validate": _validate, "run": _run}[args.command](args)
+        return {"validate": _validate, "run": _run, "report": _report}[args.command](args)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code

@@ -1,79 +1,219 @@
-"""Figures and tables from a study's per-generation results.
+"""`synthdata report`: a study's tables and figures rebuilt from MLflow, as one HTML page plus PNGs.
 
-One figure per metric: the metric against generation, one line per loop type (or arm
-group), a band over seeds. Works on the table the runner prints, or on one rebuilt
-from MLflow.
+Everything comes from what the tracking store holds (params, metrics by step, tags,
+sample grids), so a report can be made for any study run, on any machine that reaches
+the store, long after the study's own output folder is gone. The page is
+self-contained: figures and sample grids are embedded as data URIs.
 """
 from __future__ import annotations
 
+import base64
+import html
+import re
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
-# Metrics worth a figure, in the order a reader wants them, with axis labels.
-FIGURE_METRICS: dict[str, str] = {
-    "detectability": "detectability (held-out accuracy)",
-    "detectability_jsd_lower_bound": "JSD lower bound (nats)",
-    "downstream_accuracy": "downstream accuracy (real test set)",
-    "fid": "Fréchet distance (study features)",
-    "kid": "KID (study features)",
-    "precision": "precision",
-    "recall": "recall",
-    "density": "density",
-    "coverage": "coverage",
-    "diversity": "diversity (per-class spread / real)",
-    "fitted_variance": "fitted variance",
-    "fitted_mean_error": "|fitted mean - true mean|",
-    "w2_to_truth": "W2 distance to the true distribution",
-}
+from synthdata.errors import UserError
+from synthdata.figures import metric_figures, mix_figure
+from synthdata.results import (
+    MIX_METRIC,
+    child_runs,
+    loop_display,
+    loop_rows_from_mlflow,
+    loop_summary,
+    mix_summary,
+    mix_table_from_mlflow,
+    results_table,
+    study_run,
+)
+from synthdata.tracking import mlflow_client
 
 
-def metric_figures(table: pd.DataFrame, out_dir: str | Path, group: str = "group", title: str = "") -> list[Path]:
-    """Write `<metric>.png` for every known metric in `table`; return the paths.
+@dataclass
+class Report:
+    """What a report page shows: tables (title -> frame), figures and sample grids (caption -> PNG)."""
 
-    `table` needs columns `generation`, `group` (the line: loop type, plus any swept
-    value) and one column per metric; rows of the same group and generation from
-    different seeds make the band (mean and standard deviation).
-    """
-    import matplotlib
+    title: str
+    meta: dict[str, str]
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    figures: list[tuple[str, Path]] = field(default_factory=list)
+    samples: list[tuple[str, Path]] = field(default_factory=list)
+    details: dict[str, pd.DataFrame] = field(default_factory=dict)  # long tables, folded on the page
+    notes: list[str] = field(default_factory=list)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import seaborn as sns
 
+def build_report(uri: str, out_dir: str | Path, *, experiment: str | None = None, run_id: str | None = None) -> Path:
+    """Write `index.html` and the figures' PNGs for a study run (or an experiment's latest); return the page's path."""
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        raise UserError(f"{uri.removeprefix('sqlite:///')}: no MLflow store there (run a study first, or pass --tracking-uri)")
+    parent = study_run(uri, experiment=experiment, run_id=run_id)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
-    sns.set_theme(style="whitegrid", context="notebook")
-    table = table.copy()
-    # Colour by loop type, line style by swept value ("replace temperature=0.9" -> "temperature=0.9").
-    hue = "loop_type" if "loop_type" in table else group
-    table["swept"] = table[group].astype(str).str.partition(" ")[2] if hue == "loop_type" else ""
-    style = "swept" if table["swept"].nunique() > 1 else None
-    short = table["generation"].max() <= 20
-    for metric, label in FIGURE_METRICS.items():
-        if metric not in table or table[metric].notna().sum() == 0:
-            continue
-        data = table[["generation", hue, "swept", metric]].dropna(subset=[metric])
-        positive = data[metric][data[metric] > 0]
-        # Collapse is exponential: show it on a log axis, with a band that stays positive there.
-        log = bool(len(positive)) and (data[metric] >= 0).all() and positive.min() < 1e-2 * positive.max()
-        fig, ax = plt.subplots(figsize=(7.6, 4.2))
-        sns.lineplot(data=data, x="generation", y=metric, hue=hue, style=style, marker="o" if short else None,
-                     estimator="median" if log else "mean", errorbar=("pi", 50) if log else "sd", ax=ax)
-        if metric == "detectability":
-            ax.axhline(0.5, color="grey", linestyle="--", linewidth=1, label="chance")
-        if log:
-            ax.set_yscale("log")
-            label += " (median, IQR over seeds)"
-        ax.set_ylabel(label)
-        ax.set_title(f"{title}: {label}" if title else label, fontsize=11)
-        if short:
-            ax.set_xticks(sorted(data["generation"].unique()))
-        ax.legend(title=None, fontsize=9, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-        fig.tight_layout()
-        path = out_dir / f"{metric}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        paths.append(path)
-    return paths
+    kind = parent.data.tags.get("synthdata.kind", "loop")
+    report = Report(title=parent.info.run_name, meta=_meta(uri, parent, kind))
+    children = sorted(child_runs(uri, parent.info.run_id), key=lambda r: _natural(r.info.run_name or ""))
+    report.tables["Runs"] = _runs_table(children, kind)
+    if kind == "loop":
+        _loop_part(report, uri, parent, children, out_dir)
+    elif kind == "mix":
+        _mix_part(report, uri, parent, out_dir)
+    else:  # a kind this page has no special layout for: each run's final metrics
+        report.tables["Final metrics"] = _final_metrics(children)
+    report.details["Study parameters"] = pd.DataFrame(sorted(parent.data.params.items()), columns=["parameter", "value"])
+    page = out_dir / "index.html"
+    page.write_text(render_html(report), encoding="utf-8")
+    return page
+
+
+def _natural(name: str) -> list:
+    """Sort key that puts `r=0.5` before `r=2` before `r=10`."""
+    return [float(part) if i % 2 else part for i, part in enumerate(re.split(r"(\d+(?:\.\d+)?)", name))]
+
+
+def _meta(uri: str, parent: Any, kind: str) -> dict[str, str]:
+    info = parent.info
+    started = datetime.fromtimestamp(info.start_time / 1000, timezone.utc)
+    took = f"{(info.end_time - info.start_time) / 1000:.0f} s" if info.end_time else "still running"
+    exp = mlflow_client(uri).get_experiment(info.experiment_id).name
+    return {"kind": kind, "status": info.status, "started": started.strftime("%Y-%m-%d %H:%M UTC"), "took": took,
+            "experiment": exp, "study run": info.run_id, "tracking": uri}
+
+
+def _runs_table(children: list[Any], kind: str) -> pd.DataFrame:
+    """One row per arm or trial: status, how far it got, retries, why it failed."""
+    rows = []
+    for run in children:
+        tags, m = run.data.tags, run.data.metrics
+        row = {"run": run.info.run_name, "status": run.info.status}
+        if kind == "loop":
+            row["generations"] = int(m["generation_done"]) if "generation_done" in m else 0
+            row["retries"] = int(tags.get("synthdata.retries", 0))
+        elif kind == "mix":
+            row["epochs"] = int(m.get("epoch", 0))
+        row["failure"] = tags.get("synthdata.failure", "")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _loop_part(report: Report, uri: str, parent: Any, children: list[Any], out_dir: Path) -> None:
+    table = results_table(loop_rows_from_mlflow(uri, parent.info.run_id))
+    if table.empty:
+        report.notes.append("No generation finished: nothing to plot.")
+        return
+    report.tables["Summary (mean ± sd over seeds)"] = loop_summary(table)
+    for path in metric_figures(table, out_dir, title=report.title):
+        report.figures.append((path.stem.replace("_", " "), path))
+    report.samples = _last_grids(uri, children, out_dir)
+    report.details["Every arm and generation"] = loop_display(table)
+    table.to_csv(out_dir / "results.csv", index=False)
+
+
+def _mix_part(report: Report, uri: str, parent: Any, out_dir: Path) -> None:
+    table = mix_table_from_mlflow(uri, parent.info.run_id)
+    done = table[table[MIX_METRIC].notna()] if not table.empty else table
+    if done.empty:
+        report.notes.append("No trial reported an accuracy: nothing to plot.")
+        return
+    report.tables["Summary"] = mix_summary(table)
+    path = mix_figure(table, out_dir / f"{MIX_METRIC}_vs_ratio.png", f"{report.title}: augment vs replace")
+    report.figures.append(("test accuracy against the synthetic ratio", path))
+    report.samples = _artifact_images(uri, parent.info.run_id, "pools", out_dir, "synthetic pool")
+    report.details["Every trial"] = table
+    table.to_csv(out_dir / "results.csv", index=False)
+
+
+def _final_metrics(children: list[Any]) -> pd.DataFrame:
+    return pd.DataFrame([{"run": r.info.run_name, **r.data.metrics} for r in children])
+
+
+def _last_grids(uri: str, children: list[Any], out_dir: Path) -> list[tuple[str, Path]]:
+    """The last generation's sample grid of one arm per line of the study (its lowest seed)."""
+    picked: dict[str, Any] = {}
+    for run in sorted(children, key=lambda r: int(r.data.params.get("seed", 0))):
+        picked.setdefault(run.data.params.get("group", run.info.run_name), run)
+    grids = []
+    for group, run in picked.items():
+        found = _artifact_images(uri, run.info.run_id, "samples", out_dir, run.info.run_name, last_only=True)
+        grids.extend(found)
+    return grids
+
+
+def _artifact_images(uri: str, run_id: str, folder: str, out_dir: Path, label: str, last_only: bool = False) -> list[tuple[str, Path]]:
+    client = mlflow_client(uri)
+    try:
+        pngs = sorted(a.path for a in client.list_artifacts(run_id, folder) if a.path.endswith(".png"))
+    except Exception:  # artifacts unreachable (store moved, server without artifact proxy): the page goes without
+        return []
+    if last_only:
+        pngs = pngs[-1:]
+    found = []
+    grids_dir = out_dir / "samples"
+    grids_dir.mkdir(exist_ok=True)
+    for art in pngs:
+        with tempfile.TemporaryDirectory() as tmp:
+            local = Path(client.download_artifacts(run_id, art, tmp))
+            dest = grids_dir / f"{label.replace('/', '_')}_{local.name}"
+            dest.write_bytes(local.read_bytes())
+        found.append((f"{label}: {Path(art).stem.replace('_', ' ')}", dest))
+    return found
+
+
+_CSS = """
+body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1100px; color: #222; padding: 0 1rem; }
+h1 { margin-bottom: .2rem; } h2 { margin-top: 2rem; border-bottom: 1px solid #ddd; }
+.meta { color: #555; font-size: .9rem; } .meta span { margin-right: 1rem; display: inline-block; }
+table { border-collapse: collapse; font-size: .85rem; margin: .5rem 0; }
+th, td { border: 1px solid #ddd; padding: .25rem .5rem; text-align: right; } th { background: #f4f4f4; }
+td:first-child, th:first-child { text-align: left; }
+figure { display: inline-block; margin: .5rem; vertical-align: top; } figure img { max-width: 100%; }
+figcaption { font-size: .85rem; color: #555; text-align: center; }
+.samples figure img { image-rendering: pixelated; width: 260px; }
+.FAILED { color: #b00; font-weight: bold; } .note { color: #a60; }
+"""
+
+# Marks the page once every figure has decoded, so a headless browser can check it rendered.
+_SCRIPT = """
+window.addEventListener('load', () => {
+  const imgs = [...document.querySelectorAll('img')];
+  const ok = imgs.filter(i => i.complete && i.naturalWidth > 0).length;
+  document.body.dataset.images = imgs.length; document.body.dataset.rendered = ok;
+});
+"""
+
+
+def _data_uri(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def _table_html(frame: pd.DataFrame) -> str:
+    return frame.to_html(index=False, border=0, na_rep="", float_format=lambda v: f"{v:.4g}")
+
+
+def render_html(report: Report) -> str:
+    """The page: header, tables, figures and sample grids embedded, long tables folded."""
+    esc = html.escape
+    parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{esc(report.title)} · synthdata report</title>",
+             f"<style>{_CSS}</style><script>{_SCRIPT}</script></head><body>",
+             f"<h1>{esc(report.title)}</h1><p class='meta'>"
+             + " ".join(f"<span><b>{esc(k)}</b> {esc(v)}</span>" for k, v in report.meta.items()) + "</p>"]
+    parts += [f"<p class='note'>{esc(n)}</p>" for n in report.notes]
+    for title, frame in report.tables.items():
+        parts.append(f"<h2>{esc(title)}</h2>{_table_html(frame)}")
+    if report.figures:
+        parts.append("<h2>Figures</h2>")
+        parts += [f"<figure><img alt='{esc(c)}' src='{_data_uri(p)}'><figcaption>{esc(c)}</figcaption></figure>"
+                  for c, p in report.figures]
+    if report.samples:
+        parts.append("<h2>Samples</h2><div class='samples'>")
+        parts += [f"<figure><img alt='{esc(c)}' src='{_data_uri(p)}'><figcaption>{esc(c)}</figcaption></figure>"
+                  for c, p in report.samples]
+        parts.append("</div>")
+    for title, frame in report.details.items():
+        parts.append(f"<details><summary><b>{esc(title)}</b> ({len(frame)} rows)</summary>{_table_html(frame)}</details>")
+    parts.append("</body></html>")
+    return "\n".join(parts).replace("<td>FAILED</td>", "<td class='FAILED'>FAILED</td>")

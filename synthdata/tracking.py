@@ -69,7 +69,7 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
 _READY: set[str] = set()  # tracking URIs whose store this process has opened
 
 
-def _client(uri: str):
+def mlflow_client(uri: str):
     """An MlflowClient; a SQLite store is created (or its schema migrated) by one process at a time.
 
     Several processes opening a new SQLite store at once (trials, workers, a second
@@ -123,7 +123,7 @@ class _RetryLocked:
 
 def get_or_create_experiment(uri: str, name: str) -> str:
     """The experiment's id, creating it once (artifacts beside a SQLite store, not in the cwd)."""
-    client = _client(uri)
+    client = mlflow_client(uri)
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
@@ -151,7 +151,7 @@ class Resumable:
 
 def find_resumable(uri: str, experiment: str, study: str) -> tuple[Resumable | None, str | None]:
     """The latest run of `study` in `experiment`, with its spec hash; (None, None) when there is none."""
-    client = _client(uri)
+    client = mlflow_client(uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         return None, None
@@ -198,7 +198,7 @@ class StudyTracker:
         resume: Resumable | None = None,
     ) -> None:
         self.uri = uri
-        self.client = _client(uri)
+        self.client = mlflow_client(uri)
         self.experiment_id = get_or_create_experiment(uri, experiment)
         self.study = study
         self.params = params

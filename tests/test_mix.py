@@ -5,7 +5,9 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from loops.mix import grid_trials, mix_table_from_mlflow, run_mix_study
+from loops.mix import grid_trials, run_mix_study
+from synthdata.report import build_report
+from synthdata.results import mix_table_from_mlflow
 from synthdata.data import ImageSet
 from synthdata.mixing import mix_training_set, real_subset
 from synthdata.spec import parse_spec
@@ -103,3 +105,9 @@ def test_tiny_sweep_through_ray_tune_logs_every_trial(local_ray, tracking_uri, t
     assert {"results.txt", "results.csv", "figures", "pools"} <= artifacts
     assert {a.path for a in c.list_artifacts(result.parent_run_id, "pools")} >= {"pools/seed0.safetensors"}
     assert (tmp_path / "runs" / "mix" / "figures" / "test_accuracy_vs_ratio.png").stat().st_size > 10_000
+
+    # The report of a mix: the summary per mode and ratio, the accuracy figure and the pool's grid, from MLflow.
+    page = build_report(tracking_uri, tmp_path / "report", experiment="mix")
+    text = page.read_text()
+    assert text.count("data:image/png;base64,") == 2 and "replace/r=1/seed0" in text
+    assert (tmp_path / "report" / "test_accuracy_vs_ratio.png").stat().st_size > 10_000

@@ -1,10 +1,16 @@
 """A tiny study through a real local Ray into a temporary MLflow store, read back with the MLflow client."""
+import re
+
+import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from loops.runner import format_table, run_loop_study
+from loops.runner import run_loop_study
+from synthdata.report import build_report
+from synthdata.results import format_table
 from synthdata.spec import parse_spec
 
+from browser import rendered_images
 from conftest import tiny_study
 
 pytestmark = pytest.mark.slow
@@ -54,7 +60,7 @@ def test_tiny_study_logs_every_generation_exactly_once(local_ray, tracking_uri, 
     assert {a.path for a in c.list_artifacts(parent.info.run_id)} >= {"results.txt", "results.csv"}
 
 
-def test_a_failing_arm_is_recorded_and_the_others_finish(local_ray, tracking_uri):
+def test_a_failing_arm_is_recorded_and_the_others_finish(local_ray, tracking_uri, tmp_path):
     # 5 samples per generation leave classes with < 2 images: the Gaussian refit in
     # generation 2 of `replace` fails, while `augment` keeps the real data and finishes.
     spec = parse_spec(tiny_study(loop={"generations": 2, "samples_per_generation": 10}))
@@ -66,6 +72,8 @@ def test_a_failing_arm_is_recorded_and_the_others_finish(local_ray, tracking_uri
     assert "needs at least 2" in arms["replace/seed0"].data.tags["synthdata.failure"]
     assert arms["augment/seed0"].info.status == "FINISHED"
     assert parent.info.status == "FAILED"  # a study with a failed arm is not claimed as finished
+    page = build_report(tracking_uri, tmp_path / "report", run_id=parent.info.run_id)
+    assert "<td class='FAILED'>FAILED</td>" in page.read_text() and "needs at least 2" in page.read_text()
 
 
 def test_sweep_arms_and_figures_are_logged(local_ray, tracking_uri, tmp_path):
@@ -86,6 +94,22 @@ def test_sweep_arms_and_figures_are_logged(local_ray, tracking_uri, tmp_path):
     assert {"figures/detectability.png", "figures/fid.png", "figures/coverage.png"} <= figures
     assert (tmp_path / "runs" / "tiny" / "figures" / "fid.png").stat().st_size > 10_000
     assert (tmp_path / "runs" / "tiny" / "results.csv").exists()
+
+    # The report rebuilds tables and figures from MLflow alone, and Chromium renders every figure on its page.
+    page = build_report(tracking_uri, tmp_path / "report", experiment="tiny")
+    text = page.read_text()
+    assert "fresh/temperature=0.8/seed1" in text and "Summary (mean ± sd over seeds)" in text
+    assert not re.search(r"""(src|href)=["']?https?:""", text)  # self-contained: nothing fetched from elsewhere
+    pngs = {p.name for p in (tmp_path / "report").glob("*.png")}
+    assert {"detectability.png", "fid.png", "coverage.png"} <= pngs
+    samples = list((tmp_path / "report" / "samples").glob("*.png"))
+    assert len(samples) == 2  # the last generation's grid of one arm per line (replace, fresh)
+    images, rendered, shot = rendered_images(page, tmp_path)
+    assert images == len(pngs) + len(samples) and rendered == images
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(shot).convert("L"))
+    assert pixels.std() > 20  # a page with figures on it, not a blank or error page
 
 
 def test_sigkilled_study_resumes_with_every_metric_once(tmp_path):

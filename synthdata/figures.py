@@ -1,0 +1,101 @@
+"""Figures from a study's tables (seaborn, written as PNG).
+
+Loop studies: one figure per metric, the metric against generation, one line per loop
+type (or arm group), a band over seeds. Mix studies: accuracy against the synthetic
+ratio, a line per mode. They take the tables the runners build, or ones rebuilt from MLflow.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+# Metrics worth a figure, in the order a reader wants them, with axis labels.
+FIGURE_METRICS: dict[str, str] = {
+    "detectability": "detectability (held-out accuracy)",
+    "detectability_jsd_lower_bound": "JSD lower bound (nats)",
+    "downstream_accuracy": "downstream accuracy (real test set)",
+    "fid": "Fréchet distance (study features)",
+    "kid": "KID (study features)",
+    "precision": "precision",
+    "recall": "recall",
+    "density": "density",
+    "coverage": "coverage",
+    "diversity": "diversity (per-class spread / real)",
+    "fitted_variance": "fitted variance",
+    "fitted_mean_error": "|fitted mean - true mean|",
+    "w2_to_truth": "W2 distance to the true distribution",
+}
+
+
+def metric_figures(table: pd.DataFrame, out_dir: str | Path, group: str = "group", title: str = "") -> list[Path]:
+    """Write `<metric>.png` for every known metric in `table`; return the paths.
+
+    `table` needs columns `generation`, `group` (the line: loop type, plus any swept
+    value) and one column per metric; rows of the same group and generation from
+    different seeds make the band (mean and standard deviation).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    sns.set_theme(style="whitegrid", context="notebook")
+    table = table.copy()
+    # Colour by loop type, line style by swept value ("replace temperature=0.9" -> "temperature=0.9").
+    hue = "loop_type" if "loop_type" in table else group
+    table["swept"] = table[group].astype(str).str.partition(" ")[2] if hue == "loop_type" else ""
+    style = "swept" if table["swept"].nunique() > 1 else None
+    short = table["generation"].max() <= 20
+    for metric, label in FIGURE_METRICS.items():
+        if metric not in table or table[metric].notna().sum() == 0:
+            continue
+        data = table[["generation", hue, "swept", metric]].dropna(subset=[metric])
+        positive = data[metric][data[metric] > 0]
+        # Collapse is exponential: show it on a log axis, with a band that stays positive there.
+        log = bool(len(positive)) and (data[metric] >= 0).all() and positive.min() < 1e-2 * positive.max()
+        fig, ax = plt.subplots(figsize=(7.6, 4.2))
+        sns.lineplot(data=data, x="generation", y=metric, hue=hue, style=style, marker="o" if short else None,
+                     estimator="median" if log else "mean", errorbar=("pi", 50) if log else "sd", ax=ax)
+        if metric == "detectability":
+            ax.axhline(0.5, color="grey", linestyle="--", linewidth=1, label="chance")
+        if log:
+            ax.set_yscale("log")
+            label += " (median, IQR over seeds)"
+        ax.set_ylabel(label)
+        ax.set_title(f"{title}: {label}" if title else label, fontsize=11)
+        if short:
+            ax.set_xticks(sorted(data["generation"].unique()))
+        ax.legend(title=None, fontsize=9, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+        fig.tight_layout()
+        path = out_dir / f"{metric}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def mix_figure(table: pd.DataFrame, path: Path, title: str, metric: str = "test_accuracy") -> Path:
+    """Test accuracy against the synthetic ratio r, a line per mode, a band of one sd over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    sns.set_theme(style="whitegrid", context="notebook")
+    fig, ax = plt.subplots(figsize=(7.0, 4.2))
+    data = table[table[metric].notna()]
+    sns.lineplot(data=data, x="ratio", y=metric, hue="mode", marker="o", errorbar="sd", ax=ax)
+    ax.set_xlabel("r  (augment: synthetic images added per real one; replace: share of real swapped)", fontsize=9)
+    ax.set_ylabel("downstream accuracy (real test set)")
+    ax.set_title(title, fontsize=11)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -46,6 +46,18 @@ def _wait_http(url: str, what: str, proc: subprocess.Popen, timeout: float = 120
     raise TimeoutError(f"{what} did not answer at {url} within {timeout}s")
 
 
+def _wait_port(port: int, what: str, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with code {proc.returncode}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise TimeoutError(f"{what} did not listen on port {port} within {timeout}s")
+
+
 def _stop(procs: list[subprocess.Popen], marker: str) -> None:
     """End each started process group, then anything else of this cluster (found by its temp dir)."""
     import psutil
@@ -92,10 +104,11 @@ def cluster(env):
         head = start([str(BIN / "ray"), "start", "--head", f"--port={gcs_port}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
                       f"--dashboard-port={dash_port}", f"--dashboard-agent-listen-port={_free_port()}", f"--temp-dir={root / 'head'}", *node],
                      "head.log")
-        _wait_http(f"http://127.0.0.1:{dash_port}/api/version", "ray head", head)
+        _wait_port(gcs_port, "ray head", head)  # the worker joins as soon as the head's GCS listens
         worker = start([str(BIN / "ray"), "start", f"--address=127.0.0.1:{gcs_port}", f"--dashboard-agent-listen-port={_free_port()}",
                         f"--temp-dir={root / 'worker'}", *node], "worker.log")
         _wait_http(f"http://127.0.0.1:{mlflow_port}/health", "mlflow server", server)
+        _wait_http(f"http://127.0.0.1:{dash_port}/api/version", "ray head", head)
         from ray.util.state import list_nodes
 
         deadline = time.monotonic() + 120

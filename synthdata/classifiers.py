@@ -1,6 +1,8 @@
-"""Classifiers trained from scratch: the detector (real vs generated) and the downstream model.
+"""Classifiers: the detector (real vs generated) and the downstream model.
 
-One small CNN and one training loop serve both; they differ only in labels and classes.
+A small CNN, or any timm backbone by name (trained from scratch, or from a local
+weights file), and one training loop for all: AdamW with a one-cycle schedule,
+optional crop/flip augmentation, and an optional validation split for early stopping.
 """
 from __future__ import annotations
 
@@ -34,10 +36,63 @@ class SmallCNN(nn.Module):
         return self.head(F.adaptive_avg_pool2d(self.features(x), 1).flatten(1))
 
 
+class TimmClassifier(nn.Module):
+    """A timm backbone adapted to small images: inputs under 32 px are upsampled to 32, ViTs get 4-px patches."""
+
+    def __init__(self, name: str, in_channels: int, num_classes: int, image_size: int, pretrained: str | None = None) -> None:
+        super().__init__()
+        import timm
+
+        self.size = max(32, image_size)
+        kwargs: dict = {"num_classes": num_classes, "in_chans": in_channels}
+        if name.startswith(("vit", "deit")):
+            kwargs.update(img_size=self.size, patch_size=4 if self.size <= 64 else 16)
+        if pretrained:  # a local file only: nothing is fetched from a hub at run time
+            kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": str(pretrained)})
+        self.model = timm.create_model(name, **kwargs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] < self.size:
+            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
+        return self.model(x)
+
+
 def create_classifier(spec, in_channels: int, num_classes: int, image_size: int) -> nn.Module:
-    """Build the classifier named by `spec.name`."""
-    registry = {"cnn": SmallCNN}
-    return registry[spec.name](in_channels, num_classes, image_size, width=spec.width)
+    """Build the classifier named by `spec.name`: `cnn`, or a timm model name (`resnet18`, `convnext_tiny`, ...)."""
+    if spec.name == "cnn":
+        return SmallCNN(in_channels, num_classes, image_size, width=spec.width)
+    pretrained = getattr(spec, "pretrained", None)
+    return TimmClassifier(spec.name, in_channels, num_classes, image_size, str(pretrained) if pretrained else None)
+
+
+def augment_batch(x: torch.Tensor, crop_padding: int, flip: bool, g: torch.Generator) -> torch.Tensor:
+    """Random crops after reflect padding (one offset per image) and random horizontal flips."""
+    n, _, h, w = x.shape
+    if crop_padding > 0:
+        p = crop_padding
+        padded = F.pad(x, (p, p, p, p), mode="reflect")
+        dy = torch.randint(0, 2 * p + 1, (n,), generator=g)
+        dx = torch.randint(0, 2 * p + 1, (n,), generator=g)
+        rows = (dy[:, None] + torch.arange(h)[None]).to(x.device)  # (n, h)
+        cols = (dx[:, None] + torch.arange(w)[None]).to(x.device)  # (n, w)
+        idx = torch.arange(n, device=x.device)[:, None, None]
+        x = padded.permute(0, 2, 3, 1)[idx, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+    if flip:
+        mask = (torch.rand(n, generator=g) < 0.5).to(x.device)
+        x = torch.where(mask[:, None, None, None], x.flip(-1), x)
+    return x
+
+
+def _validation_split(n: int, fraction: float, labels: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices of a stratified validation split (each class in proportion) and of the rest."""
+    val, train = [], []
+    for c in labels.unique():
+        idx = (labels == c).nonzero().flatten()
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        k = max(1, round(len(idx) * fraction)) if len(idx) > 1 else 0
+        val.append(idx[:k])
+        train.append(idx[k:])
+    return torch.cat(train), torch.cat(val)
 
 
 def train_classifier(
@@ -52,12 +107,21 @@ def train_classifier(
 ) -> nn.Module:
     """Train a classifier from scratch with AdamW and a one-cycle schedule; return it in eval mode.
 
-    `on_epoch(epoch, model, mean_loss)` is called after each epoch (1-based) with the
-    model in eval mode, for per-epoch curves.
+    With `spec.val_fraction` > 0 a stratified validation split is held out; the model
+    returned is the one with the lowest validation loss, and with `spec.patience` set,
+    training stops after that many epochs without improvement. `on_epoch(epoch, model,
+    mean_loss)` is called after each epoch (1-based) with the model in eval mode.
     """
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     model = create_classifier(spec, images.shape[1], num_classes, images.shape[-1]).to(device)
+    val_fraction = getattr(spec, "val_fraction", 0.0)
+    x_val = y_val = None
+    if val_fraction > 0:
+        tr, va = _validation_split(len(labels), val_fraction, labels, g)
+        x_val, y_val = images[va].to(device), labels[va].to(device)
+        images, labels = images[tr], labels[tr]
+    augment = getattr(spec, "augment", None)
     n = len(labels)
     batch = min(spec.batch_size, n)
     steps_per_epoch = max(1, n // batch)
@@ -65,6 +129,7 @@ def train_classifier(
     opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=spec.lr, total_steps=total_steps)
     images, labels = images.to(device), labels.to(device)
+    best, best_state, stale = float("inf"), None, 0
     model.train()
     for epoch in range(1, -(-total_steps // steps_per_epoch) + 1):
         order = torch.randperm(n, generator=g).to(device)
@@ -72,7 +137,10 @@ def train_classifier(
         steps = min(steps_per_epoch, total_steps - (epoch - 1) * steps_per_epoch)  # the last pass may be partial
         for i in range(steps):
             idx = order[i * batch : (i + 1) * batch]
-            loss = F.cross_entropy(model(images[idx]), labels[idx])
+            x = images[idx]
+            if augment is not None and (augment.crop_padding or augment.flip):
+                x = augment_batch(x, augment.crop_padding, augment.flip, g)
+            loss = F.cross_entropy(model(x), labels[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -80,7 +148,18 @@ def train_classifier(
             total += loss.detach()
         if on_epoch is not None:
             on_epoch(epoch, model.eval(), float(total) / steps)
-            model.train()
+        if x_val is not None:
+            val_loss = float(F.cross_entropy(predict_logits(model.eval(), x_val, device=device), y_val.cpu()))
+            if val_loss < best - 1e-4:
+                best, stale = val_loss, 0
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            else:
+                stale += 1
+                if spec.patience is not None and stale >= spec.patience:
+                    break
+        model.train()
+    if best_state is not None:
+        model.load_state_dict(best_state)
     return model.eval()
 
 

@@ -35,6 +35,23 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--run", default=None, help="A study run id instead (the parent run of a study).")
     rep.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: the study file's, $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db).")
     rep.add_argument("--out", default=None, help="Folder for index.html and the PNGs (default: <report_dir>/<study>/report).")
+
+    d = sub.add_parser("detect", help="How detectable are generated images? Real vs each source, and what the detector keys on.")
+    d.add_argument("study", nargs="?", help="A detect study file (kind: detect); or build one with the options below.")
+    d.add_argument("--real", default="digits", help="digits, mnist, fashion_mnist, cifar10, or an image folder (one sub-folder per class).")
+    d.add_argument("--data-root", default=None, help="Where a torchvision data set lies (default: data).")
+    d.add_argument("--generated", action="append", default=[], metavar="NAME=PATH",
+                   help="A source: diffusers pipeline directory, image folder or .safetensors sample set (repeatable).")
+    d.add_argument("--detector", default="cnn", help="cnn or a timm model name (resnet18, convnext_tiny, ...).")
+    d.add_argument("--epochs", type=int, default=15)
+    d.add_argument("--seeds", default=None, help="Comma-separated seeds (default: 0).")
+    d.add_argument("--sizes", default=None, help="Sample-size curve: training images per class, comma-separated.")
+    d.add_argument("--bands", default=None, help="Frequency-band analysis: radii as fractions of Nyquist, e.g. 0.25,0.5.")
+    d.add_argument("--crops", default=None, help="Crop-size analysis: crop sizes in pixels, comma-separated.")
+    d.add_argument("--name", default="detect", help="Study (and MLflow experiment) name.")
+    d.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray).")
+    d.add_argument("--tracking-uri", default=None, help="MLflow tracking URI.")
+    d.add_argument("--no-progress", action="store_true")
     return p
 
 
@@ -63,6 +80,8 @@ def _run(args: argparse.Namespace) -> int:
         result = run_mix_study(spec, address=args.address, tracking_uri=args.tracking_uri, show_progress=not args.no_progress)
         table = format_mix_table(result.table) if not result.table.empty else "(no trial finished)"
         what = f"{len(result.table)} trials"
+    elif spec.kind == "detect":
+        return _run_detect(spec, args)
     else:
         from loops.runner import run_loop_study
         from synthdata.results import format_table
@@ -79,6 +98,75 @@ def _run(args: argparse.Namespace) -> int:
     for arm, reason in result.failed.items():
         print(f"{arm} FAILED: {reason}", file=sys.stderr)
     return 1 if result.failed else 0
+
+
+def _run_detect(spec, args: argparse.Namespace) -> int:
+    from loops.detect import run_detect_study
+    from synthdata.results import format_detect_table, real_vs_real_warning
+
+    if getattr(args, "resume", False):
+        raise UserError("--resume applies to loop studies; a detect study's cells are rerun")
+    result = run_detect_study(spec, address=args.address, tracking_uri=args.tracking_uri, show_progress=not args.no_progress)
+    print()
+    print(f"study '{spec.name}': {len(result.table)} detectors in {result.seconds:.0f}s  (MLflow parent run {result.parent_run_id})")
+    if not result.table.empty:
+        print(format_detect_table(result.table, real_vs_real_warning(result.table)))
+    if result.figures:
+        print(f"figures: {result.figures[0].parent}/ ({', '.join(p.stem for p in result.figures)})")
+    for cell, reason in result.failed.items():
+        print(f"{cell} FAILED: {reason}", file=sys.stderr)
+    return 1 if result.failed else 0
+
+
+def _source_of(text: str, flag: str) -> tuple[str, dict]:
+    """`NAME=PATH` (or PATH, named after it) -> a source entry: pipeline dir, image folder or sample set."""
+    name, _, path = text.rpartition("=") if "=" in text else ("", "", text)
+    p = Path(path)
+    name = name or p.stem or p.name
+    if (p / "model_index.json").is_file():
+        return name, {"type": "pipeline", "path": path}
+    if p.is_dir():
+        return name, {"type": "folder", "path": path}
+    if p.suffix == ".safetensors":
+        return name, {"type": "samples", "path": path}
+    raise UserError(f"{flag} {text}: not a diffusers pipeline directory, an image folder or a .safetensors sample set")
+
+
+def _numbers(text: str | None, cast, flag: str) -> list:
+    if not text:
+        return []
+    try:
+        return [cast(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UserError(f"{flag}: give comma-separated numbers, got {text!r}") from None
+
+
+def _detect(args: argparse.Namespace) -> int:
+    """`synthdata detect`: a detect study built from the command line, run like a study file."""
+    from synthdata.spec import parse_spec
+
+    if args.study:
+        from synthdata.spec import load_spec
+
+        spec = load_spec(args.study)
+        if spec.kind != "detect":
+            raise UserError(f"{args.study}: kind: {spec.kind}; `synthdata detect` runs detect studies")
+        return _run_detect(spec, args)
+    if not args.generated:
+        raise UserError("detect: give a study file, or --generated NAME=PATH (one or more)")
+    sources = dict(_source_of(g, "--generated") for g in args.generated)
+    real = Path(args.real)
+    data = {"source": args.real} if args.real in ("digits", "mnist", "fashion_mnist", "cifar10") else {"source": "folder", "root": str(real)}
+    if args.real in ("mnist", "fashion_mnist", "cifar10"):
+        data["root"] = args.data_root or "data"
+    study = {
+        "name": args.name, "kind": "detect", "data": data,
+        "detector": {"name": args.detector, "epochs": args.epochs, "val_fraction": 0.1, "patience": 3},
+        "detect": {"sources": sources, "seeds": _numbers(args.seeds, int, "--seeds") or [0],
+                   "sample_sizes": _numbers(args.sizes, int, "--sizes"), "crop_sizes": _numbers(args.crops, int, "--crops"),
+                   "bands": {"radii": _numbers(args.bands, float, "--bands")}},
+    }
+    return _run_detect(parse_spec(study, source="synthdata detect"), args)
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -110,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("alembic").setLevel(logging.WARNING)
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     try:
-        return {"validate": _validate, "run": _run, "report": _report}[args.command](args)
+        return {"validate": _validate, "run": _run, "detect": _detect, "report": _report}[args.command](args)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code

@@ -87,7 +87,7 @@ def _resize(images: torch.Tensor, size: int | None) -> torch.Tensor:
     return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
 
 
-def _from_uint8(array: np.ndarray) -> torch.Tensor:
+def from_uint8(array: np.ndarray) -> torch.Tensor:
     """(N, H, W[, C]) uint8 -> (N, C, H, W) float in [-1, 1]."""
     t = torch.from_numpy(np.ascontiguousarray(array)).float()
     t = t.unsqueeze(1) if t.ndim == 3 else t.permute(0, 3, 1, 2)
@@ -115,14 +115,12 @@ def _torchvision_sets(spec: DataSpec) -> tuple[ImageSet, ImageSet]:
             raise DataError(f"data.root: {spec.source} not found under {spec.root} ({err}); set download: true to fetch it") from None
         data = ds.data.numpy() if isinstance(ds.data, torch.Tensor) else np.asarray(ds.data)
         labels = torch.as_tensor(np.asarray(ds.targets), dtype=torch.long)
-        out.append(ImageSet(_from_uint8(data), labels, len(ds.classes)))
+        out.append(ImageSet(from_uint8(data), labels, len(ds.classes)))
     return out[0], out[1]
 
 
 def _load_folder(root: Path, image_size: int | None) -> ImageSet:
     """An image folder with one sub-folder per class; every image is read now, so a bad one fails early."""
-    from PIL import Image, UnidentifiedImageError
-
     if not root.is_dir():
         raise DataError(f"data.root: directory does not exist: {root}")
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -135,9 +133,20 @@ def _load_folder(root: Path, image_size: int | None) -> ImageSet:
             raise DataError(f"data.root: class folder has no images: {root / name}")
         files += [(p, label) for p in found]
 
+    arrays = read_images([path for path, _ in files], image_size)
+    labels = torch.tensor([lab for _, lab in files], dtype=torch.long)
+    return ImageSet(from_uint8(arrays), labels, len(classes))
+
+
+def read_images(paths: list[Path], image_size: int | None, mode: str | None = None) -> np.ndarray:
+    """Decode image files into one uint8 array (N, H, W[, C]); grey unless the first image has colour.
+
+    Every file is read now, so a corrupt one fails before any work starts, naming the file.
+    """
+    from PIL import Image, UnidentifiedImageError
+
     arrays: list[np.ndarray] = []
-    mode: str | None = None
-    for path, _ in files:
+    for path in paths:
         try:
             with Image.open(path) as im:
                 im.load()
@@ -151,11 +160,10 @@ def _load_folder(root: Path, image_size: int | None) -> ImageSet:
             raise DataError(f"{path}: cannot read image ({type(err).__name__})") from None
         if arrays[-1].shape != arrays[0].shape:
             raise DataError(
-                f"{path}: image size {arrays[-1].shape[:2]} differs from {arrays[0].shape[:2]} of {files[0][0]}; "
+                f"{path}: image size {arrays[-1].shape[:2]} differs from {arrays[0].shape[:2]} of {paths[0]}; "
                 "set data.image_size to resize"
             )
-    labels = torch.tensor([lab for _, lab in files], dtype=torch.long)
-    return ImageSet(_from_uint8(np.stack(arrays)), labels, len(classes))
+    return np.stack(arrays)
 
 
 def _stratified_split(labels: np.ndarray, sizes: list[int], rng: np.random.Generator) -> list[np.ndarray]:

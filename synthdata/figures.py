@@ -99,3 +99,85 @@ def mix_figure(table: pd.DataFrame, path: Path, title: str, metric: str = "test_
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _setup():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    sns.set_theme(style="whitegrid", context="notebook")
+    return plt, sns
+
+
+def confusion_figure(counts, classes: list[str], path: Path, title: str = "") -> Path:
+    """A multi-way detector's confusion matrix: rows the true source, each row normalised, counts in the cells."""
+    import numpy as np
+
+    plt, sns = _setup()
+    counts = np.asarray(counts)
+    share = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+    size = 1.2 + 0.9 * len(classes)
+    fig, ax = plt.subplots(figsize=(size + 1.5, size))
+    sns.heatmap(share, annot=counts, fmt="d", cmap="Blues", vmin=0, vmax=1, xticklabels=classes, yticklabels=classes,
+                cbar_kws={"label": "share of the row"}, ax=ax)
+    ax.set_xlabel("predicted source")
+    ax.set_ylabel("true source")
+    ax.set_title(title, fontsize=11)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def detect_figures(table: pd.DataFrame, out_dir: str | Path, title: str = "") -> list[Path]:
+    """The detect study's figures: accuracy per source, against sample size, per frequency band, per crop size."""
+    plt, sns = _setup()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    ylabel = "detectability (held-out accuracy)"
+
+    def save(fig, ax, name: str, subtitle: str) -> None:
+        ax.axhline(0.5, color="grey", linestyle="--", linewidth=1)
+        ax.set_ylabel(ylabel)
+        ax.set_title(f"{title}: {subtitle}" if title else subtitle, fontsize=11)
+        fig.tight_layout()
+        fig.savefig(out_dir / name, dpi=110)
+        plt.close(fig)
+        paths.append(out_dir / name)
+
+    pairs = table[table["analysis"].isin(["pair", "real_vs_real"])].copy()
+    if not pairs.empty:
+        pairs["against"] = pairs.apply(lambda r: "real (baseline)" if r["analysis"] == "real_vs_real" else r["source"], axis=1)
+        fig, ax = plt.subplots(figsize=(1.6 + 1.1 * pairs["against"].nunique(), 4.2))
+        means = pairs.groupby("against", sort=False)[["detectability", "detectability_ci_low", "detectability_ci_high"]].mean()
+        ax.bar(means.index, means["detectability"], color=sns.color_palette()[: len(means)])
+        ax.errorbar(means.index, means["detectability"], fmt="none", ecolor="black", capsize=4,
+                    yerr=[means["detectability"] - means["detectability_ci_low"], means["detectability_ci_high"] - means["detectability"]])
+        ax.set_ylim(0, 1.02)
+        ax.set_xlabel("real against")
+        save(fig, ax, "detectability_by_source.png", "real vs each source (95% interval)")
+    for analysis, name, xlabel, subtitle in (("size", "detectability_vs_sample_size.png", "training images per class", "against sample size"),
+                                             ("crop", "detectability_vs_crop_size.png", "crop size (pixels)", "on random crops")):
+        rows = table[table["analysis"] == analysis].copy()
+        if rows.empty:
+            continue
+        rows["x"] = pd.to_numeric(rows["setting"].str.extract(r"([\d.]+)$")[0])
+        fig, ax = plt.subplots(figsize=(7.0, 4.2))
+        sns.lineplot(data=rows, x="x", y="detectability", hue="source", marker="o", errorbar="sd", ax=ax)
+        if analysis == "size":
+            ax.set_xscale("log")
+        ax.set_xlabel(xlabel)
+        save(fig, ax, name, subtitle)
+    bands = table[table["analysis"] == "band"]
+    if not bands.empty:
+        fig, ax = plt.subplots(figsize=(7.0, 4.2))
+        sns.barplot(data=bands, x="setting", y="detectability", hue="source", errorbar="sd", ax=ax)
+        ax.set_xlabel("frequency band kept (radius as a fraction of Nyquist)")
+        ax.set_ylim(0, 1.02)
+        save(fig, ax, "detectability_by_band.png", "per frequency band")
+    return paths

@@ -8,6 +8,7 @@ self-contained: figures and sample grids are embedded as data URIs.
 from __future__ import annotations
 
 import base64
+import json
 import html
 import re
 import tempfile
@@ -19,10 +20,12 @@ from typing import Any
 import pandas as pd
 
 from synthdata.errors import UserError
-from synthdata.figures import metric_figures, mix_figure
+from synthdata.figures import confusion_figure, detect_figures, metric_figures, mix_figure
 from synthdata.results import (
     MIX_METRIC,
     child_runs,
+    detect_summary,
+    detect_table_from_mlflow,
     loop_display,
     loop_rows_from_mlflow,
     loop_summary,
@@ -62,6 +65,8 @@ def build_report(uri: str, out_dir: str | Path, *, experiment: str | None = None
         _loop_part(report, uri, parent, children, out_dir)
     elif kind == "mix":
         _mix_part(report, uri, parent, out_dir)
+    elif kind == "detect":
+        _detect_part(report, uri, parent, children, out_dir)
     else:  # a kind this page has no special layout for: each run's final metrics
         report.tables["Final metrics"] = _final_metrics(children)
     report.details["Study parameters"] = pd.DataFrame(sorted(parent.data.params.items()), columns=["parameter", "value"])
@@ -124,6 +129,33 @@ def _mix_part(report: Report, uri: str, parent: Any, out_dir: Path) -> None:
     report.figures.append(("test accuracy against the synthetic ratio", path))
     report.samples = _artifact_images(uri, parent.info.run_id, "pools", out_dir, "synthetic pool")
     report.details["Every trial"] = table
+    table.to_csv(out_dir / "results.csv", index=False)
+
+
+def _detect_part(report: Report, uri: str, parent: Any, children: list[Any], out_dir: Path) -> None:
+    table = detect_table_from_mlflow(uri, parent.info.run_id)
+    if table.empty:
+        report.notes.append("No detector finished: nothing to plot.")
+        return
+    warning = parent.data.tags.get("synthdata.warning")
+    if warning:
+        report.notes.append(f"WARNING: {warning}")
+    report.tables["Summary"] = detect_summary(table)
+    for path in detect_figures(table, out_dir, title=report.title):
+        report.figures.append((path.stem.replace("_", " "), path))
+    client = mlflow_client(uri)
+    for run in children:
+        if run.data.params.get("analysis") == "multiway" and run.info.status == "FINISHED":
+            with tempfile.TemporaryDirectory() as tmp:
+                data = json.loads(Path(client.download_artifacts(run.info.run_id, "confusion.json", tmp)).read_text())
+            path = confusion_figure(data["counts"], data["classes"], out_dir / "confusion.png", title=f"{run.info.run_name}: which source is it?")
+            report.figures.append(("confusion matrix (rows: true source)", path))
+            break
+    report.samples = _artifact_images(uri, parent.info.run_id, "sources", out_dir, "source")
+    for run in children:
+        if run.data.params.get("analysis") == "pair" and run.data.params.get("seed") == str(table["seed"].min()):
+            report.samples += _artifact_images(uri, run.info.run_id, "examples", out_dir, run.info.run_name)
+    report.details["Every detector"] = table
     table.to_csv(out_dir / "results.csv", index=False)
 
 

@@ -176,3 +176,73 @@ def mix_summary(table: pd.DataFrame) -> pd.DataFrame:
     out["test accuracy"] = [f"{m:.3f} ± {d:.3f}" for m, d in zip(mean, sd)]
     out["mean 95% CI"] = [f"[{a:.3f}, {b:.3f}]" for a, b in zip(lo, hi)]
     return out.astype({"n_real": int, "n_synthetic": int})
+
+
+ANALYSES = ("real_vs_real", "pair", "multiway", "size", "band", "crop")  # reading order of a detect table
+
+
+def detect_table(cells: list[tuple[str, dict[str, str], dict[str, float]]]) -> pd.DataFrame:
+    """One row per detector (cell) of a detect study, from (run name, params, metrics) triples."""
+    rows = []
+    for name, p, metrics in cells:
+        rows.append({"cell": name, "analysis": p.get("analysis", ""), "source": p.get("source", "-"),
+                     "setting": p.get("setting", "-"), "seed": int(p.get("seed", 0)), **metrics})
+    if not rows:
+        return pd.DataFrame()
+    table = pd.DataFrame(rows)
+    table["_order"] = table["analysis"].map({a: i for i, a in enumerate(ANALYSES)})
+    # Settings sort by their number where they have one (n=50 before n=400, size=4 before size=8).
+    table["_num"] = pd.to_numeric(table["setting"].str.extract(r"([\d.]+)$")[0], errors="coerce")
+    table.loc[table["setting"] == "low", "_num"] = -1.0  # bands: low, then a-b by a, then high
+    table.loc[table["setting"] == "high", "_num"] = float("inf")
+    mid = (table["analysis"] == "band") & ~table["setting"].isin(["low", "high"])
+    table.loc[mid, "_num"] = pd.to_numeric(table.loc[mid, "setting"].str.split("-").str[0], errors="coerce")
+    table = table.sort_values(["_order", "source", "_num", "setting", "seed"]).drop(columns=["_order", "_num"])
+    return table.reset_index(drop=True)
+
+
+def detect_table_from_mlflow(uri: str, parent_id: str) -> pd.DataFrame:
+    """The detect table, read back from a study run's cell runs."""
+    return detect_table([(r.info.run_name, r.data.params, {k: v for k, v in r.data.metrics.items()})
+                         for r in child_runs(uri, parent_id) if r.info.status == "FINISHED"])
+
+
+def real_vs_real_warning(table: pd.DataFrame) -> str | None:
+    """A warning when a real-vs-real detector is not at chance: its 95% interval excludes 0.5."""
+    rows = table[table["analysis"] == "real_vs_real"]
+    for _, r in rows.iterrows():
+        if r["detectability_ci_low"] > 0.5 or r["detectability_ci_high"] < 0.5:
+            return (f"real-vs-real detectability {r['detectability']:.3f} [{r['detectability_ci_low']:.3f}, "
+                    f"{r['detectability_ci_high']:.3f}] (seed {r['seed']}) excludes 0.5: the detector tells two halves of "
+                    "the real data apart. Look for leakage, a biased split or a format difference before trusting any "
+                    "other figure of this study.")
+    return None
+
+
+def detect_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """Per analysis, source and setting: accuracy (with its 95% interval for one seed, else mean ± sd), p, AUC, JSD bound."""
+    out = []
+    for (analysis, source, setting), g in table.groupby(["analysis", "source", "setting"], sort=False):
+        multi = analysis == "multiway"
+        col = "multiway_accuracy" if multi else "detectability"
+        acc = g[col]
+        if len(g) == 1:
+            text = f"{acc.iloc[0]:.3f} [{g[col + '_ci_low'].iloc[0]:.3f}, {g[col + '_ci_high'].iloc[0]:.3f}]"
+        else:
+            text = f"{acc.mean():.3f} ± {acc.std():.3f}"
+        out.append({
+            "analysis": analysis, "source": source, "setting": setting, "seeds": len(g), "accuracy": text,
+            "chance": f"{g['chance'].iloc[0]:.3f}" if multi else "0.5",
+            "p (vs chance)": "" if multi else f"{g['detectability_p_value'].median():.2g}",
+            "AUC": "" if multi else f"{g['detectability_auc'].mean():.3f}",
+            "JSD bound": "" if multi else f"{g['detectability_jsd_lower_bound'].mean():.3f}",
+            "n/class": int(g["n_train_per_class"].iloc[0]),
+        })
+    return pd.DataFrame(out)
+
+
+def format_detect_table(table: pd.DataFrame, warning: str | None = None) -> str:
+    """`detect_summary` as text; the real-vs-real warning, if any, above it."""
+    text = detect_summary(table).to_string(index=False)
+    text += "\n(accuracy: held-out, 95% Clopper-Pearson interval for one seed, mean ± sd over seeds otherwise)"
+    return f"WARNING: {warning}\n\n{text}" if warning else text

@@ -133,11 +133,22 @@ GENERATOR_NAMES = ("diffusion", "gaussian", "gmm")
 GeneratorSpec = Annotated[Union[DiffusionSpec, GaussianSpec, GMMSpec], Field(discriminator="name")]
 
 
-class ClassifierSpec(_Strict):
-    """A classifier trained from scratch: the detector (real vs generated) or the downstream model."""
+class AugmentSpec(_Strict):
+    """Training-time augmentation of a classifier's inputs."""
 
-    name: Literal["cnn"] = Field("cnn", description="Classifier architecture (the small CNN).")
-    width: int = Field(32, ge=4, le=512, description="Channels of the first conv layer.")
+    crop_padding: int = Field(0, ge=0, le=16, description="Random crops after reflect-padding by this many pixels (0: off).")
+    flip: bool = Field(False, description="Random horizontal flips (off for digits: a flipped digit is another shape).")
+
+
+class ClassifierSpec(_Strict):
+    """A classifier: the detector (real vs generated) or the downstream model."""
+
+    name: str = Field(
+        "cnn", description="cnn (the small CNN) or a timm model name (resnet18, resnet50, convnext_tiny, "
+        "vit_small_patch16_224, ...), trained from scratch unless `pretrained` names a local weights file.",
+    )
+    pretrained: Path | None = Field(None, description="timm models: a local weights file to start from.")
+    width: int = Field(32, ge=4, le=512, description="Channels of the first conv layer (cnn).")
     epochs: int = Field(15, ge=1)
     steps: int | None = Field(
         None, ge=1,
@@ -147,6 +158,26 @@ class ClassifierSpec(_Strict):
     batch_size: int = Field(128, ge=1)
     lr: float = Field(2e-3, gt=0, lt=1)
     weight_decay: float = Field(5e-4, ge=0)
+    augment: AugmentSpec = Field(default_factory=AugmentSpec)
+    val_fraction: float = Field(0.0, ge=0, le=0.5, description="Hold out this share of the training images to pick "
+                                "the best epoch by validation loss (0: train on all, keep the last epoch).")
+    patience: int | None = Field(None, ge=1, description="Stop after this many epochs without a better validation loss.")
+
+    @model_validator(mode="after")
+    def _known_model(self) -> "ClassifierSpec":
+        if self.name not in ("cnn", "inception"):
+            import timm
+
+            if not timm.is_model(self.name):
+                import difflib
+
+                close = ", ".join(difflib.get_close_matches(self.name, timm.list_models(), n=4)) or "see timm.list_models()"
+                raise ValueError(f"name: '{self.name}' is neither cnn nor a timm model (close: {close})")
+        if self.pretrained is not None and not self.pretrained.is_file():
+            raise ValueError(f"pretrained: file does not exist: {self.pretrained}")
+        if self.patience is not None and self.val_fraction == 0:
+            raise ValueError("patience: early stopping needs a validation split (set val_fraction, e.g. 0.1)")
+        return self
 
 
 class FeatureSpec(ClassifierSpec):
@@ -287,6 +318,128 @@ class MixSpec(_Strict):
         return hi if "augment" in self.modes else min(hi, 1.0)
 
 
+class GeneratorSource(_Strict):
+    """A generator of this project, trained here on the real training split, then sampled."""
+
+    type: Literal["generator"]
+    generator: GeneratorSpec = Field(..., description="As in a loop study's `generator` section.")
+    size: int | None = Field(None, ge=10, description="Images to draw (default: as many as the real training split).")
+
+
+class SamplesSource(_Strict):
+    """A saved sample set (samples.safetensors from a study's checkpoint or pool)."""
+
+    type: Literal["samples"]
+    path: Path
+
+    @model_validator(mode="after")
+    def _exists(self) -> "SamplesSource":
+        if not self.path.is_file():
+            raise ValueError(f"path: file does not exist: {self.path}")
+        return self
+
+
+class FolderSource(_Strict):
+    """A folder of images (PNG, JPEG, ...), flat or in sub-folders; resized to the real images' size."""
+
+    type: Literal["folder"]
+    path: Path
+
+    @model_validator(mode="after")
+    def _exists(self) -> "FolderSource":
+        if not self.path.is_dir():
+            raise ValueError(f"path: directory does not exist: {self.path}")
+        return self
+
+
+class PipelineSource(_Strict):
+    """A pretrained diffusers pipeline (DDPMPipeline, DDIMPipeline, ...) from a local directory or a hub id."""
+
+    type: Literal["pipeline"]
+    path: str = Field(..., min_length=1, description="A local directory saved with save_pretrained, or a hub id (needs a network).")
+    size: int = Field(1000, ge=10, description="Images to draw.")
+    steps: int = Field(50, ge=1, le=4000, description="Denoising steps per image.")
+    batch_size: int = Field(250, ge=1)
+
+    @model_validator(mode="after")
+    def _where(self) -> "PipelineSource":
+        local = Path(self.path)
+        if local.is_dir():
+            if not (local / "model_index.json").is_file():
+                raise ValueError(f"path: {self.path} has no model_index.json (save the pipeline with save_pretrained)")
+        elif self.path.startswith((".", "/", "~")) or not re.fullmatch(r"[\w.\-]+/[\w.\-]+", self.path):
+            raise ValueError(f"path: directory does not exist: {self.path}")
+        return self
+
+
+class CheckpointSource(_Strict):
+    """A generator checkpoint of this project (generator.safetensors from a loop study's artifacts)."""
+
+    type: Literal["checkpoint"]
+    path: Path
+    generator: GeneratorSpec = Field(..., description="The generator section of the study that saved it.")
+    size: int | None = Field(None, ge=10, description="Images to draw (default: as many as the real training split).")
+
+    @model_validator(mode="after")
+    def _exists(self) -> "CheckpointSource":
+        if not self.path.is_file():
+            raise ValueError(f"path: file does not exist: {self.path}")
+        return self
+
+
+SOURCE_TYPES = ("generator", "samples", "folder", "pipeline", "checkpoint")
+SourceSpec = Annotated[
+    Union[GeneratorSource, SamplesSource, FolderSource, PipelineSource, CheckpointSource], Field(discriminator="type")
+]
+
+
+class BandSpec(_Strict):
+    """Frequency bands for the band analysis: radii as fractions of the Nyquist frequency."""
+
+    radii: tuple[float, ...] = Field(
+        (), description="Cut-offs in (0, 1): radii [a, b] give bands low (< a), a-b (a to b) and high (> b). Empty: off."
+    )
+
+    @field_validator("radii")
+    @classmethod
+    def _increasing(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        if any(not 0 < r < 1 for r in v) or list(v) != sorted(set(v)):
+            raise ValueError("radii must be increasing, each in (0, 1)")
+        return v
+
+
+class DetectSpec(_Strict):
+    """The detectability instrument (kind: detect): a detector told real from each source, and what it keys on."""
+
+    sources: dict[str, SourceSpec] = Field(..., min_length=1, description="Generated image sources, by name.")
+    seeds: tuple[int, ...] = Field((0,), min_length=1, description="One detector per seed for every analysis.")
+    train_size: int | None = Field(
+        None, ge=10, description="Training images per class (real and generated) for the detector (default: all there are)."
+    )
+    eval_fraction: float = Field(0.3, gt=0, lt=1, description="Share of each generated source held out for evaluation.")
+    real_vs_real: bool = Field(True, description="Run the real-vs-real baseline alongside (it must come out near 0.5).")
+    multiway: bool = Field(True, description="With two or more sources: one detector over real + every source, with a confusion matrix.")
+    sample_sizes: tuple[int, ...] = Field((), description="Accuracy against training images per class: these sizes (empty: off).")
+    bands: BandSpec = Field(default_factory=BandSpec, description="Accuracy per frequency band (FFT masks).")
+    crop_sizes: tuple[int, ...] = Field((), description="Accuracy on random crops of these sizes, in pixels (empty: off).")
+    examples: int = Field(16, ge=0, le=256, description="Most and least confident real and generated examples shown per source.")
+
+    @field_validator("sources")
+    @classmethod
+    def _names(cls, v: dict) -> dict:
+        for name in v:
+            if not name or not all(ch.isalnum() or ch in "_-." for ch in name) or name == "real":
+                raise ValueError(f"source name '{name}': use letters, digits, _ - . (and not 'real')")
+        return v
+
+    @field_validator("sample_sizes", "crop_sizes")
+    @classmethod
+    def _sizes(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if any(x < 2 for x in v) or len(set(v)) != len(v):
+            raise ValueError("sizes must be distinct and >= 2")
+        return tuple(sorted(v))
+
+
 class TrackingSpec(_Strict):
     """Where results go. The tracking URI comes from MLFLOW_TRACKING_URI unless set here."""
 
@@ -316,8 +469,9 @@ class StudySpec(_Strict):
     """A whole study, as written in a YAML study file."""
 
     name: str = Field(..., min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$", description="Study name (letters, digits, _ . -).")
-    kind: Literal["loop", "mix"] = Field(
-        "loop", description="loop: self-consuming loops (section `loop`); mix: real/synthetic mixes (section `mix`)."
+    kind: Literal["loop", "mix", "detect"] = Field(
+        "loop", description="loop: self-consuming loops (section `loop`); mix: real/synthetic mixes (section `mix`); "
+        "detect: the detectability instrument on given sources (section `detect`).",
     )
     description: str = ""
     data: DataSpec = Field(default_factory=DataSpec)
@@ -326,6 +480,7 @@ class StudySpec(_Strict):
     downstream: ClassifierSpec = Field(default_factory=ClassifierSpec)
     loop: LoopSpec = Field(default_factory=LoopSpec)
     mix: MixSpec = Field(default_factory=MixSpec, description="The mix sweep (kind: mix).")
+    detect: DetectSpec | None = Field(None, description="The sources and analyses (kind: detect).")
     metrics: tuple[Metric, ...] = Field(
         METRICS,
         min_length=1,
@@ -344,9 +499,11 @@ class StudySpec(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> "StudySpec":
-        other = {"loop": "mix", "mix": "loop"}[self.kind]
-        if other in self.model_fields_set:
-            raise ValueError(f"{other}: not used by a {self.kind} study (set kind: {other}, or remove the section)")
+        for other in ("loop", "mix", "detect"):
+            if other != self.kind and other in self.model_fields_set:
+                raise ValueError(f"{other}: not used by a {self.kind} study (set kind: {other}, or remove the section)")
+        if self.kind == "detect" and self.detect is None:
+            raise ValueError("detect: required for a detect study (its `sources`)")
         if "toy" in self.metrics and self.data.source != "gaussian":
             raise ValueError("metrics: 'toy' needs data.source: gaussian (a known true distribution)")
         if self.data.source == "gaussian" and self.generator.name == "diffusion":
@@ -369,12 +526,21 @@ def with_value(spec: "StudySpec", key: str, value: Any) -> "StudySpec":
         value = int(value)
     data[section][field] = value
     data["loop"]["sweep"] = {}
-    data.pop({"loop": "mix", "mix": "loop"}[spec.kind])  # the other kind's section stays at its defaults
+    for other in ("loop", "mix", "detect"):  # the other kinds' sections stay at their defaults
+        if other != spec.kind:
+            data.pop(other)
     return StudySpec.model_validate(data)
+
 
 def _field_path(loc: tuple[Any, ...]) -> str:
     # pydantic puts the discriminator tag in the location ("generator.diffusion.lr"); drop it.
-    parts = [str(p) for p in loc if p not in GENERATOR_NAMES]
+    # So is a source's type tag ("detect.sources.NAME.samples.path").
+    parts = []
+    for i, p in enumerate(loc):
+        after_generator = i >= 1 and loc[i - 1] == "generator" and p in GENERATOR_NAMES
+        after_source = i >= 2 and loc[i - 2] == "sources" and p in SOURCE_TYPES
+        if not (after_generator or after_source):
+            parts.append(str(p))
     return ".".join(parts) or "(top level)"
 
 

@@ -276,6 +276,14 @@ class StudyTracker:
         if time.monotonic() - self._flushed.get(arm, 0.0) >= self.flush_every_s:
             self.flush(arm)
 
+    def log_metrics(self, arm: str, metrics: dict[str, float], step: int = 0) -> None:
+        """Metrics of a run that has one set of them (a detect study's cell), in one batch."""
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        items = [Metric(k, float(v), ts, step) for k, v in metrics.items() if np.isfinite(v)]
+        self.client.log_batch(self.arm_runs[arm], metrics=items)
+
     def flush(self, arm: str | None = None) -> None:
         """Write buffered metrics (all arms when `arm` is None), each arm's in as few batches as MLflow allows.
 

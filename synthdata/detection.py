@@ -1,0 +1,192 @@
+"""The detectability instrument's analyses: what a detector tells apart, and what it keys on.
+
+Every analysis is the same protocol (a classifier two-sample test on balanced, disjoint
+train and eval sets; see metrics/detectability.py) applied to different inputs:
+
+- pair: real vs one source;  real_vs_real: two disjoint real halves (must be ~0.5);
+- size: the pair with n training images per class (the sample-size curve);
+- band: the pair with every image passed through an FFT mask (low / band / high);
+- crop: the pair on random s x s crops;
+- multiway: real plus every source as K + 1 classes, with a confusion matrix.
+
+Each analysis cell is a plain function of tensors, so a runner can farm them out.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from synthdata.classifiers import predict_logits, train_classifier
+from synthdata.data import ImageSet
+from synthdata.metrics.detectability import GENERATED, REAL, c2st_stats
+from synthdata.metrics.stats import accuracy_with_ci
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One detector training: an analysis, on a source, at a setting, with a seed."""
+
+    analysis: str  # pair | real_vs_real | size | band | crop | multiway
+    source: str = ""  # the generated source ("" for real_vs_real and multiway)
+    setting: str = ""  # size: "n=200"; band: "low" / "0.25-0.5" / "high"; crop: "size=4"
+    seed: int = 0
+
+    @property
+    def name(self) -> str:
+        """MLflow run name: `pair/ddpm/seed0`, `band/ddpm/high/seed0`, `real_vs_real/seed0`."""
+        return "/".join(p for p in (self.analysis, self.source, self.setting, f"seed{self.seed}") if p)
+
+    def params(self) -> dict[str, str]:
+        return {"analysis": self.analysis, "source": self.source or "-", "setting": self.setting or "-", "seed": str(self.seed)}
+
+
+@dataclass
+class CellResult:
+    """Metrics of a cell, plus what its figures need: a confusion matrix, the most/least confident examples."""
+
+    cell: Cell
+    metrics: dict[str, float]
+    confusion: np.ndarray | None = None  # multiway: rows true class, columns predicted (counts)
+    classes: list[str] = field(default_factory=list)
+    examples: dict[str, torch.Tensor] = field(default_factory=dict)  # pair: "real_most_real", "generated_most_generated", ...
+
+
+def band_names(radii: tuple[float, ...]) -> list[str]:
+    """Band labels for cut-offs [a, b]: low, a-b, high."""
+    edges = list(radii)
+    return ["low"] + [f"{a:g}-{b:g}" for a, b in zip(edges, edges[1:])] + ["high"] if edges else []
+
+
+def band_mask(size: tuple[int, int], radii: tuple[float, ...], band: str) -> torch.Tensor:
+    """A 0/1 mask over the FFT grid keeping one band; radius 1 is the Nyquist frequency along an axis."""
+    fy = torch.fft.fftfreq(size[0])[:, None] / 0.5
+    fx = torch.fft.fftfreq(size[1])[None, :] / 0.5
+    r = torch.sqrt(fx**2 + fy**2)
+    edges = [0.0, *radii, float("inf")]
+    i = band_names(radii).index(band)
+    return ((r >= edges[i]) & (r < edges[i + 1])).float()
+
+
+def filter_band(images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Images with every frequency outside the mask removed (per channel)."""
+    return torch.fft.ifft2(torch.fft.fft2(images.double()) * mask).real.float()
+
+
+def random_crops(images: torch.Tensor, size: int, g: torch.Generator) -> torch.Tensor:
+    """One random `size` x `size` crop of each image."""
+    n, _, h, w = images.shape
+    if size > min(h, w):
+        raise ValueError(f"crop size {size} exceeds the images' {h}x{w}")
+    ys = torch.randint(0, h - size + 1, (n,), generator=g)
+    xs = torch.randint(0, w - size + 1, (n,), generator=g)
+    return torch.stack([im[:, y : y + size, x : x + size] for im, y, x in zip(images, ys.tolist(), xs.tolist())])
+
+
+def split_source(images: torch.Tensor, eval_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A generated source's images cut into disjoint train and eval parts."""
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
+    k = max(1, round(len(images) * eval_fraction))
+    return images[order[k:]], images[order[:k]]
+
+
+def _take(x: torch.Tensor, n: int | None, g: torch.Generator) -> torch.Tensor:
+    idx = torch.randperm(len(x), generator=g)
+    return x[idx[: n if n is not None else len(x)]]
+
+
+def pair_test(real_train: torch.Tensor, gen_train: torch.Tensor, real_eval: torch.Tensor, gen_eval: torch.Tensor,
+              detector, *, seed: int, train_size: int | None = None, examples: int = 0, device: str = "cpu"
+              ) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+    """The two-sample test on balanced sets; metrics plus the most/least confident eval examples of each class."""
+    g = torch.Generator().manual_seed(seed)
+    n = min(len(real_train), len(gen_train), train_size or len(real_train))
+    rt, gt = _take(real_train, n, g), _take(gen_train, n, g)
+    m = min(len(real_eval), len(gen_eval))
+    re, ge = _take(real_eval, m, g), _take(gen_eval, m, g)
+    x = torch.cat([rt, gt])
+    y = torch.cat([torch.full((n,), REAL), torch.full((n,), GENERATED)])
+    model = train_classifier(detector, x, y, 2, seed=seed, device=device)
+    p_gen = F.softmax(predict_logits(model, torch.cat([re, ge]), device=device), dim=1)[:, GENERATED]
+    stats = c2st_stats(p_gen, torch.cat([torch.full((m,), REAL), torch.full((m,), GENERATED)]))
+    metrics = {**stats.as_metrics(), "n_train_per_class": float(n)}
+    shown: dict[str, torch.Tensor] = {}
+    if examples:
+        k = min(examples, m)
+        p_real_imgs, p_gen_imgs = p_gen[:m], p_gen[m:]
+        # "most generated-looking real images" are the detector's false alarms: what it thinks fakes look like.
+        shown = {
+            "real_most_real": re[p_real_imgs.argsort()[:k]], "real_most_generated": re[p_real_imgs.argsort(descending=True)[:k]],
+            "generated_most_generated": ge[p_gen_imgs.argsort(descending=True)[:k]], "generated_most_real": ge[p_gen_imgs.argsort()[:k]],
+        }
+    return metrics, shown
+
+
+def multiway_test(train_sets: list[torch.Tensor], eval_sets: list[torch.Tensor], detector, *, seed: int,
+                  train_size: int | None = None, device: str = "cpu") -> tuple[dict[str, float], np.ndarray]:
+    """One classifier over K + 1 sources (real first); accuracy with its interval and the confusion matrix (counts)."""
+    g = torch.Generator().manual_seed(seed)
+    n = min(min(len(t) for t in train_sets), train_size or 10**12)
+    m = min(len(e) for e in eval_sets)
+    x = torch.cat([_take(t, n, g) for t in train_sets])
+    y = torch.arange(len(train_sets)).repeat_interleave(n)
+    model = train_classifier(detector, x, y, len(train_sets), seed=seed, device=device)
+    xe = torch.cat([_take(e, m, g) for e in eval_sets])
+    ye = torch.arange(len(eval_sets)).repeat_interleave(m)
+    pred = predict_logits(model, xe, device=device).argmax(1)
+    k = len(train_sets)
+    confusion = torch.bincount(ye * k + pred, minlength=k * k).reshape(k, k).numpy()
+    acc = accuracy_with_ci(int((pred == ye).sum()), len(ye))
+    metrics = {"multiway_accuracy": acc.value, "multiway_accuracy_ci_low": acc.ci_low, "multiway_accuracy_ci_high": acc.ci_high,
+               "chance": 1.0 / k, "n_train_per_class": float(n)}
+    return metrics, confusion
+
+
+def cells_for(detect, source_names: list[str]) -> list[Cell]:
+    """Every detector training a detect section asks for, in reading order."""
+    cells: list[Cell] = []
+    for seed in detect.seeds:
+        if detect.real_vs_real:
+            cells.append(Cell("real_vs_real", seed=seed))
+        cells += [Cell("pair", s, seed=seed) for s in source_names]
+        if detect.multiway and len(source_names) >= 2:
+            cells.append(Cell("multiway", seed=seed))
+        for s in source_names:
+            cells += [Cell("size", s, f"n={n}", seed) for n in detect.sample_sizes]
+            cells += [Cell("band", s, b, seed) for b in band_names(detect.bands.radii)]
+            cells += [Cell("crop", s, f"size={c}", seed) for c in detect.crop_sizes]
+    return cells
+
+
+def run_cell(cell: Cell, detect, detector, real_train: ImageSet, real_eval: ImageSet, sources: dict[str, ImageSet],
+             *, device: str = "cpu") -> CellResult:
+    """Train and score the detector of one cell."""
+    seed = cell.seed * 1_000_003 + 7
+    split = {name: split_source(s.images, detect.eval_fraction, seed=cell.seed) for name, s in sources.items()}
+    rt, re = real_train.images, real_eval.images
+    if cell.analysis == "real_vs_real":
+        g = torch.Generator().manual_seed(seed)
+        a, b = torch.randperm(len(rt), generator=g), torch.randperm(len(re), generator=g)
+        h, k = len(a) // 2, len(b) // 2
+        metrics, _ = pair_test(rt[a[:h]], rt[a[h:]], re[b[:k]], re[b[k:]], detector, seed=seed, train_size=detect.train_size, device=device)
+        return CellResult(cell, metrics)
+    if cell.analysis == "multiway":
+        names = list(sources)
+        metrics, confusion = multiway_test([rt, *(split[s][0] for s in names)], [re, *(split[s][1] for s in names)], detector,
+                                           seed=seed, train_size=detect.train_size, device=device)
+        return CellResult(cell, metrics, confusion=confusion, classes=["real", *names])
+    gt, ge = split[cell.source]
+    train_size = detect.train_size
+    if cell.analysis == "size":
+        train_size = int(cell.setting.removeprefix("n="))
+    elif cell.analysis == "band":
+        mask = band_mask(tuple(rt.shape[-2:]), detect.bands.radii, cell.setting)
+        rt, re, gt, ge = (filter_band(x, mask) for x in (rt, re, gt, ge))
+    elif cell.analysis == "crop":
+        size, g = int(cell.setting.removeprefix("size=")), torch.Generator().manual_seed(seed + 1)
+        rt, re, gt, ge = (random_crops(x, size, g) for x in (rt, re, gt, ge))
+    examples = detect.examples if cell.analysis == "pair" else 0
+    metrics, shown = pair_test(rt, gt, re, ge, detector, seed=seed, train_size=train_size, examples=examples, device=device)
+    return CellResult(cell, metrics, examples=shown)

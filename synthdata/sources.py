@@ -1,0 +1,102 @@
+"""Generated image sources for the detectability instrument, loaded into the real data's format.
+
+A source is anything that yields images: a generator of this project trained here, a
+saved sample set, a folder of image files, a pretrained diffusers pipeline, or a
+generator checkpoint of this project. Whatever it is, its images come back with the
+real images' channels and size, quantized to the real data's intensity levels, so a
+detector cannot tell them apart by file format alone.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from synthdata.data import IMAGE_EXTENSIONS, ImageSet, class_balanced_labels, from_uint8, quantize, read_images
+from synthdata.errors import DataError
+
+
+def to_real_format(images: torch.Tensor, real: ImageSet, what: str) -> ImageSet:
+    """Images in [-1, 1] converted to the real set's channels (grey <-> RGB) and size, and quantized to its levels."""
+    c, h, w = real.shape
+    if images.shape[1] != c:
+        if images.shape[1] == 3 and c == 1:
+            images = images.mean(1, keepdim=True)
+        elif images.shape[1] == 1 and c == 3:
+            images = images.expand(-1, 3, -1, -1)
+        else:
+            raise DataError(f"{what}: images have {images.shape[1]} channels, the real data {c}")
+    if images.shape[-2:] != (h, w):
+        images = F.interpolate(images, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+    images = quantize(images.clamp(-1, 1), real.levels)
+    if not torch.isfinite(images).all():
+        raise FloatingPointError(f"{what}: images are not finite")
+    labels = torch.zeros(len(images), dtype=torch.long)  # a source's own class labels are not used by a detector
+    return ImageSet(images.contiguous(), labels, real.num_classes, real.levels)
+
+
+def load_source(spec, real: ImageSet, *, seed: int, device: str = "cpu") -> ImageSet:
+    """The images of one source (a `detect.sources` entry), in `real`'s format."""
+    what = getattr(spec, "path", None) or spec.type
+    if spec.type == "generator":
+        from synthdata.mixing import make_pool
+
+        pool, _ = make_pool(spec.generator, real, spec.size or len(real), seed=seed, device=device)
+        return to_real_format(pool.images, real, "generator")
+    if spec.type == "checkpoint":
+        return _from_checkpoint(spec, real, seed=seed, device=device)
+    if spec.type == "samples":
+        from synthdata.tracking import load_samples
+
+        try:
+            images = load_samples(spec.path).images
+        except Exception as err:  # safetensors raises its own error types for a damaged file
+            raise DataError(f"{spec.path}: cannot read sample set ({type(err).__name__}: {err})") from None
+        return to_real_format(images, real, str(spec.path))
+    if spec.type == "folder":
+        files = sorted(p for p in Path(spec.path).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+        if not files:
+            raise DataError(f"{spec.path}: no image files in this folder")
+        arrays = read_images(files, real.shape[-1], mode="L" if real.shape[0] == 1 else "RGB")
+        return to_real_format(from_uint8(arrays), real, str(spec.path))
+    if spec.type == "pipeline":
+        return _from_pipeline(spec, real, seed=seed, device=device)
+    raise ValueError(f"unknown source type {spec.type!r} ({what})")
+
+
+def _from_checkpoint(spec, real: ImageSet, *, seed: int, device: str) -> ImageSet:
+    from safetensors.torch import load_file
+
+    from synthdata.generators import create_generator
+
+    generator = create_generator(spec.generator, real.shape, real.num_classes, device)
+    try:
+        generator.load_state_dict(load_file(str(spec.path)))
+    except Exception as err:
+        raise DataError(f"{spec.path}: not a checkpoint of this generator ({type(err).__name__}: {str(err)[:200]})") from None
+    labels = class_balanced_labels(spec.size or len(real), real.labels, real.num_classes, torch.Generator().manual_seed(seed + 1))
+    return to_real_format(generator.sample(labels, seed=seed + 2).cpu(), real, str(spec.path))
+
+
+def _from_pipeline(spec, real: ImageSet, *, seed: int, device: str) -> ImageSet:
+    """Sample a diffusers pipeline (unconditional image pipelines: DDPM, DDIM, ...)."""
+    from diffusers import DiffusionPipeline
+
+    local = Path(spec.path).is_dir()
+    try:
+        pipe = DiffusionPipeline.from_pretrained(spec.path, local_files_only=local)
+    except Exception as err:
+        hint = "" if local else " (not a local directory: loading a hub id needs a network)"
+        raise DataError(f"{spec.path}: cannot load a diffusers pipeline{hint} ({type(err).__name__}: {str(err)[:200]})") from None
+    pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    batches = []
+    for start in range(0, spec.size, spec.batch_size):
+        n = min(spec.batch_size, spec.size - start)
+        out = pipe(batch_size=n, generator=g, num_inference_steps=spec.steps, output_type="np").images  # (n, H, W, C) in [0, 1]
+        batches.append(np.asarray(out, dtype=np.float32))
+    images = torch.from_numpy(np.concatenate(batches)).permute(0, 3, 1, 2) * 2 - 1
+    return to_real_format(images, real, spec.path)

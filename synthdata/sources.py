@@ -83,7 +83,10 @@ def _from_checkpoint(spec, real: ImageSet, *, seed: int, device: str) -> ImageSe
 def _from_pipeline(spec, real: ImageSet, *, seed: int, device: str) -> ImageSet:
     """Sample a diffusers pipeline (unconditional image pipelines: DDPM, DDIM, ...)."""
     from diffusers import DiffusionPipeline
+    from diffusers.utils import logging as diffusers_logging
 
+    diffusers_logging.set_verbosity_error()  # no notices about optional packages in the study's output
+    diffusers_logging.disable_progress_bar()
     local = Path(spec.path).is_dir()
     try:
         pipe = DiffusionPipeline.from_pretrained(spec.path, local_files_only=local)

@@ -58,8 +58,7 @@ def load_sources(spec: StudySpec, real: ImageSet, read: dict[str, ImageSet], sho
     refs = {name: task.remote(source, real, 0, threads, spec.resources.gpus_per_arm)
             for name, source in spec.detect.sources.items() if source.type in EXPENSIVE}
     for name, ref in refs.items():
-        if show_progress:
-            print(f"sampling source '{name}' ({spec.detect.sources[name].type})", file=sys.stderr, flush=True)
+        print(f"sampling source '{name}' ({spec.detect.sources[name].type})", file=sys.stderr, flush=True)
         try:
             out[name] = ray.get(ref)
         except ray.exceptions.RayTaskError as err:
@@ -119,7 +118,9 @@ def run_detect_study(
     failed: dict[str, str] = {}
     results: list[CellResult] = []
     status, figures = "FAILED", []
-    bar = tqdm(total=len(cells), desc="detectors", unit="cell", disable=not show_progress, file=sys.stderr)
+    # A bar on a terminal; in a log (a Ray job, a batch system) one line per finished cell.
+    tty = sys.stderr.isatty()
+    bar = tqdm(total=len(cells), desc="detectors", unit="cell", disable=not (show_progress and tty), file=sys.stderr)
     try:
         pending = list(refs)
         while pending:
@@ -138,6 +139,8 @@ def run_detect_study(
             acc = result.metrics.get("detectability", result.metrics.get("multiway_accuracy"))
             bar.set_postfix_str(f"{cell.name}: {acc:.3f}")
             bar.update()
+            if not tty:
+                print(f"[{len(results)}/{len(cells)}] {cell.name}: {acc:.3f}", file=sys.stderr, flush=True)
         status = "FAILED" if failed else "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"

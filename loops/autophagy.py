@@ -21,8 +21,8 @@ from typing import Any, Callable, Generator, Iterator
 
 import torch
 
-from synthdata.data import ImageSet, Splits, class_balanced_labels, concat, quantize, sample_truth
-from synthdata.generators import create_generator
+from synthdata.data import ImageSet, Splits, class_balanced_labels, concat, sample_truth
+from synthdata.generators import create_generator, draw_samples
 from synthdata.metrics.detectability import detectability, real_vs_real
 from synthdata.metrics.downstream import downstream_accuracy
 from synthdata.metrics.features import FeatureExtractor, RealReference, feature_metrics
@@ -263,12 +263,9 @@ def run_arm(
             yield Progress(arm.name, t, "sampling")
 
         start = time.perf_counter()
-        labels = class_balanced_labels(n + n_eval, real.labels, k, torch.Generator().manual_seed(seed_of(t, 4)))
-        images = quantize(generator.sample(labels, seed=seed_of(t, 5)), real.levels)
-        if not torch.isfinite(images).all():
-            # A loop that blows up (temperature > 1 compounds every generation) must stop
-            # here: non-finite samples would poison every later generation and metric.
-            raise FloatingPointError(f"generator diverged at generation {t}: its samples are not finite")
+        drawn = draw_samples(generator, n + n_eval, real, label_seed=seed_of(t, 4), sample_seed=seed_of(t, 5),
+                             context=f"generator diverged at generation {t}")
+        images, labels = drawn.images, drawn.labels
         metrics["time_sample_s"] = time.perf_counter() - start
         samples = ImageSet(images[:n], labels[:n], k, real.levels)
         held_out_fakes = images[n:]  # never trained on, by the detector or the next generator

@@ -57,13 +57,16 @@ def _pool_task(generator_spec, real: ImageSet, size: int, seed: int, threads: in
     return make_pool(generator_spec, real, size, seed=seed)
 
 
-def make_pools(spec: StudySpec, splits: Splits, show_progress: bool) -> dict[int, ImageSet]:
-    """One pool per seed: a generator trained once on the real training set, in parallel on Ray."""
+def make_pools(spec: StudySpec, splits: Splits, show_progress: bool, saved: ImageSet | None = None) -> dict[int, ImageSet]:
+    """One pool per seed: a generator trained once on the real training set, in parallel on Ray.
+
+    With `mix.samples`, the saved set (`saved`, if the caller has read it already) is every seed's pool.
+    """
     import ray
 
     size = pool_size(spec, len(splits.train))
     if spec.mix.samples is not None:
-        pool = load_pool(spec.mix.samples, splits.train)
+        pool = saved if saved is not None else load_pool(spec.mix.samples, splits.train)
         if len(pool) < size:
             raise DataError(f"{spec.mix.samples}: has {len(pool)} samples, the largest ratio needs {size}")
         return {seed: pool for seed in spec.mix.seeds}
@@ -186,8 +189,8 @@ def run_mix_study(
     start = time.perf_counter()
     splits = make_splits(spec.data, seed=0)  # data errors surface here, before Ray or MLflow
     check_generator(spec.generator, splits.train.shape)
-    if spec.mix.samples is not None:
-        load_pool(spec.mix.samples, splits.train)  # a bad sample file is refused before anything is tracked
+    # A bad sample file is refused before anything is tracked.
+    saved = load_pool(spec.mix.samples, splits.train) if spec.mix.samples is not None else None
     uri = resolve_tracking_uri(tracking_uri or spec.tracking.uri)
     init_ray(address or spec.resources.address)
     tracker = StudyTracker(uri, spec.experiment_name, spec.name, flat_params(spec),
@@ -197,7 +200,7 @@ def run_mix_study(
     table = pd.DataFrame()
     figures: list[Path] = []
     try:
-        pools = make_pools(spec, splits, show_progress)
+        pools = make_pools(spec, splits, show_progress, saved)
         for seed, pool in pools.items():
             if spec.tracking.checkpoints:  # reusable as `mix.samples` by later studies
                 with tempfile.TemporaryDirectory() as tmp:

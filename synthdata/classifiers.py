@@ -108,8 +108,8 @@ def train_classifier(
     """Train a classifier from scratch with AdamW and a one-cycle schedule; return it in eval mode.
 
     With `spec.val_fraction` > 0 a stratified validation split is held out; the model
-    returned is the one with the lowest validation loss, and with `spec.patience` set,
-    training stops after that many epochs without improvement. `on_epoch(epoch, model,
+    returned is the one with the lowest validation loss after the schedule's warm-up, and
+    with `spec.patience` set, training stops after that many checks without improvement. `on_epoch(epoch, model,
     mean_loss)` is called after each epoch (1-based) with the model in eval mode.
     """
     g = torch.Generator().manual_seed(seed)
@@ -130,8 +130,16 @@ def train_classifier(
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=spec.lr, total_steps=total_steps)
     images, labels = images.to(device), labels.to(device)
     best, best_state, stale = float("inf"), None, 0
+    # Validate about once per epoch's worth of steps (with a `steps` budget on a small set,
+    # a pass is only a step or two: checking every pass would be noise). Epochs inside the
+    # one-cycle warm-up are never picked: a near-untrained model has a low loss only
+    # because it is unsure, and a biased one predicts a single class.
+    check_every = max(1, total_steps // spec.epochs) if spec.steps else steps_per_epoch
+    warmup = int(0.3 * total_steps)  # OneCycleLR's pct_start
+    done, last_check = 0, 0
+    epochs = -(-total_steps // steps_per_epoch)
     model.train()
-    for epoch in range(1, -(-total_steps // steps_per_epoch) + 1):
+    for epoch in range(1, epochs + 1):
         order = torch.randperm(n, generator=g).to(device)
         total = torch.zeros((), device=device)
         steps = min(steps_per_epoch, total_steps - (epoch - 1) * steps_per_epoch)  # the last pass may be partial
@@ -148,7 +156,9 @@ def train_classifier(
             total += loss.detach()
         if on_epoch is not None:
             on_epoch(epoch, model.eval(), float(total) / steps)
-        if x_val is not None:
+        done += steps
+        if x_val is not None and done >= warmup and (done - last_check >= check_every or epoch == epochs):
+            last_check = done
             val_loss = float(F.cross_entropy(predict_logits(model.eval(), x_val, device=device), y_val.cpu()))
             if val_loss < best - 1e-4:
                 best, stale = val_loss, 0

@@ -181,6 +181,11 @@ def run_cell(cell: Cell, detect, detector, real_train: ImageSet, real_eval: Imag
     train_size = detect.train_size
     if cell.analysis == "size":
         train_size = int(cell.setting.removeprefix("n="))
+        # Every size gets the optimizer steps the full-size detector gets: the curve is
+        # about data, not about smaller sets being trained for fewer steps.
+        n_full = min(len(rt), len(gt), detect.train_size or len(rt))
+        per_epoch = max(1, int(2 * n_full * (1 - detector.val_fraction)) // detector.batch_size)
+        detector = detector.model_copy(update={"steps": detector.steps or detector.epochs * per_epoch})
     elif cell.analysis == "band":
         mask = band_mask(tuple(rt.shape[-2:]), detect.bands.radii, cell.setting)
         rt, re, gt, ge = (filter_band(x, mask) for x in (rt, re, gt, ge))

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import torch
 
-from synthdata.data import ImageSet, class_balanced_labels, concat, quantize
+from synthdata.data import ImageSet, concat
 from synthdata.errors import DataError
-from synthdata.generators import Progress, create_generator
+from synthdata.generators import Progress, create_generator, draw_samples
 
 
 def make_pool(generator_spec, real: ImageSet, size: int, *, seed: int, device: str = "cpu",
@@ -25,11 +25,8 @@ def make_pool(generator_spec, real: ImageSet, size: int, *, seed: int, device: s
     """
     generator = create_generator(generator_spec, real.shape, real.num_classes, device)
     info = generator.fit(real, seed=seed, progress=progress)
-    labels = class_balanced_labels(size, real.labels, real.num_classes, torch.Generator().manual_seed(seed + 1))
-    images = quantize(generator.sample(labels, seed=seed + 2), real.levels)
-    if not torch.isfinite(images).all():
-        raise FloatingPointError("generator diverged: its samples are not finite")
-    return ImageSet(images, labels, real.num_classes, real.levels), {k: float(v) for k, v in info.items()}
+    pool = draw_samples(generator, size, real, label_seed=seed + 1, sample_seed=seed + 2)
+    return pool, {k: float(v) for k, v in info.items()}
 
 
 def load_pool(path: Path, real: ImageSet) -> ImageSet:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from synthdata.data import IMAGE_EXTENSIONS, ImageSet, class_balanced_labels, from_uint8, quantize, read_images
+from synthdata.data import IMAGE_EXTENSIONS, ImageSet, from_uint8, quantize, read_images
 from synthdata.errors import DataError
 
 
@@ -69,15 +69,15 @@ def load_source(spec, real: ImageSet, *, seed: int, device: str = "cpu") -> Imag
 def _from_checkpoint(spec, real: ImageSet, *, seed: int, device: str) -> ImageSet:
     from safetensors.torch import load_file
 
-    from synthdata.generators import create_generator
+    from synthdata.generators import create_generator, draw_samples
 
     generator = create_generator(spec.generator, real.shape, real.num_classes, device)
     try:
         generator.load_state_dict(load_file(str(spec.path)))
     except Exception as err:
         raise DataError(f"{spec.path}: not a checkpoint of this generator ({type(err).__name__}: {str(err)[:200]})") from None
-    labels = class_balanced_labels(spec.size or len(real), real.labels, real.num_classes, torch.Generator().manual_seed(seed + 1))
-    return to_real_format(generator.sample(labels, seed=seed + 2).cpu(), real, str(spec.path))
+    drawn = draw_samples(generator, spec.size or len(real), real, label_seed=seed + 1, sample_seed=seed + 2, context=str(spec.path))
+    return to_real_format(drawn.images.cpu(), real, str(spec.path))
 
 
 def _from_pipeline(spec, real: ImageSet, *, seed: int, device: str) -> ImageSet:

@@ -42,7 +42,7 @@ def _arm_workers() -> list:
 
 
 def test_killed_worker_is_retried_from_its_last_finished_generation(local_ray, tracking_uri):
-    T = 3
+    T = 2
     spec = parse_spec(tiny_study(generator={**TINY_DIFFUSION, "train_steps": 40}, loop={"generations": T, "samples_per_generation": 200},
                                  metrics=["detectability"], detector={"epochs": 2}))
     out: dict = {}

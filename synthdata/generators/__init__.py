@@ -43,6 +43,22 @@ def create_generator(spec, shape: tuple[int, int, int], num_classes: int, device
     return getattr(importlib.import_module(module), name)(spec, shape, num_classes, device)
 
 
+def draw_samples(generator: Generator, n: int, real: ImageSet, *, label_seed: int, sample_seed: int,
+                 context: str = "generator diverged") -> ImageSet:
+    """`n` samples with the real set's class balance, quantized to its intensity levels (as saving them would).
+
+    Non-finite samples raise FloatingPointError: a generator that blew up (temperature > 1
+    compounds every generation of a loop) must stop there, not poison later metrics.
+    """
+    from synthdata.data import class_balanced_labels, quantize
+
+    labels = class_balanced_labels(n, real.labels, real.num_classes, torch.Generator().manual_seed(label_seed))
+    images = quantize(generator.sample(labels, seed=sample_seed), real.levels)
+    if not torch.isfinite(images).all():
+        raise FloatingPointError(f"{context}: its samples are not finite")
+    return ImageSet(images, labels, real.num_classes, real.levels)
+
+
 def check_generator(spec, shape: tuple[int, int, int]) -> None:
     """Raise SpecError when the generator cannot work on images of this shape."""
     from synthdata.errors import SpecError

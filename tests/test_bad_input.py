@@ -230,3 +230,17 @@ def test_resume_of_a_different_study_is_refused(local_ray, tmp_path, monkeypatch
     code, err = _call(["run", _write(tmp_path, {**toy, "name": "other"}), "--resume", *uri], capsys)
     _assert_refused(code, err, "--resume: no earlier run of study 'other'")
     _assert_nothing_running(tmp_path)
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["detect"], "detect: give a study file, or --generated NAME=PATH"),
+    (["detect", "--generated", "g=notes.txt"], "--generated g=notes.txt: not a diffusers pipeline directory"),
+    (["detect", "--generated", "g=.", "--sizes", "10,many"], "--sizes: give comma-separated numbers"),
+    (["detect", "--generated", "g=.", "--bands", "0.5,0.25"], "synthdata detect: detect.bands.radii: radii must be increasing"),
+    (["detect", "--generated", "g=.", "--detector", "resnet19"], "detector.name: 'resnet19' is neither cnn nor a timm model"),
+], ids=["nothing", "unknown-source", "bad-sizes", "bad-bands", "bad-detector"])
+def test_bad_detect_command_line(tmp_path, monkeypatch, capsys, argv, needle):
+    monkeypatch.chdir(tmp_path)
+    code, err = _call(argv, capsys)
+    _assert_refused(code, err, needle)
+    assert not (tmp_path / "mlflow.db").exists()

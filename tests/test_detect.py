@@ -8,6 +8,7 @@ two halves of the real data are not told apart.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,6 @@ from mlflow.tracking import MlflowClient
 from conftest import write_png
 from synthdata.detection import band_mask, band_names, filter_band, random_crops
 from synthdata.results import real_vs_real_warning
-from synthdata.spec import parse_spec
 
 CHECKER = (np.indices((8, 8)).sum(0) % 2) * 2 - 1
 
@@ -69,24 +69,24 @@ def test_real_vs_real_warning_fires_only_when_the_interval_excludes_half():
 
 
 @pytest.mark.slow
-def test_known_differences_are_detected_in_their_own_band(local_ray, tracking_uri, tmp_path):
-    from loops.detect import run_detect_study
+def test_known_differences_are_detected_in_their_own_band(local_ray, tracking_uri, tmp_path, monkeypatch, capsys):
+    from synthdata.cli import main
     from synthdata.report import build_report
+    from synthdata.results import detect_table_from_mlflow, study_run
 
     folders = _digit_folders(tmp_path / "images")
-    spec = parse_spec({
-        "name": "known", "kind": "detect",
-        "data": {"source": "folder", "root": str(folders["real"])},
-        "detector": {"epochs": 6, "batch_size": 64},
-        "detect": {"sources": {n: {"type": "folder", "path": str(folders[n])} for n in ("checker", "shift")},
-                   "bands": {"radii": [0.5]}, "sample_sizes": [20], "examples": 8},
-        "tracking": {"report_dir": str(tmp_path / "runs")},
-    })
-    result = run_detect_study(spec, tracking_uri=tracking_uri, show_progress=False)
-    assert not result.failed
-    t = result.table.set_index("cell")
+    monkeypatch.chdir(tmp_path)
+    code = main(["detect", "--real", str(folders["real"]), "--generated", f"checker={folders['checker']}",
+                 "--generated", f"shift={folders['shift']}", "--bands", "0.5", "--sizes", "20", "--epochs", "15",
+                 "--name", "known", "--tracking-uri", tracking_uri, "--no-progress"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "study 'known': 10 detectors" in out and re.search(r"band\s+checker\s+high", out) and "WARNING" not in out
+    parent = study_run(tracking_uri, experiment="known")
+    assert parent.info.status == "FINISHED"
+    t = detect_table_from_mlflow(tracking_uri, parent.info.run_id).set_index("cell")  # what MLflow holds
     acc = t["detectability"]
-    assert 0.4 < acc["real_vs_real/seed0"] < 0.6 and real_vs_real_warning(result.table) is None
+    assert 0.4 < acc["real_vs_real/seed0"] < 0.6
     assert acc["pair/checker/seed0"] > 0.95 and acc["pair/shift/seed0"] > 0.95
     assert t.loc["pair/checker/seed0", "detectability_p_value"] < 1e-6
     assert acc["band/checker/high/seed0"] > 0.95 and acc["band/checker/low/seed0"] < 0.62  # the checkerboard lives in high
@@ -95,7 +95,7 @@ def test_known_differences_are_detected_in_their_own_band(local_ray, tracking_ur
 
     client = MlflowClient(tracking_uri)
     runs = {r.info.run_name: r for r in client.search_runs(
-        [client.get_experiment_by_name("known").experiment_id], f"tags.`mlflow.parentRunId` = '{result.parent_run_id}'")}
+        [parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")}
     assert set(runs) == set(t.index) and all(r.info.status == "FINISHED" for r in runs.values())
     assert runs["band/shift/low/seed0"].data.params["analysis"] == "band"
     multi = runs["multiway/seed0"].info.run_id
@@ -103,10 +103,9 @@ def test_known_differences_are_detected_in_their_own_band(local_ray, tracking_ur
     assert confusion["classes"] == ["real", "checker", "shift"] and np.trace(confusion["counts"]) > 0.9 * np.sum(confusion["counts"])
     examples = {a.path for a in client.list_artifacts(runs["pair/checker/seed0"].info.run_id, "examples")}
     assert "examples/real_most_generated.png" in examples and "examples/generated_most_real.png" in examples
-    figures = {p.name for p in result.figures}
+    figures = {p.name for p in (tmp_path / "runs" / "known" / "figures").glob("*.png")}
     assert {"detectability_by_source.png", "detectability_by_band.png", "detectability_vs_sample_size.png", "confusion.png"} <= figures
 
-    page = build_report(tracking_uri, tmp_path / "report", run_id=result.parent_run_id)
-    text = page.read_text()
-    assert "band/checker/high/seed0" in text and "WARNING" not in text
+    page = build_report(tracking_uri, tmp_path / "report", run_id=parent.info.run_id)
+    assert "band/checker/high/seed0" in page.read_text() and "WARNING" not in page.read_text()
     assert (tmp_path / "report" / "detectability_by_band.png").exists() and (tmp_path / "report" / "confusion.png").exists()

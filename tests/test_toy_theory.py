@@ -12,7 +12,7 @@ from loops.autophagy import Arm, GenerationResult, run_arm
 from synthdata.data import make_splits
 from synthdata.spec import parse_spec
 
-N, T, SEEDS = 20, 30, 300
+N, T, SEEDS = 20, 30, 160
 
 
 def toy_study(**generator) -> dict:
@@ -59,7 +59,7 @@ def test_replace_median_collapses_faster_than_the_mean(replace_runs):
 
 
 def test_temperature_multiplies_the_variance_by_lambda_per_generation():
-    lam, seeds = 0.9, 200
+    lam, seeds = 0.9, 120
     runs = fitted_variances(toy_study(temperature=lam), "replace", seeds)
     t = np.arange(1, T + 1)
     theory = ((N - 1) / N) ** t * lam ** (t - 1)
@@ -69,7 +69,7 @@ def test_temperature_multiplies_the_variance_by_lambda_per_generation():
 
 @pytest.mark.parametrize("loop_type", ["augment", "accumulate", "fresh"])
 def test_real_data_keeps_the_variance_bounded(replace_runs, loop_type):
-    runs = fitted_variances(toy_study(), loop_type, seeds=60)
+    runs = fitted_variances(toy_study(), loop_type, seeds=40)
     final = runs[:, -1]
     assert np.median(final) > 0.6  # bounded away from collapse...
     assert np.median(final) > 3 * np.median(replace_runs[:, -1])  # ...unlike replace

@@ -97,6 +97,9 @@ def run_detect_study(
     start = time.perf_counter()
     splits: Splits = make_splits(spec.data, seed=0)  # data errors surface here, before Ray or MLflow
     real_train, real_eval = splits.train, concat(splits.heldout, splits.test)  # neither eval part trains anything here
+    too_big = [c for c in spec.detect.crop_sizes if c > min(real_train.shape[1:])]
+    if too_big:
+        raise UserError(f"detect.crop_sizes: {too_big[0]} exceeds the images' {real_train.shape[1]}x{real_train.shape[2]}")
     uri = resolve_tracking_uri(tracking_uri or spec.tracking.uri)
     read = read_cheap_sources(spec, real_train)
     init_ray(address or spec.resources.address)

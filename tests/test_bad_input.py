@@ -151,6 +151,9 @@ DATA_CASES: list[tuple[str, dict, Callable[[Path], Path] | None, str]] = [
      "{path}: cannot read sample set"),
     ("detect-corrupt-generated-image", {"name": "d", "kind": "detect", "detect": {"sources": {"g": {"type": "folder", "path": "data"}}}},
      lambda root: _bytes(root / "gen" / "7.png", b"garbage, not a PNG"), "{path}: cannot read image"),
+    ("detect-crop-larger-than-images", {"name": "d", "kind": "detect", "detect": {"sources": {"g": {"type": "folder", "path": "data"}},
+                                                                                 "crop_sizes": [4, 12]}},
+     lambda root: write_png(root / "gen" / "1.png", np.zeros((8, 8))) or root, "detect.crop_sizes: 12 exceeds the images' 8x8"),
     ("unet-too-deep-for-8px", tiny_study(generator={**DIFFUSION, "channels": [8, 8, 8, 8, 8]}), None,
      "generator.channels: 5 UNet levels need an image size divisible by 16, the data is 8x8"),
 ]

@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test browser clean-runs
+.PHONY: install demo test bench browser clean-runs
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ browser:
 
 test: $(STAMP) browser
 	$(BIN)/python -m pytest
+
+# Benchmarks (not part of the tests): per-stage throughput and ratios against baselines; see bench/README.md.
+bench: $(STAMP)
+	$(BIN)/python bench/run.py
 
 clean-runs:
 	rm -rf mlflow.db mlartifacts

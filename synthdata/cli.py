@@ -70,51 +70,41 @@ def _validate(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from synthdata.spec import load_spec
 
-    spec = load_spec(args.study)  # validate before importing Ray or touching MLflow
+    return _run_spec(load_spec(args.study), args)  # validated before importing Ray or touching MLflow
+
+
+def _run_spec(spec, args: argparse.Namespace) -> int:
+    """Run a validated study of any kind, print its table, and exit 1 if any arm, trial or cell failed."""
+    common = dict(address=args.address, tracking_uri=args.tracking_uri, show_progress=not args.no_progress)
+    if spec.kind != "loop" and getattr(args, "resume", False):
+        raise UserError(f"{spec.name}: --resume applies to loop studies; a {spec.kind} study is rerun")
     if spec.kind == "mix":
-        if args.resume:
-            raise UserError(f"{args.study}: --resume applies to loop studies; a mix study's trials are rerun")
         from loops.mix import run_mix_study
         from synthdata.results import format_mix_table
 
-        result = run_mix_study(spec, address=args.address, tracking_uri=args.tracking_uri, show_progress=not args.no_progress)
+        result = run_mix_study(spec, **common)
         table = format_mix_table(result.table) if not result.table.empty else "(no trial finished)"
         what = f"{len(result.table)} trials"
     elif spec.kind == "detect":
-        return _run_detect(spec, args)
+        from loops.detect import run_detect_study
+        from synthdata.results import format_detect_table, real_vs_real_warning
+
+        result = run_detect_study(spec, **common)
+        table = format_detect_table(result.table, real_vs_real_warning(result.table)) if not result.table.empty else "(no detector finished)"
+        what = f"{len(result.table)} detectors"
     else:
         from loops.runner import run_loop_study
         from synthdata.results import format_table
 
-        result = run_loop_study(
-            spec, address=args.address, tracking_uri=args.tracking_uri, show_progress=not args.no_progress, resume=args.resume
-        )
+        result = run_loop_study(spec, **common, resume=args.resume)
         table, what = format_table(result.table), f"{len(result.table)} rows"
     print()
     print(f"study '{spec.name}': {what} in {result.seconds:.0f}s  (MLflow parent run {result.parent_run_id})")
     print(table)
     if result.figures:
         print(f"figures: {result.figures[0].parent}/ ({', '.join(p.stem for p in result.figures)})")
-    for arm, reason in result.failed.items():
-        print(f"{arm} FAILED: {reason}", file=sys.stderr)
-    return 1 if result.failed else 0
-
-
-def _run_detect(spec, args: argparse.Namespace) -> int:
-    from loops.detect import run_detect_study
-    from synthdata.results import format_detect_table, real_vs_real_warning
-
-    if getattr(args, "resume", False):
-        raise UserError("--resume applies to loop studies; a detect study's cells are rerun")
-    result = run_detect_study(spec, address=args.address, tracking_uri=args.tracking_uri, show_progress=not args.no_progress)
-    print()
-    print(f"study '{spec.name}': {len(result.table)} detectors in {result.seconds:.0f}s  (MLflow parent run {result.parent_run_id})")
-    if not result.table.empty:
-        print(format_detect_table(result.table, real_vs_real_warning(result.table)))
-    if result.figures:
-        print(f"figures: {result.figures[0].parent}/ ({', '.join(p.stem for p in result.figures)})")
-    for cell, reason in result.failed.items():
-        print(f"{cell} FAILED: {reason}", file=sys.stderr)
+    for name, reason in result.failed.items():
+        print(f"{name} FAILED: {reason}", file=sys.stderr)
     return 1 if result.failed else 0
 
 
@@ -151,7 +141,7 @@ def _detect(args: argparse.Namespace) -> int:
         spec = load_spec(args.study)
         if spec.kind != "detect":
             raise UserError(f"{args.study}: kind: {spec.kind}; `synthdata detect` runs detect studies")
-        return _run_detect(spec, args)
+        return _run_spec(spec, args)
     if not args.generated:
         raise UserError("detect: give a study file, or --generated NAME=PATH (one or more)")
     sources = dict(_source_of(g, "--generated") for g in args.generated)
@@ -166,7 +156,7 @@ def _detect(args: argparse.Namespace) -> int:
                    "sample_sizes": _numbers(args.sizes, int, "--sizes"), "crop_sizes": _numbers(args.crops, int, "--crops"),
                    "bands": {"radii": _numbers(args.bands, float, "--bands")}},
     }
-    return _run_detect(parse_spec(study, source="synthdata detect"), args)
+    return _run_spec(parse_spec(study, source="synthdata detect"), args)
 
 
 def _report(args: argparse.Namespace) -> int:

@@ -17,11 +17,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from synthdata.classifiers import predict_logits, train_classifier
 from synthdata.data import ImageSet
-from synthdata.metrics.detectability import GENERATED, REAL, c2st_stats
+from synthdata.metrics.detectability import detector_scores, real_halves
 from synthdata.metrics.stats import accuracy_with_ci
 
 
@@ -100,28 +99,18 @@ def _take(x: torch.Tensor, n: int | None, g: torch.Generator) -> torch.Tensor:
 def pair_test(real_train: torch.Tensor, gen_train: torch.Tensor, real_eval: torch.Tensor, gen_eval: torch.Tensor,
               detector, *, seed: int, train_size: int | None = None, examples: int = 0, device: str = "cpu"
               ) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
-    """The two-sample test on balanced sets; metrics plus the most/least confident eval examples of each class."""
-    g = torch.Generator().manual_seed(seed)
-    n = min(len(real_train), len(gen_train), train_size or len(real_train))
-    rt, gt = _take(real_train, n, g), _take(gen_train, n, g)
-    m = min(len(real_eval), len(gen_eval))
-    re, ge = _take(real_eval, m, g), _take(gen_eval, m, g)
-    x = torch.cat([rt, gt])
-    y = torch.cat([torch.full((n,), REAL), torch.full((n,), GENERATED)])
-    model = train_classifier(detector, x, y, 2, seed=seed, device=device)
-    p_gen = F.softmax(predict_logits(model, torch.cat([re, ge]), device=device), dim=1)[:, GENERATED]
-    stats = c2st_stats(p_gen, torch.cat([torch.full((m,), REAL), torch.full((m,), GENERATED)]))
-    metrics = {**stats.as_metrics(), "n_train_per_class": float(n)}
-    shown: dict[str, torch.Tensor] = {}
-    if examples:
-        k = min(examples, m)
-        p_real_imgs, p_gen_imgs = p_gen[:m], p_gen[m:]
-        # "most generated-looking real images" are the detector's false alarms: what it thinks fakes look like.
-        shown = {
-            "real_most_real": re[p_real_imgs.argsort()[:k]], "real_most_generated": re[p_real_imgs.argsort(descending=True)[:k]],
-            "generated_most_generated": ge[p_gen_imgs.argsort(descending=True)[:k]], "generated_most_real": ge[p_gen_imgs.argsort()[:k]],
-        }
-    return metrics, shown
+    """The two-sample test (metrics/detectability.py); its metrics plus the most/least confident eval examples of each class."""
+    r = detector_scores(real_train, gen_train, real_eval, gen_eval, detector, seed=seed, train_size=train_size, device=device)
+    metrics = {**r.stats.as_metrics(), "n_train_per_class": float(r.n_train)}
+    if not examples:
+        return metrics, {}
+    k = min(examples, len(r.real_eval))
+    # "most generated-looking real images" are the detector's false alarms: what it thinks fakes look like.
+    return metrics, {
+        "real_most_real": r.real_eval[r.p_real.argsort()[:k]], "real_most_generated": r.real_eval[r.p_real.argsort(descending=True)[:k]],
+        "generated_most_generated": r.generated_eval[r.p_generated.argsort(descending=True)[:k]],
+        "generated_most_real": r.generated_eval[r.p_generated.argsort()[:k]],
+    }
 
 
 def multiway_test(train_sets: list[torch.Tensor], eval_sets: list[torch.Tensor], detector, *, seed: int,
@@ -167,10 +156,7 @@ def run_cell(cell: Cell, detect, detector, real_train: ImageSet, real_eval: Imag
     split = {name: split_source(s.images, detect.eval_fraction, seed=cell.seed) for name, s in sources.items()}
     rt, re = real_train.images, real_eval.images
     if cell.analysis == "real_vs_real":
-        g = torch.Generator().manual_seed(seed)
-        a, b = torch.randperm(len(rt), generator=g), torch.randperm(len(re), generator=g)
-        h, k = len(a) // 2, len(b) // 2
-        metrics, _ = pair_test(rt[a[:h]], rt[a[h:]], re[b[:k]], re[b[k:]], detector, seed=seed, train_size=detect.train_size, device=device)
+        metrics, _ = pair_test(*real_halves(rt, re, seed), detector, seed=seed, train_size=detect.train_size, device=device)
         return CellResult(cell, metrics)
     if cell.analysis == "multiway":
         names = list(sources)

@@ -28,6 +28,29 @@ FIGURE_METRICS: dict[str, str] = {
 }
 
 
+def _pyplot():
+    """pyplot (file output only) and seaborn with the project's theme."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    sns.set_theme(style="whitegrid", context="notebook")
+    return plt, sns
+
+
+def _save(fig, path: Path) -> Path:
+    """Lay out, write as PNG and close: every figure of the project is written the same way."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def metric_figures(table: pd.DataFrame, out_dir: str | Path, group: str = "group", title: str = "") -> list[Path]:
     """Write `<metric>.png` for every known metric in `table`; return the paths.
 
@@ -35,16 +58,9 @@ def metric_figures(table: pd.DataFrame, out_dir: str | Path, group: str = "group
     value) and one column per metric; rows of the same group and generation from
     different seeds make the band (mean and standard deviation).
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
+    plt, sns = _pyplot()
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
-    sns.set_theme(style="whitegrid", context="notebook")
     table = table.copy()
     # Colour by loop type, line style by swept value ("replace temperature=0.9" -> "temperature=0.9").
     hue = "loop_type" if "loop_type" in table else group
@@ -71,52 +87,27 @@ def metric_figures(table: pd.DataFrame, out_dir: str | Path, group: str = "group
         if short:
             ax.set_xticks(sorted(data["generation"].unique()))
         ax.legend(title=None, fontsize=9, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-        fig.tight_layout()
-        path = out_dir / f"{metric}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(_save(fig, out_dir / f"{metric}.png"))
     return paths
 
 
 def mix_figure(table: pd.DataFrame, path: Path, title: str, metric: str = "test_accuracy") -> Path:
     """Test accuracy against the synthetic ratio r, a line per mode, a band of one sd over seeds."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    sns.set_theme(style="whitegrid", context="notebook")
+    plt, sns = _pyplot()
     fig, ax = plt.subplots(figsize=(7.0, 4.2))
     data = table[table[metric].notna()]
     sns.lineplot(data=data, x="ratio", y=metric, hue="mode", marker="o", errorbar="sd", ax=ax)
     ax.set_xlabel("r  (augment: synthetic images added per real one; replace: share of real swapped)", fontsize=9)
     ax.set_ylabel("downstream accuracy (real test set)")
     ax.set_title(title, fontsize=11)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def _setup():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    sns.set_theme(style="whitegrid", context="notebook")
-    return plt, sns
+    return _save(fig, path)
 
 
 def confusion_figure(counts, classes: list[str], path: Path, title: str = "") -> Path:
     """A multi-way detector's confusion matrix: rows the true source, each row normalised, counts in the cells."""
     import numpy as np
 
-    plt, sns = _setup()
+    plt, sns = _pyplot()
     counts = np.asarray(counts)
     share = counts / np.maximum(counts.sum(1, keepdims=True), 1)
     size = 1.2 + 0.9 * len(classes)
@@ -126,18 +117,13 @@ def confusion_figure(counts, classes: list[str], path: Path, title: str = "") ->
     ax.set_xlabel("predicted source")
     ax.set_ylabel("true source")
     ax.set_title(title, fontsize=11)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def detect_figures(table: pd.DataFrame, out_dir: str | Path, title: str = "") -> list[Path]:
     """The detect study's figures: accuracy per source, against sample size, per frequency band, per crop size."""
-    plt, sns = _setup()
+    plt, sns = _pyplot()
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     ylabel = "detectability (held-out accuracy)"
 
@@ -145,10 +131,7 @@ def detect_figures(table: pd.DataFrame, out_dir: str | Path, title: str = "") ->
         ax.axhline(0.5, color="grey", linestyle="--", linewidth=1)
         ax.set_ylabel(ylabel)
         ax.set_title(f"{title}: {subtitle}" if title else subtitle, fontsize=11)
-        fig.tight_layout()
-        fig.savefig(out_dir / name, dpi=110)
-        plt.close(fig)
-        paths.append(out_dir / name)
+        paths.append(_save(fig, out_dir / name))
 
     pairs = table[table["analysis"].isin(["pair", "real_vs_real"])].copy()
     if not pairs.empty:

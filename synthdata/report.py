@@ -168,11 +168,8 @@ def _last_grids(uri: str, children: list[Any], out_dir: Path) -> list[tuple[str,
     picked: dict[str, Any] = {}
     for run in sorted(children, key=lambda r: int(r.data.params.get("seed", 0))):
         picked.setdefault(run.data.params.get("group", run.info.run_name), run)
-    grids = []
-    for group, run in picked.items():
-        found = _artifact_images(uri, run.info.run_id, "samples", out_dir, run.info.run_name, last_only=True)
-        grids.extend(found)
-    return grids
+    return [grid for run in picked.values()
+            for grid in _artifact_images(uri, run.info.run_id, "samples", out_dir, run.info.run_name, last_only=True)]
 
 
 def _artifact_images(uri: str, run_id: str, folder: str, out_dir: Path, label: str, last_only: bool = False) -> list[tuple[str, Path]]:

@@ -203,7 +203,7 @@ def detect_table(cells: list[tuple[str, dict[str, str], dict[str, float]]]) -> p
 
 def detect_table_from_mlflow(uri: str, parent_id: str) -> pd.DataFrame:
     """The detect table, read back from a study run's cell runs."""
-    return detect_table([(r.info.run_name, r.data.params, {k: v for k, v in r.data.metrics.items()})
+    return detect_table([(r.info.run_name, r.data.params, dict(r.data.metrics))
                          for r in child_runs(uri, parent_id) if r.info.status == "FINISHED"])
 
 

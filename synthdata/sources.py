@@ -39,12 +39,11 @@ def to_real_format(images: torch.Tensor, real: ImageSet, what: str) -> ImageSet:
 
 def load_source(spec, real: ImageSet, *, seed: int, device: str = "cpu") -> ImageSet:
     """The images of one source (a `detect.sources` entry), in `real`'s format."""
-    what = getattr(spec, "path", None) or spec.type
     if spec.type == "generator":
         from synthdata.mixing import make_pool
 
         pool, _ = make_pool(spec.generator, real, spec.size or len(real), seed=seed, device=device)
-        return to_real_format(pool.images, real, "generator")
+        return pool  # drawn in the real format already
     if spec.type == "checkpoint":
         return _from_checkpoint(spec, real, seed=seed, device=device)
     if spec.type == "samples":
@@ -63,7 +62,7 @@ def load_source(spec, real: ImageSet, *, seed: int, device: str = "cpu") -> Imag
         return to_real_format(from_uint8(arrays), real, str(spec.path))
     if spec.type == "pipeline":
         return _from_pipeline(spec, real, seed=seed, device=device)
-    raise ValueError(f"unknown source type {spec.type!r} ({what})")
+    raise ValueError(f"unknown source type {spec.type!r}")
 
 
 def _from_checkpoint(spec, real: ImageSet, *, seed: int, device: str) -> ImageSet:

@@ -10,13 +10,30 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from synthdata.errors import SpecError
 
 LoopType = Literal["replace", "augment", "fresh", "accumulate"]
 Metric = Literal["detectability", "downstream", "features", "toy"]
 METRICS: tuple[str, ...] = ("detectability", "downstream")
+
+
+def _existing_file(path: Path) -> Path:
+    if not path.is_file():
+        raise ValueError(f"file does not exist: {path}")
+    return path
+
+
+def _existing_dir(path: Path) -> Path:
+    if not path.is_dir():
+        raise ValueError(f"directory does not exist: {path}")
+    return path
+
+
+# Paths checked when the study file is validated, so a typo fails before anything runs.
+ExistingFile = Annotated[Path, AfterValidator(_existing_file)]
+ExistingDir = Annotated[Path, AfterValidator(_existing_dir)]
 
 
 class _Strict(BaseModel):
@@ -147,7 +164,7 @@ class ClassifierSpec(_Strict):
         "cnn", description="cnn (the small CNN) or a timm model name (resnet18, resnet50, convnext_tiny, "
         "vit_small_patch16_224, ...), trained from scratch unless `pretrained` names a local weights file.",
     )
-    pretrained: Path | None = Field(None, description="timm models: a local weights file to start from.")
+    pretrained: ExistingFile | None = Field(None, description="timm models: a local weights file to start from.")
     width: int = Field(32, ge=4, le=512, description="Channels of the first conv layer (cnn).")
     epochs: int = Field(15, ge=1)
     steps: int | None = Field(
@@ -161,7 +178,8 @@ class ClassifierSpec(_Strict):
     augment: AugmentSpec = Field(default_factory=AugmentSpec)
     val_fraction: float = Field(0.0, ge=0, le=0.5, description="Hold out this share of the training images to pick "
                                 "the best epoch by validation loss (0: train on all, keep the last epoch).")
-    patience: int | None = Field(None, ge=1, description="Stop after this many epochs without a better validation loss.")
+    patience: int | None = Field(None, ge=1, description="Stop after this many validation checks (about one per epoch) "
+                                 "without a better validation loss.")
 
     @model_validator(mode="after")
     def _known_model(self) -> "ClassifierSpec":
@@ -173,8 +191,6 @@ class ClassifierSpec(_Strict):
 
                 close = ", ".join(difflib.get_close_matches(self.name, timm.list_models(), n=4)) or "see timm.list_models()"
                 raise ValueError(f"name: '{self.name}' is neither cnn nor a timm model (close: {close})")
-        if self.pretrained is not None and not self.pretrained.is_file():
-            raise ValueError(f"pretrained: file does not exist: {self.pretrained}")
         if self.patience is not None and self.val_fraction == 0:
             raise ValueError("patience: early stopping needs a validation split (set val_fraction, e.g. 0.1)")
         return self
@@ -280,7 +296,7 @@ class MixSpec(_Strict):
     real_size: int | None = Field(
         None, ge=2, description="N: real images per seed; its generator and all its trials use these (default: all of train)."
     )
-    samples: Path | None = Field(
+    samples: ExistingFile | None = Field(
         None,
         description="A saved sample set (samples.safetensors from a checkpoint or an earlier mix study) used as the "
         "pool of every seed, instead of training the generator.",
@@ -304,8 +320,6 @@ class MixSpec(_Strict):
 
     @model_validator(mode="after")
     def _usable(self) -> "MixSpec":
-        if self.samples is not None and not self.samples.is_file():
-            raise ValueError(f"samples: file does not exist: {self.samples}")
         if self.search.type == "random" and "replace" in self.modes and self.search.ratio_range[1] > 1:
             raise ValueError("search.ratio_range: replace needs ratios <= 1; sweep augment alone for larger ones")
         if self.search.type == "grid" and self.modes == ("replace",) and not any(r <= 1 for r in self.ratios):
@@ -330,26 +344,14 @@ class SamplesSource(_Strict):
     """A saved sample set (samples.safetensors from a study's checkpoint or pool)."""
 
     type: Literal["samples"]
-    path: Path
-
-    @model_validator(mode="after")
-    def _exists(self) -> "SamplesSource":
-        if not self.path.is_file():
-            raise ValueError(f"path: file does not exist: {self.path}")
-        return self
+    path: ExistingFile
 
 
 class FolderSource(_Strict):
     """A folder of images (PNG, JPEG, ...), flat or in sub-folders; resized to the real images' size."""
 
     type: Literal["folder"]
-    path: Path
-
-    @model_validator(mode="after")
-    def _exists(self) -> "FolderSource":
-        if not self.path.is_dir():
-            raise ValueError(f"path: directory does not exist: {self.path}")
-        return self
+    path: ExistingDir
 
 
 class PipelineSource(_Strict):
@@ -376,15 +378,9 @@ class CheckpointSource(_Strict):
     """A generator checkpoint of this project (generator.safetensors from a loop study's artifacts)."""
 
     type: Literal["checkpoint"]
-    path: Path
+    path: ExistingFile
     generator: GeneratorSpec = Field(..., description="The generator section of the study that saved it.")
     size: int | None = Field(None, ge=10, description="Images to draw (default: as many as the real training split).")
-
-    @model_validator(mode="after")
-    def _exists(self) -> "CheckpointSource":
-        if not self.path.is_file():
-            raise ValueError(f"path: file does not exist: {self.path}")
-        return self
 
 
 SOURCE_TYPES = ("generator", "samples", "folder", "pipeline", "checkpoint")

@@ -68,12 +68,24 @@ def c2st_stats(p_generated: torch.Tensor | np.ndarray, is_generated: torch.Tenso
     )
 
 
-def _balanced(a: torch.Tensor, b: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    n = min(len(a), len(b))
+def _balanced(a: torch.Tensor, b: torch.Tensor, g: torch.Generator, cap: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    n = min(len(a), len(b), cap or len(a))
     return a[torch.randperm(len(a), generator=g)[:n]], b[torch.randperm(len(b), generator=g)[:n]]
 
 
-def detectability(
+@dataclass
+class DetectorScores:
+    """A detector's result with what it saw: held-out images of both classes and its p(generated) for each."""
+
+    stats: Detectability
+    n_train: int  # training images per class
+    real_eval: torch.Tensor
+    generated_eval: torch.Tensor
+    p_real: torch.Tensor  # p(generated) for each real eval image
+    p_generated: torch.Tensor  # p(generated) for each generated eval image
+
+
+def detector_scores(
     real_train: torch.Tensor,
     generated_train: torch.Tensor,
     real_eval: torch.Tensor,
@@ -81,15 +93,16 @@ def detectability(
     spec,
     *,
     seed: int,
+    train_size: int | None = None,
     device: str = "cpu",
-) -> Detectability:
+) -> DetectorScores:
     """Train a detector on real vs generated images and score it on held-out images of both.
 
-    Each pair is subsampled to equal size so that chance is exactly 0.5. The eval images
-    must not overlap the training images.
+    Each pair is subsampled to equal size (at most `train_size` per class for training)
+    so that chance is exactly 0.5. The eval images must not overlap the training images.
     """
     g = torch.Generator().manual_seed(seed)
-    rt, gt = _balanced(real_train, generated_train, g)
+    rt, gt = _balanced(real_train, generated_train, g, train_size)
     re, ge = _balanced(real_eval, generated_eval, g)
     x = torch.cat([rt, gt])
     y = torch.cat([torch.full((len(rt),), REAL), torch.full((len(gt),), GENERATED)])
@@ -97,12 +110,22 @@ def detectability(
     x_eval = torch.cat([re, ge])
     y_eval = torch.cat([torch.full((len(re),), REAL), torch.full((len(ge),), GENERATED)])
     p_gen = F.softmax(predict_logits(model, x_eval, device=device), dim=1)[:, GENERATED]
-    return c2st_stats(p_gen, y_eval)
+    return DetectorScores(c2st_stats(p_gen, y_eval), len(rt), re, ge, p_gen[: len(re)], p_gen[len(re) :])
+
+
+def detectability(real_train, generated_train, real_eval, generated_eval, spec, *, seed: int, device: str = "cpu") -> Detectability:
+    """`detector_scores`' statistics alone."""
+    return detector_scores(real_train, generated_train, real_eval, generated_eval, spec, seed=seed, device=device).stats
+
+
+def real_halves(train: torch.Tensor, heldout: torch.Tensor, seed: int) -> tuple[torch.Tensor, ...]:
+    """Two disjoint random halves of real data, as (train A, train B, eval A, eval B) for a detector."""
+    g = torch.Generator().manual_seed(seed)
+    tr, ho = torch.randperm(len(train), generator=g), torch.randperm(len(heldout), generator=g)
+    h, k = len(tr) // 2, len(ho) // 2
+    return train[tr[:h]], train[tr[h:]], heldout[ho[:k]], heldout[ho[k:]]
 
 
 def real_vs_real(train: torch.Tensor, heldout: torch.Tensor, spec, *, seed: int, device: str = "cpu") -> Detectability:
     """The sanity baseline: two disjoint halves of real data must come out near 0.5."""
-    g = torch.Generator().manual_seed(seed)
-    tr, ho = torch.randperm(len(train), generator=g), torch.randperm(len(heldout), generator=g)
-    h, k = len(tr) // 2, len(ho) // 2
-    return detectability(train[tr[:h]], train[tr[h:]], heldout[ho[:k]], heldout[ho[k:]], spec, seed=seed, device=device)
+    return detectability(*real_halves(train, heldout, seed), spec, seed=seed, device=device)

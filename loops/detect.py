@@ -58,7 +58,8 @@ def load_sources(spec: StudySpec, real: ImageSet, read: dict[str, ImageSet], sho
     refs = {name: task.remote(source, real, 0, threads, spec.resources.gpus_per_arm)
             for name, source in spec.detect.sources.items() if source.type in EXPENSIVE}
     for name, ref in refs.items():
-        print(f"sampling source '{name}' ({spec.detect.sources[name].type})", file=sys.stderr, flush=True)
+        if show_progress:
+            print(f"sampling source '{name}' ({spec.detect.sources[name].type})", file=sys.stderr, flush=True)
         try:
             out[name] = ray.get(ref)
         except ray.exceptions.RayTaskError as err:

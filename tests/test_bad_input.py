@@ -247,3 +247,30 @@ def test_bad_detect_command_line(tmp_path, monkeypatch, capsys, argv, needle):
     code, err = _call(argv, capsys)
     _assert_refused(code, err, needle)
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_bad_report_requests(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    _assert_refused(*_call(["report"], capsys), "report: name a study file, an experiment, or --run RUN_ID")
+    _assert_refused(*_call(["report", "quickstart"], capsys), "mlflow.db: no MLflow store there")
+    from synthdata.tracking import get_or_create_experiment
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    get_or_create_experiment(uri, "empty")
+    _assert_refused(*_call(["report", "nope", "--tracking-uri", uri], capsys), "experiment 'nope': not found in")
+    _assert_refused(*_call(["report", "empty", "--tracking-uri", uri], capsys), "experiment 'empty': holds no synthdata study run")
+    _assert_refused(*_call(["report", "--run", "0123abcd", "--tracking-uri", uri], capsys), "run '0123abcd': not found")
+
+
+def test_a_checkpoint_of_another_model_is_refused_naming_the_source(local_ray, tmp_path, monkeypatch, capsys):
+    """Sampled on Ray, so the error comes back from a worker: still one line and exit 2, nothing tracked."""
+    import torch
+    from safetensors.torch import save_file
+
+    monkeypatch.chdir(tmp_path)
+    save_file({"not.a.weight": torch.zeros(3)}, str(tmp_path / "other.safetensors"))
+    study = {"name": "d", "kind": "detect", "detect": {"sources": {"c": {
+        "type": "checkpoint", "path": "other.safetensors", "generator": {"name": "gaussian"}}}}}
+    code, err = _call(["run", _write(tmp_path, study), "--no-progress", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"], capsys)
+    _assert_refused(code, err, "detect.sources.c: other.safetensors: not a checkpoint of this generator")
+    assert not (tmp_path / "mlflow.db").exists()

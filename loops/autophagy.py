@@ -8,6 +8,10 @@ and measures S_t. How D_t is built is the loop type (D_1 is always the real trai
 - `fresh`:      D_t = a new real draw + S_{t-1};
 - `accumulate`: D_t = real train + S_1 + ... + S_{t-1}.
 
+With `guidance.scale` > 0, S_t is drawn with detector guidance: a classifier trained on
+the real training set against G_t's unguided samples steers G_t's sampling (so even a
+`replace` loop then sees real data, through the classifier's gradient).
+
 `run_arm` is a plain Python generator of events, so it runs in-process for tests and
 as a Ray streaming task in a study (see `loops/runner.py`). Generation 0 carries the
 real-data reference values. A resumed arm starts after its last finished generation.
@@ -259,6 +263,16 @@ def run_arm(
         )
         metrics["time_fit_s"] = time.perf_counter() - start
         metrics.update({key: float(v) for key, v in fit_info.items()})
+        if spec.guidance.scale > 0:  # detector guidance: steer this generation's sampling toward the real data
+            from synthdata.guidance import guide_generator
+
+            start, fitted = time.perf_counter(), generator
+            generator, guide_info = yield from _with_progress(
+                lambda report: guide_generator(fitted, spec.guidance, real, seed=seed_of(t, 6), device=device, progress=report),
+                arm.name, t, "training guiding classifier",
+            )
+            metrics["time_guide_s"] = time.perf_counter() - start
+            metrics.update(guide_info)
         if metrics["time_fit_s"] > 1.0:  # worth telling the driver only when generations are slow
             yield Progress(arm.name, t, "sampling")
 

@@ -50,11 +50,14 @@ def pool_size(spec: StudySpec, n_train: int) -> int:
     return spec.mix.pool_size or max(1, synthetic_count("augment", spec.mix.max_ratio(), n))
 
 
-def _pool_task(generator_spec, real: ImageSet, size: int, seed: int, threads: int) -> tuple[ImageSet, dict[str, float]]:
+def _pool_task(spec: StudySpec, real: ImageSet, size: int, seed: int) -> tuple[ImageSet, dict[str, float]]:
     import torch
 
-    torch.set_num_threads(threads)
-    return make_pool(generator_spec, real, size, seed=seed)
+    from loops.autophagy import device_for
+
+    torch.set_num_threads(max(1, int(spec.resources.cpus_per_arm)))
+    return make_pool(spec.generator, real, size, seed=seed, device=device_for(spec.resources.gpus_per_arm),
+                     guidance=spec.guidance)
 
 
 def make_pools(spec: StudySpec, splits: Splits, show_progress: bool, saved: ImageSet | None = None) -> dict[int, ImageSet]:
@@ -71,11 +74,11 @@ def make_pools(spec: StudySpec, splits: Splits, show_progress: bool, saved: Imag
             raise DataError(f"{spec.mix.samples}: has {len(pool)} samples, the largest ratio needs {size}")
         return {seed: pool for seed in spec.mix.seeds}
     task = ray.remote(_pool_task).options(num_cpus=spec.resources.cpus_per_arm, num_gpus=spec.resources.gpus_per_arm)
-    threads = max(1, int(spec.resources.cpus_per_arm))
-    refs = {seed: task.remote(spec.generator, real_subset(splits.train, spec.mix.real_size, seed=seed), size, seed, threads)
+    refs = {seed: task.remote(spec, real_subset(splits.train, spec.mix.real_size, seed=seed), size, seed)
             for seed in spec.mix.seeds}
     if show_progress:
-        print(f"training {len(refs)} generator(s), one per seed, for pools of {size} samples", file=sys.stderr, flush=True)
+        guided = f", guided at scale {spec.guidance.scale:g}" if spec.guidance.scale > 0 else ""
+        print(f"training {len(refs)} generator(s), one per seed, for pools of {size} samples{guided}", file=sys.stderr, flush=True)
     pools = {}
     for seed, ref in refs.items():
         pools[seed], info = ray.get(ref)

@@ -92,6 +92,13 @@ def _run_spec(spec, args: argparse.Namespace) -> int:
         result = run_detect_study(spec, **common)
         table = format_detect_table(result.table, real_vs_real_warning(result.table)) if not result.table.empty else "(no detector finished)"
         what = f"{len(result.table)} detectors"
+    elif spec.kind == "guide":
+        from loops.guide import run_guide_study
+        from synthdata.results import format_guide_table
+
+        result = run_guide_study(spec, **common)
+        table = format_guide_table(result.table) if not result.table.empty else "(nothing finished)"
+        what = f"{len(result.table)} sample sets"
     else:
         from loops.runner import run_loop_study
         from synthdata.results import format_table

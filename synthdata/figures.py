@@ -164,3 +164,41 @@ def detect_figures(table: pd.DataFrame, out_dir: str | Path, title: str = "") ->
         ax.set_ylim(0, 1.02)
         save(fig, ax, "detectability_by_band.png", "per frequency band")
     return paths
+
+
+def guide_figures(table: pd.DataFrame, out_dir: str | Path, title: str = "") -> list[Path]:
+    """Each metric against the guidance scale (mean, band of one sd over seeds), the real data's value dashed.
+
+    The detectability figure shows the fresh detector and the guiding classifier side by
+    side: guidance can fool the classifier it follows without fooling a new one.
+    """
+    plt, sns = _pyplot()
+    out_dir = Path(out_dir)
+    guided = table[table["scale"] != "real"].copy()
+    guided["w"] = pd.to_numeric(guided["scale"])
+    real = table[table["scale"] == "real"]
+    paths = []
+    for metric, label in FIGURE_METRICS.items():
+        if metric not in guided or guided[metric].notna().sum() == 0:
+            continue
+        fig, ax = plt.subplots(figsize=(7.0, 4.2))
+        if metric == "detectability" and "guide_detectability" in guided:
+            both = guided.melt(id_vars=["w", "seed"], value_vars=["detectability", "guide_detectability"], var_name="judge")
+            both["judge"] = both["judge"].map({"detectability": "fresh detector (trained after sampling)",
+                                               "guide_detectability": "guiding classifier (last step)"})
+            sns.lineplot(data=both, x="w", y="value", hue="judge", marker="o", errorbar="sd", ax=ax)
+            ax.axhline(0.5, color="grey", linestyle="--", linewidth=1, label="chance")
+            if "detectability" in real and real["detectability"].notna().any():
+                ax.axhline(real["detectability"].mean(), color="green", linestyle=":", linewidth=1, label="real vs real")
+            ax.legend(fontsize=9, frameon=False)
+        else:
+            sns.lineplot(data=guided, x="w", y=metric, marker="o", errorbar="sd", ax=ax)
+        if metric in real and real[metric].notna().any() and metric != "detectability":
+            ax.axhline(real[metric].mean(), color="green", linestyle="--", linewidth=1, label="real data")
+            ax.legend(fontsize=9, frameon=False)
+        ax.set_xlabel("guidance scale w (0: unguided)")
+        ax.set_ylabel(label)
+        ax.set_xticks(sorted(guided["w"].unique()))
+        ax.set_title(f"{title}: {label}" if title else label, fontsize=11)
+        paths.append(_save(fig, out_dir / f"{metric}_vs_scale.png"))
+    return paths

@@ -17,14 +17,20 @@ from synthdata.generators import Progress, create_generator, draw_samples
 
 
 def make_pool(generator_spec, real: ImageSet, size: int, *, seed: int, device: str = "cpu",
-              progress: Progress | None = None) -> tuple[ImageSet, dict[str, float]]:
+              progress: Progress | None = None, guidance=None) -> tuple[ImageSet, dict[str, float]]:
     """Train a generator on `real` and draw `size` labelled samples with `real`'s class balance.
 
     Samples are quantized to the real data's intensity levels, as saving them would.
-    Returns the pool and the generator's fit summary.
+    With a `guidance` spec at a scale > 0 they are drawn with detector guidance, its
+    classifier trained on the same `real` images. Returns the pool and the fit summary.
     """
     generator = create_generator(generator_spec, real.shape, real.num_classes, device)
     info = generator.fit(real, seed=seed, progress=progress)
+    if guidance is not None and guidance.scale > 0:
+        from synthdata.guidance import guide_generator
+
+        generator, guide_info = guide_generator(generator, guidance, real, seed=seed + 3, device=device)
+        info = {**info, **guide_info}
     pool = draw_samples(generator, size, real, label_seed=seed + 1, sample_seed=seed + 2)
     return pool, {k: float(v) for k, v in info.items()}
 

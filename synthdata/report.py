@@ -20,12 +20,14 @@ from typing import Any
 import pandas as pd
 
 from synthdata.errors import UserError
-from synthdata.figures import confusion_figure, detect_figures, metric_figures, mix_figure
+from synthdata.figures import confusion_figure, detect_figures, guide_figures, metric_figures, mix_figure
 from synthdata.results import (
     MIX_METRIC,
     child_runs,
     detect_summary,
     detect_table_from_mlflow,
+    guide_summary,
+    guide_table_from_mlflow,
     loop_display,
     loop_rows_from_mlflow,
     loop_summary,
@@ -67,6 +69,8 @@ def build_report(uri: str, out_dir: str | Path, *, experiment: str | None = None
         _mix_part(report, uri, parent, out_dir)
     elif kind == "detect":
         _detect_part(report, uri, parent, children, out_dir)
+    elif kind == "guide":
+        _guide_part(report, uri, children, out_dir)
     else:  # a kind this page has no special layout for: each run's final metrics
         report.tables["Final metrics"] = _final_metrics(children)
     report.details["Study parameters"] = pd.DataFrame(sorted(parent.data.params.items()), columns=["parameter", "value"])
@@ -156,6 +160,22 @@ def _detect_part(report: Report, uri: str, parent: Any, children: list[Any], out
         if run.data.params.get("analysis") == "pair" and run.data.params.get("seed") == str(table["seed"].min()):
             report.samples += _artifact_images(uri, run.info.run_id, "examples", out_dir, run.info.run_name)
     report.details["Every detector"] = table
+    table.to_csv(out_dir / "results.csv", index=False)
+
+
+def _guide_part(report: Report, uri: str, children: list[Any], out_dir: Path) -> None:
+    table = guide_table_from_mlflow(uri, children[0].data.tags["mlflow.parentRunId"]) if children else pd.DataFrame()
+    if table.empty:
+        report.notes.append("No sample set was measured: nothing to plot.")
+        return
+    report.tables["Summary"] = guide_summary(table)
+    for path in guide_figures(table, out_dir, title=report.title):
+        report.figures.append((path.stem.replace("_", " "), path))
+    lowest = str(table["seed"].min())
+    for run in children:  # one grid per scale, of the lowest seed
+        if run.data.params.get("seed") == lowest:
+            report.samples += _artifact_images(uri, run.info.run_id, "samples", out_dir, run.info.run_name)
+    report.details["Every sample set"] = table
     table.to_csv(out_dir / "results.csv", index=False)
 
 

@@ -246,3 +246,71 @@ def format_detect_table(table: pd.DataFrame, warning: str | None = None) -> str:
     text = detect_summary(table).to_string(index=False)
     text += "\n(accuracy: held-out, 95% Clopper-Pearson interval for one seed, mean ± sd over seeds otherwise)"
     return f"WARNING: {warning}\n\n{text}" if warning else text
+
+
+# (column, header, format) of a guide study's summary, in reading order.
+GUIDE_METRICS = (
+    ("detectability", "detectability (fresh)", ".3f"),
+    ("guide_detectability", "guiding clf's verdict", ".3f"),
+    ("downstream_accuracy", "downstream acc", ".3f"),
+    ("fid", "FID", ".2f"),
+    ("precision", "prec", ".2f"),
+    ("recall", "rec", ".2f"),
+    ("diversity", "diversity", ".2f"),
+    ("time_sample_s", "sample s", ".0f"),
+)
+
+
+def guide_table(rows: list[dict]) -> pd.DataFrame:
+    """One row per measured set of a guide study (the real reference, then each scale; by seed)."""
+    if not rows:
+        return pd.DataFrame()
+    table = pd.DataFrame(rows)
+    table["_order"] = pd.to_numeric(table["scale"], errors="coerce").fillna(-1.0)  # real data first
+    return table.sort_values(["_order", "seed"]).drop(columns="_order").reset_index(drop=True)
+
+
+def guide_table_from_mlflow(uri: str, parent_id: str) -> pd.DataFrame:
+    """The guide table, read back from a study run's finished child runs."""
+    return guide_table([{"run": r.info.run_name, "scale": r.data.params.get("scale", ""), "seed": int(r.data.params.get("seed", 0)),
+                         "group": r.data.params.get("group", ""), **r.data.metrics}
+                        for r in child_runs(uri, parent_id) if r.info.status == "FINISHED"])
+
+
+def guide_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """Per scale (and the real reference): each metric as mean ± sd over seeds, or with its 95% interval for one seed.
+
+    `Δ detectability` is the paired change against the unguided samples of the same seed
+    (same generator, same noise): mean ± sd of the per-seed differences.
+    """
+    out = []
+    unguided = table[table["scale"] == "0"].set_index("seed")
+    for scale, g in table.groupby("scale", sort=False):
+        row: dict[str, Any] = {"sampling": "real data" if scale == "real" else ("unguided" if float(scale) == 0 else f"w = {scale}"),
+                               "seeds": len(g)}
+        for col, name, fmt in GUIDE_METRICS:
+            if col not in g or g[col].isna().all():
+                row[name] = ""
+                continue
+            v = g[col].dropna()
+            if len(v) == 1 and f"{col}_ci_low" in g:
+                row[name] = f"{v.iloc[0]:{fmt}} [{g[col + '_ci_low'].iloc[0]:{fmt}}, {g[col + '_ci_high'].iloc[0]:{fmt}}]"
+            elif len(v) == 1:
+                row[name] = f"{v.iloc[0]:{fmt}}"
+            else:
+                row[name] = f"{v.mean():{fmt}} ± {v.std():{fmt}}"
+            if col == "detectability":
+                paired = (g.set_index("seed")[col] - unguided[col]).dropna() if scale not in ("real", "0") else pd.Series(dtype=float)
+                row["Δ detectability"] = "" if paired.empty else (
+                    f"{paired.mean():+.3f}" + (f" ± {paired.std():.3f}" if len(paired) > 1 else ""))
+        out.append(row)
+    frame = pd.DataFrame(out)
+    return frame.loc[:, [c for c in frame.columns if (frame[c] != "").any() or c in ("sampling", "seeds")]]
+
+
+def format_guide_table(table: pd.DataFrame) -> str:
+    """`guide_summary` as text, with a note on what its columns are."""
+    return guide_summary(table).to_string(index=False) + (
+        "\n(detectability (fresh): a detector trained after sampling on real vs these samples, held-out accuracy; "
+        "guiding clf's verdict: the classifier that steered sampling, on the same held-out images. "
+        "Δ detectability: paired with the unguided samples of the same seed. One seed: 95% interval; several: mean ± sd)")

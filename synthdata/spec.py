@@ -217,6 +217,7 @@ class FeatureSpec(ClassifierSpec):
 
 SWEEPABLE = (
     "generator.guidance_scale",
+    "guidance.scale",
     "generator.temperature",
     "loop.real_fraction",
     "loop.samples_per_generation",
@@ -261,6 +262,7 @@ class LoopSpec(_Strict):
 
 
 MixMode = Literal["augment", "replace"]
+KINDS = ("loop", "mix", "detect", "guide")  # each kind's section has the kind's name
 
 
 class SearchSpec(_Strict):
@@ -436,6 +438,55 @@ class DetectSpec(_Strict):
         return tuple(sorted(v))
 
 
+class GuidanceSpec(_Strict):
+    """Detector guidance of diffusion sampling: a noise-aware real-vs-generated classifier steers every DDIM step.
+
+    After a diffusion generator is trained, a small classifier D(x_t, t, y) learns to tell
+    noised real training images from noised unguided samples at the sampler's timesteps.
+    Its logit estimates log p_real(x_t|y) / p_gen(x_t|y), so adding `scale` times its
+    gradient to the generator's score moves samples toward the real data (discriminator
+    guidance): scale 1 is the exact correction for a perfect classifier, above 1 over-steers.
+    """
+
+    scale: float = Field(0.0, ge=0, le=50, description="Guidance scale w (0: off, plain sampling; 1: the density-ratio "
+                         "correction; > 1 steers harder).")
+    train_samples: int | None = Field(None, ge=10, description="Unguided samples the guiding classifier trains on "
+                                      "(default: as many as the real images it sees).")
+    width: int = Field(32, ge=4, le=256, description="Channels of its first stage (doubled at each halving, up to 4x).")
+    steps: int = Field(1500, ge=1, description="Optimizer steps (each: a batch of real and a batch of generated images).")
+    batch_size: int = Field(128, ge=2)
+    lr: float = Field(1e-3, gt=0, lt=1)
+    class_conditional: bool = Field(True, description="Condition on the class label too: the ratio p_real(x|y)/p_gen(x|y) "
+                                    "of a class-conditional generator.")
+
+
+class GuideSpec(_Strict):
+    """Guided against unguided sampling (kind: guide). Per seed, one generator and one guiding classifier are
+    trained; every scale then samples from the same noise and labels, and each is judged by fresh detectors."""
+
+    scales: tuple[float, ...] = Field((0.0, 0.5, 1.0, 2.0), min_length=2, description="Guidance scales; 0 (unguided) "
+                                      "must be among them: it is the baseline every other scale is compared with.")
+    seeds: tuple[int, ...] = Field((0,), min_length=1, description="One generator and guiding classifier per seed.")
+    samples: int = Field(1000, ge=10, description="Samples per scale and seed for the metrics' training sets "
+                         "(the fresh detector's and the downstream classifier's), besides the held-out ones.")
+
+    @field_validator("scales")
+    @classmethod
+    def _scales(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        if any(s < 0 or s > 50 for s in v) or len(set(v)) != len(v):
+            raise ValueError("scales must be distinct, each in [0, 50]")
+        if 0 not in v:
+            raise ValueError("include 0: the unguided samples every scale is compared with")
+        return tuple(sorted(v))
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct(cls, v: tuple) -> tuple:
+        if len(set(v)) != len(v):
+            raise ValueError("entries must be unique")
+        return v
+
+
 class TrackingSpec(_Strict):
     """Where results go. The tracking URI comes from MLFLOW_TRACKING_URI unless set here."""
 
@@ -465,9 +516,10 @@ class StudySpec(_Strict):
     """A whole study, as written in a YAML study file."""
 
     name: str = Field(..., min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$", description="Study name (letters, digits, _ . -).")
-    kind: Literal["loop", "mix", "detect"] = Field(
+    kind: Literal["loop", "mix", "detect", "guide"] = Field(
         "loop", description="loop: self-consuming loops (section `loop`); mix: real/synthetic mixes (section `mix`); "
-        "detect: the detectability instrument on given sources (section `detect`).",
+        "detect: the detectability instrument on given sources (section `detect`); guide: guided against unguided "
+        "sampling across guidance scales (section `guide`).",
     )
     description: str = ""
     data: DataSpec = Field(default_factory=DataSpec)
@@ -477,6 +529,9 @@ class StudySpec(_Strict):
     loop: LoopSpec = Field(default_factory=LoopSpec)
     mix: MixSpec = Field(default_factory=MixSpec, description="The mix sweep (kind: mix).")
     detect: DetectSpec | None = Field(None, description="The sources and analyses (kind: detect).")
+    guide: GuideSpec = Field(default_factory=GuideSpec, description="The scales compared (kind: guide).")
+    guidance: GuidanceSpec = Field(default_factory=GuidanceSpec, description="Detector guidance of the diffusion "
+                                   "generator's sampling (loop and mix studies: at `scale`; guide studies: at each of `guide.scales`).")
     metrics: tuple[Metric, ...] = Field(
         METRICS,
         min_length=1,
@@ -495,7 +550,7 @@ class StudySpec(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> "StudySpec":
-        for other in ("loop", "mix", "detect"):
+        for other in KINDS:
             if other != self.kind and other in self.model_fields_set:
                 raise ValueError(f"{other}: not used by a {self.kind} study (set kind: {other}, or remove the section)")
         if self.kind == "detect" and self.detect is None:
@@ -504,6 +559,11 @@ class StudySpec(_Strict):
             raise ValueError("metrics: 'toy' needs data.source: gaussian (a known true distribution)")
         if self.data.source == "gaussian" and self.generator.name == "diffusion":
             raise ValueError("generator: the toy gaussian source is vectors, not images; use gaussian or gmm")
+        guided = self.kind == "guide" or self.guidance.scale > 0 or "guidance.scale" in self.loop.sweep
+        if guided and self.generator.name != "diffusion":
+            raise ValueError(f"guidance: detector guidance steers a diffusion generator's sampling; generator is {self.generator.name!r}")
+        if self.kind == "guide" and "scale" in self.guidance.model_fields_set:
+            raise ValueError("guidance.scale: a guide study samples at every one of guide.scales; set those instead")
         for key, values in self.loop.sweep.items():
             section, field = key.split(".")
             target = getattr(self, section)
@@ -522,7 +582,7 @@ def with_value(spec: "StudySpec", key: str, value: Any) -> "StudySpec":
         value = int(value)
     data[section][field] = value
     data["loop"]["sweep"] = {}
-    for other in ("loop", "mix", "detect"):  # the other kinds' sections stay at their defaults
+    for other in KINDS:  # the other kinds' sections stay at their defaults
         if other != spec.kind:
             data.pop(other)
     return StudySpec.model_validate(data)

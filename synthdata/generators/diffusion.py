@@ -7,6 +7,7 @@ here in the style of the diffusers training examples: `num_class_embeds` on the 
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +41,26 @@ def build_unet(spec, shape: tuple[int, int, int], num_classes: int) -> UNet2DMod
         # One more embedding for "no label" when the model is trained for guidance.
         num_class_embeds=num_classes + (1 if spec.cond_dropout > 0 else 0),
     )
+
+
+Eps = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t, t, y) -> predicted noise
+Correction = Eps  # (x_t, t, y) -> a term added to the predicted noise
+
+
+def ddim_sample(eps: Eps, scheduler: DDIMScheduler, x: torch.Tensor, y: torch.Tensor, *,
+                correction: Correction | None = None) -> torch.Tensor:
+    """Run deterministic DDIM from noise `x` over `scheduler.timesteps`; return the images clamped to [-1, 1].
+
+    The network runs without gradients; only `correction` (which may need them, to
+    differentiate a classifier) runs with autograd on.
+    """
+    for t in scheduler.timesteps:
+        with torch.no_grad():
+            e = eps(x, t, y)
+        if correction is not None:
+            e = e + correction(x, t, y)
+        x = scheduler.step(e, t, x, eta=0.0).prev_sample.detach()
+    return x.clamp(-1, 1)
 
 
 class DiffusionGenerator:
@@ -110,19 +131,25 @@ class DiffusionGenerator:
         eps_c, eps_u = self.model(torch.cat([x, x]), t, class_labels=torch.cat([y, null])).sample.chunk(2)
         return eps_u + w * (eps_c - eps_u)
 
-    @torch.no_grad()
-    def sample(self, labels: torch.Tensor, *, seed: int) -> torch.Tensor:
-        """Deterministic DDIM (eta=0) in `sampling_steps` steps, in batches of `sample_batch_size`."""
-        g = torch.Generator().manual_seed(seed)
+    def sampler(self) -> DDIMScheduler:
+        """The DDIM scheduler `sample` uses, with its timesteps set (guidance trains on exactly these)."""
         scheduler = DDIMScheduler.from_config(self.noise_scheduler.config)
         scheduler.set_timesteps(self.spec.sampling_steps)
+        return scheduler
+
+    def sample(self, labels: torch.Tensor, *, seed: int, correction: Correction | None = None) -> torch.Tensor:
+        """Deterministic DDIM (eta=0) in `sampling_steps` steps, in batches of `sample_batch_size`.
+
+        `correction(x, t, y)`, when given, is added to the noise prediction at every step
+        (detector guidance, see `synthdata.guidance`).
+        """
+        g = torch.Generator().manual_seed(seed)
+        scheduler = self.sampler()
         out = []
         for chunk in labels.split(self.spec.sample_batch_size):
             y = chunk.to(self.device)
             x = torch.randn((len(chunk), *self.shape), generator=g).to(self.device)
-            for t in scheduler.timesteps:
-                x = scheduler.step(self._eps(x, t, y), t, x, eta=0.0).prev_sample
-            out.append(x.clamp(-1, 1).cpu())
+            out.append(ddim_sample(self._eps, scheduler, x, y, correction=correction).cpu())
         return torch.cat(out)
 
     def state_dict(self) -> dict[str, torch.Tensor]:

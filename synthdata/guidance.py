@@ -1,0 +1,190 @@
+"""Detector guidance: steer a diffusion generator's sampling toward the real data with a noise-aware classifier.
+
+A classifier D(x_t, t, y) is trained to tell noised real images from noised samples of
+the trained generator, at the sampler's own timesteps. At its optimum its logit is the
+log density ratio log p_real(x_t | y) / p_gen(x_t | y), whose gradient is exactly what
+the generator's score lacks: score_real = score_gen + grad log ratio. With the noise
+prediction eps = -sqrt(1 - alpha_bar_t) * score, a guided DDIM step uses
+
+    eps_guided = eps - w * sqrt(1 - alpha_bar_t) * grad_x logit D(x_t, t, y)
+
+w = 1 is the density-ratio correction (discriminator guidance, Kim et al. 2023); w > 1
+steers harder, like classifier guidance's scale; w = 0 is plain sampling.
+
+Guided samples must be judged by a detector trained afresh on them (the guiding
+classifier is the one thing they were optimised to fool); the loops and the guide study
+do that, and log the guiding classifier's own verdict beside it for contrast.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from diffusers.models.embeddings import TimestepEmbedding, Timesteps
+from diffusers.optimization import get_cosine_schedule_with_warmup
+
+from synthdata.data import ImageSet
+from synthdata.generators import Progress, draw_samples
+from synthdata.generators.diffusion import Correction, DiffusionGenerator
+
+
+class _Stage(nn.Module):
+    """Conv, then a FiLM scale and shift from the (timestep + class) embedding, SiLU.
+
+    No normalization layer: GroupNorm or LayerNorm would subtract each image's own mean
+    and so hide a global brightness shift, and BatchNorm would make one image's guidance
+    depend on the others in its batch. The net is shallow enough to train without.
+    """
+
+    def __init__(self, c_in: int, c_out: int, emb_dim: int, stride: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1)
+        self.film = nn.Linear(emb_dim, 2 * c_out)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        scale, shift = self.film(emb)[:, :, None, None].chunk(2, dim=1)
+        return F.silu(self.conv(x) * (1 + scale) + shift)
+
+
+class NoisyDetector(nn.Module):
+    """Real vs generated at noise level t: one logit, log p(real | x_t, t, y) / p(generated | x_t, t, y).
+
+    Smooth activations (SiLU): its input gradient is what guides sampling.
+    """
+
+    def __init__(self, in_channels: int, image_size: int, num_classes: int | None, width: int = 32) -> None:
+        super().__init__()
+        emb_dim = 4 * width
+        self.time_proj = Timesteps(width, flip_sin_to_cos=True, downscale_freq_shift=0)
+        self.time_mlp = TimestepEmbedding(width, emb_dim)
+        self.class_emb = nn.Embedding(num_classes, emb_dim) if num_classes else None
+        stages, c, size = [_Stage(in_channels, width, emb_dim, 1)], width, image_size
+        while size > 4 and c < width * 4:
+            stages += [_Stage(c, 2 * c, emb_dim, 2), _Stage(2 * c, 2 * c, emb_dim, 1)]
+            c, size = 2 * c, (size + 1) // 2
+        self.stages = nn.ModuleList(stages)
+        self.head = nn.Linear(c, 1)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        emb = self.time_mlp(self.time_proj(t.expand(len(x))).to(x.dtype))
+        if self.class_emb is not None and y is not None:
+            emb = emb + self.class_emb(y)
+        emb = F.silu(emb)
+        for stage in self.stages:
+            x = stage(x, emb)
+        return self.head(x.mean(dim=(2, 3))).squeeze(1)
+
+
+def create_guide(spec, shape: tuple[int, int, int], num_classes: int) -> NoisyDetector:
+    """An untrained guiding classifier for images of `shape` (class-conditional when `spec.class_conditional`)."""
+    return NoisyDetector(shape[0], shape[1], num_classes if spec.class_conditional else None, spec.width)
+
+
+def train_guide(spec, real: ImageSet, generated: ImageSet, timesteps: torch.Tensor, noise_scheduler, *, seed: int,
+                device: str = "cpu", progress: Progress | None = None) -> tuple[NoisyDetector, float]:
+    """Train a NoisyDetector on real vs generated images noised at `timesteps` (the sampler's); return it and its final loss.
+
+    Every step sees `spec.batch_size` images of each kind, each at a timestep drawn
+    uniformly from the sampler's: those are the only noise levels guidance queries.
+    """
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = create_guide(spec, real.shape, real.num_classes).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=1e-4)
+    sched = get_cosine_schedule_with_warmup(opt, min(100, spec.steps // 10), spec.steps)
+    x_real, y_real = real.images.to(device), real.labels.to(device)
+    x_gen, y_gen = generated.images.to(device), generated.labels.to(device)
+    b = spec.batch_size
+    target = torch.cat([torch.ones(b), torch.zeros(b)]).to(device)  # 1 = real
+    running = None
+    model.train()
+    for step in range(spec.steps):
+        ir = torch.randint(0, len(x_real), (b,), generator=g).to(device)
+        ig = torch.randint(0, len(x_gen), (b,), generator=g).to(device)
+        x0, y = torch.cat([x_real[ir], x_gen[ig]]), torch.cat([y_real[ir], y_gen[ig]])
+        t = timesteps[torch.randint(0, len(timesteps), (2 * b,), generator=g)].to(device)
+        xt = noise_scheduler.add_noise(x0, torch.randn(x0.shape, generator=g).to(device), t)
+        loss = F.binary_cross_entropy_with_logits(model(xt, t, y), target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        if progress and step % 50 == 0:
+            progress(step / spec.steps)
+    if not math.isfinite(running):
+        raise FloatingPointError(f"guiding classifier diverged (loss {running})")
+    return model.eval(), float(running)
+
+
+def detector_correction(model: NoisyDetector, alphas_cumprod: torch.Tensor, scale: float) -> Correction:
+    """The guided DDIM step's noise correction: -scale * sqrt(1 - alpha_bar_t) * grad_x logit D(x_t, t, y)."""
+
+    def correction(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with torch.enable_grad():
+            xg = x.detach().requires_grad_(True)
+            (grad,) = torch.autograd.grad(model(xg, t, y).sum(), xg)
+        sigma = (1 - alphas_cumprod[int(t)]).sqrt().to(x.dtype)
+        return -scale * sigma * grad
+
+    return correction
+
+
+@torch.no_grad()
+def guide_accuracy(model: NoisyDetector, real: ImageSet, generated: ImageSet, t: int, noise_scheduler, *, seed: int,
+                   device: str = "cpu") -> float:
+    """The guiding classifier's own held-out accuracy at timestep `t` (balanced: the first min(n) of each)."""
+    g = torch.Generator().manual_seed(seed)
+    n = min(len(real), len(generated))
+    x0 = torch.cat([real.images[:n], generated.images[:n]]).to(device)
+    y = torch.cat([real.labels[:n], generated.labels[:n]]).to(device)
+    tt = torch.full((2 * n,), t, dtype=torch.long, device=device)
+    logits = torch.cat([model(chunk_x, chunk_t, chunk_y) for chunk_x, chunk_t, chunk_y in zip(
+        noise_scheduler.add_noise(x0, torch.randn(x0.shape, generator=g).to(device), tt).split(1024), tt.split(1024), y.split(1024))])
+    truth = torch.cat([torch.ones(n), torch.zeros(n)]).to(device)
+    return float(((logits > 0).float() == truth).float().mean())
+
+
+@dataclass
+class GuidedGenerator:
+    """A trained diffusion generator sampled with detector guidance at `scale` (0: as it is). Same methods as a Generator."""
+
+    generator: DiffusionGenerator
+    detector: NoisyDetector
+    scale: float
+
+    def sample(self, labels: torch.Tensor, *, seed: int) -> torch.Tensor:
+        correction = None
+        if self.scale > 0:
+            correction = detector_correction(self.detector, self.generator.noise_scheduler.alphas_cumprod, self.scale)
+        return self.generator.sample(labels, seed=seed, correction=correction)
+
+    def at(self, scale: float) -> "GuidedGenerator":
+        """The same generator and classifier at another scale."""
+        return GuidedGenerator(self.generator, self.detector, scale)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The generator's weights (what a checkpoint restores; the guiding classifier is retrained from them)."""
+        return self.generator.state_dict()
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.generator.load_state_dict(state)
+
+
+def guide_generator(generator: DiffusionGenerator, spec, real: ImageSet, *, seed: int, device: str = "cpu",
+                    progress: Progress | None = None) -> tuple[GuidedGenerator, dict[str, float]]:
+    """Train the guiding classifier for a fitted generator: `real` against its unguided samples.
+
+    Returns the generator wrapped to sample at `spec.scale`, and the classifier's final
+    training loss. The samples are drawn (and quantized) as every other sample set is.
+    """
+    n = spec.train_samples or len(real)
+    unguided = draw_samples(generator, n, real, label_seed=seed + 11, sample_seed=seed + 12,
+                            context="generator diverged before guidance")
+    timesteps = generator.sampler().timesteps
+    model, loss = train_guide(spec, real, unguided, timesteps, generator.noise_scheduler, seed=seed + 13, device=device,
+                              progress=progress)
+    return GuidedGenerator(generator, model, spec.scale), {"guide_loss": loss}

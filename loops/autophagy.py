@@ -25,6 +25,7 @@ from typing import Any, Callable, Generator, Iterator
 
 import torch
 
+from synthdata.compute import device_for  # noqa: F401  (re-exported: the runners import it from here)
 from synthdata.data import ImageSet, Splits, class_balanced_labels, concat, sample_truth
 from synthdata.generators import create_generator, draw_samples
 from synthdata.metrics.detectability import detectability, real_vs_real
@@ -145,10 +146,6 @@ def build_training_set(
         n = _real_share(len(latest), fraction, len(real))
         return concat(real.subset(torch.randperm(len(real), generator=g)[:n]), latest)
     raise ValueError(f"unknown loop type {loop_type!r}")
-
-
-def device_for(gpus: float) -> str:
-    return "cuda" if gpus > 0 and torch.cuda.is_available() else "cpu"
 
 
 def _with_progress(

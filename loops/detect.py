@@ -13,8 +13,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from loops.autophagy import device_for
 from loops.runner import StudyResult, init_ray
+from synthdata.compute import configure_worker
 from synthdata.data import ImageSet, Splits, concat, make_splits
 from synthdata.detection import Cell, CellResult, cells_for, run_cell
 from synthdata.errors import UserError
@@ -27,19 +27,13 @@ from synthdata.tracking import StudyTracker, resolve_tracking_uri, sample_grid
 EXPENSIVE = ("generator", "checkpoint", "pipeline")  # sampled on Ray; the others are read in the driver
 
 
-def _source_task(spec, real: ImageSet, seed: int, threads: int, gpus: float) -> ImageSet:
-    import torch
-
-    torch.set_num_threads(threads)
-    return load_source(spec, real, seed=seed, device=device_for(gpus))
+def _source_task(source, real: ImageSet, seed: int, resources) -> ImageSet:
+    return load_source(source, real, seed=seed, device=configure_worker(resources))
 
 
-def _cell_task(cell: Cell, spec: StudySpec, real_train: ImageSet, real_eval: ImageSet, sources: dict[str, ImageSet],
-               threads: int) -> CellResult:
-    import torch
-
-    torch.set_num_threads(threads)
-    return run_cell(cell, spec.detect, spec.detector, real_train, real_eval, sources, device=device_for(spec.resources.gpus_per_arm))
+def _cell_task(cell: Cell, spec: StudySpec, real_train: ImageSet, real_eval: ImageSet, sources: dict[str, ImageSet]) -> CellResult:
+    device = configure_worker(spec.resources)
+    return run_cell(cell, spec.detect, spec.detector, real_train, real_eval, sources, device=device)
 
 
 def read_cheap_sources(spec: StudySpec, real: ImageSet) -> dict[str, ImageSet]:
@@ -52,10 +46,9 @@ def load_sources(spec: StudySpec, real: ImageSet, read: dict[str, ImageSet], sho
     import ray
 
     out = dict(read)
-    threads = max(1, int(spec.resources.cpus_per_arm))
     task = ray.remote(_source_task).options(num_cpus=spec.resources.cpus_per_arm, num_gpus=spec.resources.gpus_per_arm,
                                             max_retries=0)
-    refs = {name: task.remote(source, real, 0, threads, spec.resources.gpus_per_arm)
+    refs = {name: task.remote(source, real, 0, spec.resources)
             for name, source in spec.detect.sources.items() if source.type in EXPENSIVE}
     for name, ref in refs.items():
         if show_progress:
@@ -118,7 +111,7 @@ def run_detect_study(
     args = [ray.put(x) for x in (spec, real_train, real_eval, sources)]
     for cell in cells:
         tracker.start_arm(cell.name, cell.params())
-        refs[task.remote(cell, *args, max(1, int(spec.resources.cpus_per_arm)))] = cell
+        refs[task.remote(cell, *args)] = cell
     failed: dict[str, str] = {}
     results: list[CellResult] = []
     status, figures = "FAILED", []

@@ -16,8 +16,9 @@ from dataclasses import dataclass
 
 import torch
 
-from loops.autophagy import StudyContext, _grid_subset, _measure, device_for
+from loops.autophagy import StudyContext, _grid_subset, _measure
 from loops.runner import StudyResult, init_ray, study_context
+from synthdata.compute import configure_worker
 from synthdata.data import Splits, make_splits
 from synthdata.figures import guide_figures
 from synthdata.generators import check_generator, create_generator, draw_samples
@@ -59,8 +60,7 @@ def _fit_task(spec: StudySpec, splits: Splits, seed: int) -> Fitted:
     """Train the seed's generator on the real training set, then its guiding classifier against it."""
     from synthdata.guidance import guide_generator
 
-    torch.set_num_threads(max(1, int(spec.resources.cpus_per_arm)))
-    device = device_for(spec.resources.gpus_per_arm)
+    device = configure_worker(spec.resources)
     real = splits.train
     generator = create_generator(spec.generator, real.shape, real.num_classes, device)
     start = time.perf_counter()
@@ -77,8 +77,7 @@ def _cell_task(spec: StudySpec, splits: Splits, context: StudyContext, cell: Cel
     """Sample at the cell's scale (same noise and labels at every scale of a seed) and measure the samples."""
     from synthdata.guidance import GuidedGenerator, create_guide, guide_accuracy
 
-    torch.set_num_threads(max(1, int(spec.resources.cpus_per_arm)))
-    device = device_for(spec.resources.gpus_per_arm)
+    device = configure_worker(spec.resources)
     real = splits.train
     seed_of = lambda p: _seed_of(cell.seed, 100 + p)  # noqa: E731  the same metric seeds at every scale
     if cell.scale is None:  # the real-data reference: real vs real, and a classifier trained on real images

@@ -51,13 +51,9 @@ def pool_size(spec: StudySpec, n_train: int) -> int:
 
 
 def _pool_task(spec: StudySpec, real: ImageSet, size: int, seed: int) -> tuple[ImageSet, dict[str, float]]:
-    import torch
+    from synthdata.compute import configure_worker
 
-    from loops.autophagy import device_for
-
-    torch.set_num_threads(max(1, int(spec.resources.cpus_per_arm)))
-    return make_pool(spec.generator, real, size, seed=seed, device=device_for(spec.resources.gpus_per_arm),
-                     guidance=spec.guidance)
+    return make_pool(spec.generator, real, size, seed=seed, device=configure_worker(spec.resources), guidance=spec.guidance)
 
 
 def make_pools(spec: StudySpec, splits: Splits, show_progress: bool, saved: ImageSet | None = None) -> dict[int, ImageSet]:
@@ -92,12 +88,11 @@ def _trial(config: dict[str, Any], spec: StudySpec, splits: Splits, pools: dict[
     import torch
     from ray import tune
 
-    from loops.autophagy import device_for
     from synthdata.classifiers import predict_logits, train_classifier
+    from synthdata.compute import configure_worker
     from synthdata.metrics.stats import accuracy_with_ci
 
-    torch.set_num_threads(max(1, int(spec.resources.cpus_per_arm)))
-    device = device_for(spec.resources.gpus_per_arm)
+    device = configure_worker(spec.resources)
     mode, ratio, seed = config["mode"], float(config["ratio"]), int(config["seed"])
     real = real_subset(splits.train, spec.mix.real_size, seed=seed)
     data = mix_training_set(real, pools[seed], mode, ratio, seed=seed)

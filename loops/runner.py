@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from loops.autophagy import Arm, GenerationResult, Progress, ResumeState, StudyContext, device_for, run_arm
+from loops.autophagy import Arm, GenerationResult, Progress, ResumeState, StudyContext, run_arm
 from synthdata.data import Splits, make_splits
 from synthdata.errors import UserError
 from synthdata.generators import check_generator
@@ -69,13 +69,13 @@ def _arm_task(spec: StudySpec, splits: Splits, arm: Arm, context: StudyContext, 
     result leaves at once, while a toy loop's thousands of fast generations cost a few
     hundred Ray objects instead of one each.
     """
-    import torch
+    from synthdata.compute import configure_worker
 
-    torch.set_num_threads(max(1, int(spec.resources.cpus_per_arm)))
+    device = configure_worker(spec.resources)
     batch: list = []
     sent = time.monotonic()
     try:
-        for event in run_arm(spec, splits, arm, device=device_for(spec.resources.gpus_per_arm), context=context, resume=resume):
+        for event in run_arm(spec, splits, arm, device=device, context=context, resume=resume):
             batch.append(event)
             if time.monotonic() - sent >= every_s:
                 yield batch

@@ -12,6 +12,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from synthdata.compute import autocast
+
 
 class SmallCNN(nn.Module):
     """Conv-BN-ReLU stages, halving the resolution until it is at most 4x4, then global pooling."""
@@ -148,7 +150,9 @@ def train_classifier(
             x = images[idx]
             if augment is not None and (augment.crop_padding or augment.flip):
                 x = augment_batch(x, augment.crop_padding, augment.flip, g)
-            loss = F.cross_entropy(model(x), labels[idx])
+            with autocast(device):  # bf16 where the hardware gains from it (synthdata.compute); a no-op in fp32
+                logits = model(x)
+            loss = F.cross_entropy(logits.float(), labels[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -176,4 +180,5 @@ def train_classifier(
 @torch.no_grad()
 def predict_logits(model: nn.Module, images: torch.Tensor, *, batch_size: int = 1024, device: str = "cpu") -> torch.Tensor:
     """Logits for `images`, computed in batches."""
-    return torch.cat([model(chunk.to(device)).float().cpu() for chunk in images.split(batch_size)])
+    with autocast(device):
+        return torch.cat([model(chunk.to(device)).float().cpu() for chunk in images.split(batch_size)])

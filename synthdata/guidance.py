@@ -52,7 +52,8 @@ class _Stage(nn.Module):
 class NoisyDetector(nn.Module):
     """Real vs generated at noise level t: one logit, log p(real | x_t, t, y) / p(generated | x_t, t, y).
 
-    Smooth activations (SiLU): its input gradient is what guides sampling.
+    Smooth activations (SiLU): its input gradient is what guides sampling. It runs in
+    fp32 whatever the precision mode: it is small, and that gradient is the whole point.
     """
 
     def __init__(self, in_channels: int, image_size: int, num_classes: int | None, width: int = 32) -> None:

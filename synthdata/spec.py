@@ -504,6 +504,8 @@ class ResourcesSpec(_Strict):
 
     cpus_per_arm: float = Field(1, gt=0, description="CPUs Ray reserves for each arm; torch uses as many threads.")
     gpus_per_arm: float = Field(0, ge=0, description="GPUs for each arm (0 on CPU-only machines).")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="auto: bf16 autocast and TF32 on GPUs that support them, fp32 on CPUs; fp32 or bf16 everywhere.")
     address: str | None = Field(None, description="Ray cluster address (default: $RAY_ADDRESS, else a local Ray).")
     max_arm_retries: int = Field(
         2, ge=0, le=100,

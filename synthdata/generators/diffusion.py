@@ -15,6 +15,7 @@ from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 from diffusers.optimization import get_cosine_schedule_with_warmup
 from diffusers.training_utils import EMAModel
 
+from synthdata.compute import autocast
 from synthdata.data import ImageSet
 from synthdata.generators import Progress
 
@@ -102,7 +103,9 @@ class DiffusionGenerator:
             noise = torch.randn(x0.shape, generator=g).to(device)
             t = torch.randint(0, T, (len(idx),), generator=g).to(device)
             xt = self.noise_scheduler.add_noise(x0, noise, t)
-            loss = F.mse_loss(model(xt, t, class_labels=y).sample, noise)
+            with autocast(device):  # bf16 where the hardware gains from it (synthdata.compute); a no-op in fp32
+                pred = model(xt, t, class_labels=y).sample
+            loss = F.mse_loss(pred.float(), noise)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -125,10 +128,11 @@ class DiffusionGenerator:
     def _eps(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Noise prediction, with classifier-free guidance when `guidance_scale` != 1."""
         w = self.spec.guidance_scale
-        if w == 1.0:
-            return self.model(x, t, class_labels=y).sample
-        null = torch.full_like(y, self.num_classes)
-        eps_c, eps_u = self.model(torch.cat([x, x]), t, class_labels=torch.cat([y, null])).sample.chunk(2)
+        with autocast(self.device):
+            if w == 1.0:
+                return self.model(x, t, class_labels=y).sample.float()
+            null = torch.full_like(y, self.num_classes)
+            eps_c, eps_u = self.model(torch.cat([x, x]), t, class_labels=torch.cat([y, null])).sample.float().chunk(2)
         return eps_u + w * (eps_c - eps_u)
 
     def sampler(self) -> DDIMScheduler:

@@ -70,7 +70,8 @@ class NoisyDetector(nn.Module):
         self.head = nn.Linear(c, 1)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        emb = self.time_mlp(self.time_proj(t.expand(len(x))).to(x.dtype))
+        t = torch.as_tensor(t, device=x.device).expand(len(x))  # a sampler's timestep is a CPU scalar
+        emb = self.time_mlp(self.time_proj(t).to(x.dtype))
         if self.class_emb is not None and y is not None:
             emb = emb + self.class_emb(y)
         emb = F.silu(emb)

@@ -42,7 +42,7 @@ def load_source(spec, real: ImageSet, *, seed: int, device: str = "cpu") -> Imag
     if spec.type == "generator":
         from synthdata.mixing import make_pool
 
-        pool, _ = make_pool(spec.generator, real, spec.size or len(real), seed=seed, device=device)
+        pool, _ = make_pool(spec.generator, real, spec.size or len(real), seed=seed, device=device, guidance=spec.guidance)
         return pool  # drawn in the real format already
     if spec.type == "checkpoint":
         return _from_checkpoint(spec, real, seed=seed, device=device)

@@ -150,6 +150,28 @@ GENERATOR_NAMES = ("diffusion", "gaussian", "gmm")
 GeneratorSpec = Annotated[Union[DiffusionSpec, GaussianSpec, GMMSpec], Field(discriminator="name")]
 
 
+class GuidanceSpec(_Strict):
+    """Detector guidance of diffusion sampling: a noise-aware real-vs-generated classifier steers every DDIM step.
+
+    After a diffusion generator is trained, a small classifier D(x_t, t, y) learns to tell
+    noised real training images from noised unguided samples at the sampler's timesteps.
+    Its logit estimates log p_real(x_t|y) / p_gen(x_t|y), so adding `scale` times its
+    gradient to the generator's score moves samples toward the real data (discriminator
+    guidance): scale 1 is the exact correction for a perfect classifier, above 1 over-steers.
+    """
+
+    scale: float = Field(0.0, ge=0, le=50, description="Guidance scale w (0: off, plain sampling; 1: the density-ratio "
+                         "correction; > 1 steers harder).")
+    train_samples: int | None = Field(None, ge=10, description="Unguided samples the guiding classifier trains on "
+                                      "(default: as many as the real images it sees).")
+    width: int = Field(32, ge=4, le=256, description="Channels of its first stage (doubled at each halving, up to 4x).")
+    steps: int = Field(1500, ge=1, description="Optimizer steps (each: a batch of real and a batch of generated images).")
+    batch_size: int = Field(128, ge=2)
+    lr: float = Field(1e-3, gt=0, lt=1)
+    class_conditional: bool = Field(True, description="Condition on the class label too: the ratio p_real(x|y)/p_gen(x|y) "
+                                    "of a class-conditional generator.")
+
+
 class AugmentSpec(_Strict):
     """Training-time augmentation of a classifier's inputs."""
 
@@ -340,6 +362,14 @@ class GeneratorSource(_Strict):
     type: Literal["generator"]
     generator: GeneratorSpec = Field(..., description="As in a loop study's `generator` section.")
     size: int | None = Field(None, ge=10, description="Images to draw (default: as many as the real training split).")
+    guidance: GuidanceSpec | None = Field(None, description="Draw them with detector guidance (diffusion only), its "
+                                          "classifier trained on the same real images as the generator.")
+
+    @model_validator(mode="after")
+    def _guided_diffusion(self) -> "GeneratorSource":
+        if self.guidance is not None and self.guidance.scale > 0 and self.generator.name != "diffusion":
+            raise ValueError(f"guidance: detector guidance steers a diffusion generator's sampling; generator is {self.generator.name!r}")
+        return self
 
 
 class SamplesSource(_Strict):
@@ -436,28 +466,6 @@ class DetectSpec(_Strict):
         if any(x < 2 for x in v) or len(set(v)) != len(v):
             raise ValueError("sizes must be distinct and >= 2")
         return tuple(sorted(v))
-
-
-class GuidanceSpec(_Strict):
-    """Detector guidance of diffusion sampling: a noise-aware real-vs-generated classifier steers every DDIM step.
-
-    After a diffusion generator is trained, a small classifier D(x_t, t, y) learns to tell
-    noised real training images from noised unguided samples at the sampler's timesteps.
-    Its logit estimates log p_real(x_t|y) / p_gen(x_t|y), so adding `scale` times its
-    gradient to the generator's score moves samples toward the real data (discriminator
-    guidance): scale 1 is the exact correction for a perfect classifier, above 1 over-steers.
-    """
-
-    scale: float = Field(0.0, ge=0, le=50, description="Guidance scale w (0: off, plain sampling; 1: the density-ratio "
-                         "correction; > 1 steers harder).")
-    train_samples: int | None = Field(None, ge=10, description="Unguided samples the guiding classifier trains on "
-                                      "(default: as many as the real images it sees).")
-    width: int = Field(32, ge=4, le=256, description="Channels of its first stage (doubled at each halving, up to 4x).")
-    steps: int = Field(1500, ge=1, description="Optimizer steps (each: a batch of real and a batch of generated images).")
-    batch_size: int = Field(128, ge=2)
-    lr: float = Field(1e-3, gt=0, lt=1)
-    class_conditional: bool = Field(True, description="Condition on the class label too: the ratio p_real(x|y)/p_gen(x|y) "
-                                    "of a class-conditional generator.")
 
 
 class GuideSpec(_Strict):

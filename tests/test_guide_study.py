@@ -131,3 +131,11 @@ def test_guided_pools_and_loop_generations():
     plain, plain_info = make_pool(DiffusionSpec(**TINY_DIFFUSION), splits.train, 50, seed=0)
     assert "guide_loss" in info and "guide_loss" not in plain_info
     assert torch.equal(pool.labels, plain.labels) and not torch.equal(pool.images, plain.images)
+
+    # A detect study's generator source with guidance is the same guided draw.
+    from synthdata.sources import load_source
+    from synthdata.spec import GeneratorSource
+
+    source = GeneratorSource(type="generator", generator=DiffusionSpec(**TINY_DIFFUSION), size=50,
+                             guidance=GuidanceSpec(scale=2.0, **TINY_GUIDANCE))
+    torch.testing.assert_close(load_source(source, splits.train, seed=0).images, pool.images)

@@ -86,24 +86,45 @@ def create_guide(spec, shape: tuple[int, int, int], num_classes: int) -> NoisyDe
 
 
 def train_guide(spec, real: ImageSet, generated: ImageSet, timesteps: torch.Tensor, noise_scheduler, *, seed: int,
-                device: str = "cpu", progress: Progress | None = None) -> tuple[NoisyDetector, float]:
-    """Train a NoisyDetector on real vs generated images noised at `timesteps` (the sampler's); return it and its final loss.
+                device: str = "cpu", progress: Progress | None = None) -> tuple[NoisyDetector, dict[str, float]]:
+    """Train a NoisyDetector on real vs generated images noised at `timesteps` (the sampler's); return it and its figures.
 
     Every step sees `spec.batch_size` images of each kind, each at a timestep drawn
     uniformly from the sampler's: those are the only noise levels guidance queries.
+    With `spec.val_fraction` > 0, that share of both kinds is held out (with fixed noise
+    and timesteps) and the weights with the lowest validation loss are kept: a guide
+    that has memorised its few real images steers toward them, not toward the data.
     """
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     model = create_guide(spec, real.shape, real.num_classes).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=1e-4)
     sched = get_cosine_schedule_with_warmup(opt, min(100, spec.steps // 10), spec.steps)
+
+    def split(s: ImageSet) -> tuple[ImageSet, ImageSet]:
+        order = torch.randperm(len(s), generator=g)
+        k = round(len(s) * spec.val_fraction) if len(s) > 10 else 0
+        return s.subset(order[k:]), s.subset(order[:k])
+
+    real, real_val = split(real)
+    generated, gen_val = split(generated)
     x_real, y_real = real.images.to(device), real.labels.to(device)
     x_gen, y_gen = generated.images.to(device), generated.labels.to(device)
+    val = None
+    if len(real_val) and len(gen_val):
+        x0 = torch.cat([real_val.images, gen_val.images])
+        t = timesteps[torch.randint(0, len(timesteps), (len(x0),), generator=g)]
+        xt = noise_scheduler.add_noise(x0, torch.randn(x0.shape, generator=g), t)
+        truth = torch.cat([torch.ones(len(real_val)), torch.zeros(len(gen_val))])
+        val = (xt.to(device), t.to(device), torch.cat([real_val.labels, gen_val.labels]).to(device), truth.to(device))
+    check_every = max(25, spec.steps // 20)
+    best = {"guide_val_loss": float("inf"), "guide_best_step": float(spec.steps)}
+    best_state = None
     b = spec.batch_size
     target = torch.cat([torch.ones(b), torch.zeros(b)]).to(device)  # 1 = real
     running = None
     model.train()
-    for step in range(spec.steps):
+    for step in range(1, spec.steps + 1):
         ir = torch.randint(0, len(x_real), (b,), generator=g).to(device)
         ig = torch.randint(0, len(x_gen), (b,), generator=g).to(device)
         x0, y = torch.cat([x_real[ir], x_gen[ig]]), torch.cat([y_real[ir], y_gen[ig]])
@@ -115,11 +136,21 @@ def train_guide(spec, real: ImageSet, generated: ImageSet, timesteps: torch.Tens
         opt.step()
         sched.step()
         running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        if val is not None and (step % check_every == 0 or step == spec.steps):
+            with torch.no_grad():
+                val_loss = float(torch.cat([F.binary_cross_entropy_with_logits(model(xv, tv, yv), zv, reduction="none")
+                                            for xv, tv, yv, zv in zip(*(v.split(1024) for v in val))]).mean())
+            if val_loss < best["guide_val_loss"]:
+                best = {"guide_val_loss": val_loss, "guide_best_step": float(step)}
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         if progress and step % 50 == 0:
             progress(step / spec.steps)
     if not math.isfinite(running):
         raise FloatingPointError(f"guiding classifier diverged (loss {running})")
-    return model.eval(), float(running)
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    info = {"guide_loss": float(running), **(best if val is not None else {})}
+    return model.eval(), info
 
 
 def detector_correction(model: NoisyDetector, alphas_cumprod: torch.Tensor, scale: float) -> Correction:
@@ -180,13 +211,14 @@ def guide_generator(generator: DiffusionGenerator, spec, real: ImageSet, *, seed
                     progress: Progress | None = None) -> tuple[GuidedGenerator, dict[str, float]]:
     """Train the guiding classifier for a fitted generator: `real` against its unguided samples.
 
-    Returns the generator wrapped to sample at `spec.scale`, and the classifier's final
-    training loss. The samples are drawn (and quantized) as every other sample set is.
+    Returns the generator wrapped to sample at `spec.scale`, and the classifier's training
+    figures (final training loss; best validation loss and its step). The samples are
+    drawn (and quantized) as every other sample set is.
     """
     n = spec.train_samples or len(real)
     unguided = draw_samples(generator, n, real, label_seed=seed + 11, sample_seed=seed + 12,
                             context="generator diverged before guidance")
     timesteps = generator.sampler().timesteps
-    model, loss = train_guide(spec, real, unguided, timesteps, generator.noise_scheduler, seed=seed + 13, device=device,
+    model, info = train_guide(spec, real, unguided, timesteps, generator.noise_scheduler, seed=seed + 13, device=device,
                               progress=progress)
-    return GuidedGenerator(generator, model, spec.scale), {"guide_loss": loss}
+    return GuidedGenerator(generator, model, spec.scale), info

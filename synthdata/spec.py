@@ -168,6 +168,9 @@ class GuidanceSpec(_Strict):
     steps: int = Field(1500, ge=1, description="Optimizer steps (each: a batch of real and a batch of generated images).")
     batch_size: int = Field(128, ge=2)
     lr: float = Field(1e-3, gt=0, lt=1)
+    val_fraction: float = Field(0.0, ge=0, le=0.5, description="Hold out this share of the real and the generated "
+                                "images and keep the weights with the lowest validation loss (0: the last weights). "
+                                "Guards a long schedule against memorising the real images.")
     class_conditional: bool = Field(True, description="Condition on the class label too: the ratio p_real(x|y)/p_gen(x|y) "
                                     "of a class-conditional generator.")
 

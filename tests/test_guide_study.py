@@ -106,7 +106,12 @@ def test_scale_zero_is_plain_sampling_and_guidance_changes_the_samples():
     torch.testing.assert_close(guided.at(0.0).sample(labels, seed=3), plain)
     steered = guided.sample(labels, seed=3)
     assert steered.shape == plain.shape and (steered - plain).abs().mean() > 1e-3
-    assert torch.isfinite(steered).all() and info["guide_loss"] > 0
+    assert torch.isfinite(steered).all() and info["guide_loss"] > 0 and "guide_val_loss" not in info
+
+    # With a validation split the guide keeps its best weights, and says which step they came from.
+    spec = GuidanceSpec(scale=4.0, **{**TINY_GUIDANCE, "steps": 60}, val_fraction=0.2)
+    _, info = guide_generator(generator, spec, splits.train, seed=0)
+    assert 0 < info["guide_best_step"] <= 60 and 0 < info["guide_val_loss"] < 2
 
 
 def test_guided_pools_and_loop_generations():

@@ -3,6 +3,7 @@
     .venv/bin/python bench/run.py            # real sizes (quickstart model), ~10 min on 2 CPU cores
     .venv/bin/python bench/run.py --quick    # smaller step counts, ~4 min
     .venv/bin/python bench/run.py --device cuda
+    .venv/bin/python bench/run.py --probes     # also torch.compile of the training step
 
 Writes bench/results.json and the table in bench/README.md (between its markers).
 Every ratio compares two things measured here, now, on this machine:

@@ -25,7 +25,6 @@ from typing import Any, Callable, Generator, Iterator
 
 import torch
 
-from synthdata.compute import device_for  # noqa: F401  (re-exported: the runners import it from here)
 from synthdata.data import ImageSet, Splits, class_balanced_labels, concat, sample_truth
 from synthdata.generators import create_generator, draw_samples
 from synthdata.metrics.detectability import detectability, real_vs_real

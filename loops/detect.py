@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from loops.runner import StudyResult, init_ray
+from loops.runner import StudyResult, init_ray, wait_cells
 from synthdata.compute import configure_worker
 from synthdata.data import ImageSet, Splits, concat, make_splits
 from synthdata.detection import Cell, CellResult, cells_for, run_cell
@@ -86,7 +86,6 @@ def run_detect_study(
 ) -> StudyResult:
     """Load the sources, run every cell on Ray, log each as a child run, and return the per-cell table."""
     import ray
-    from tqdm import tqdm
 
     start = time.perf_counter()
     splits: Splits = make_splits(spec.data, seed=0)  # data errors surface here, before Ray or MLflow
@@ -115,35 +114,19 @@ def run_detect_study(
     failed: dict[str, str] = {}
     results: list[CellResult] = []
     status, figures = "FAILED", []
-    # A bar on a terminal; in a log (a Ray job, a batch system) one line per finished cell.
-    tty = sys.stderr.isatty()
-    bar = tqdm(total=len(cells), desc="detectors", unit="cell", disable=not (show_progress and tty), file=sys.stderr)
+
+    def on_result(cell: Cell, result: CellResult) -> str:
+        _log_cell(tracker, result)
+        results.append(result)
+        return f"{cell.name}: {result.metrics.get('detectability', result.metrics.get('multiway_accuracy')):.3f}"
+
     try:
-        pending = list(refs)
-        while pending:
-            ready, pending = ray.wait(pending, num_returns=1)
-            cell = refs[ready[0]]
-            try:
-                result = ray.get(ready[0])
-            except ray.exceptions.RayError as err:
-                cause = getattr(err, "cause", None)
-                failed[cell.name] = f"{type(cause).__name__}: {cause}" if cause is not None else str(err).strip().splitlines()[-1]
-                tracker.end_arm(cell.name, "FAILED", failed[cell.name])
-                continue
-            _log_cell(tracker, result)
-            tracker.end_arm(cell.name, "FINISHED")
-            results.append(result)
-            acc = result.metrics.get("detectability", result.metrics.get("multiway_accuracy"))
-            bar.set_postfix_str(f"{cell.name}: {acc:.3f}")
-            bar.update()
-            if not tty:
-                print(f"[{len(results)}/{len(cells)}] {cell.name}: {acc:.3f}", file=sys.stderr, flush=True)
+        failed = wait_cells(refs, tracker, on_result, desc="detectors", show_progress=show_progress)
         status = "FAILED" if failed else "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
         raise
     finally:
-        bar.close()
         table = detect_table([(r.cell.name, r.cell.params(), r.metrics) for r in results])
         if not table.empty:
             warning = real_vs_real_warning(table)

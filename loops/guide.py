@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from loops.autophagy import StudyContext, _grid_subset, _measure
-from loops.runner import StudyResult, init_ray, study_context
+from loops.runner import StudyResult, init_ray, study_context, wait_cells
 from synthdata.compute import configure_worker
 from synthdata.data import Splits, make_splits
 from synthdata.figures import guide_figures
@@ -69,8 +69,8 @@ def _fit_task(spec: StudySpec, splits: Splits, seed: int) -> Fitted:
     start = time.perf_counter()
     guided, guide_info = guide_generator(generator, spec.guidance, real, seed=_seed_of(seed, 6), device=device)
     info.update(guide_info, time_guide_s=time.perf_counter() - start)
-    cpu = lambda state: {k: v.detach().cpu() for k, v in state.items()}  # noqa: E731
-    return Fitted(cpu(generator.state_dict()), cpu(guided.detector.state_dict()), info)
+    guide = {k: v.detach().cpu() for k, v in guided.detector.state_dict().items()}
+    return Fitted(generator.state_dict(), guide, info)  # the generator's state_dict is on the CPU already
 
 
 def _cell_task(spec: StudySpec, splits: Splits, context: StudyContext, cell: Cell, fitted: Fitted | None):
@@ -118,7 +118,6 @@ def run_guide_study(
 ) -> StudyResult:
     """Train a generator and guiding classifier per seed, sample and measure at every scale, log each as a child run."""
     import ray
-    from tqdm import tqdm
 
     start = time.perf_counter()
     splits: Splits = make_splits(spec.data, seed=0)  # data errors surface here, before Ray or MLflow
@@ -141,39 +140,25 @@ def run_guide_study(
     if show_progress:
         print(f"training {len(fitted)} generator(s) and guiding classifier(s), one per seed; then sampling at scales "
               f"{', '.join(f'{s:g}' for s in spec.guide.scales)}", file=sys.stderr, flush=True)
-    tty = sys.stderr.isatty()
-    bar = tqdm(total=len(cells), desc="scales", unit="cell", disable=not (show_progress and tty), file=sys.stderr)
     failed: dict[str, str] = {}
     rows: list[dict] = []
     status, figures = "FAILED", []
+
+    def on_result(cell: Cell, value: tuple) -> str:
+        metrics, grid = value
+        tracker.log_metrics(cell.name, metrics)
+        if spec.tracking.sample_grid and grid is not None:
+            tracker.client.log_image(tracker.arm_runs[cell.name], sample_grid(grid[0]), artifact_file="samples/grid.png")
+        rows.append({"run": cell.name, **cell.params(), **metrics})
+        return f"{cell.name}: detectability {metrics.get('detectability', float('nan')):.3f}"
+
     try:
-        pending = list(refs)
-        while pending:
-            ready, pending = ray.wait(pending, num_returns=1)
-            cell = refs[ready[0]]
-            try:
-                metrics, grid = ray.get(ready[0])
-            except ray.exceptions.RayError as err:
-                cause = getattr(err, "cause", None)
-                failed[cell.name] = f"{type(cause).__name__}: {cause}" if cause is not None else str(err).strip().splitlines()[-1]
-                tracker.end_arm(cell.name, "FAILED", failed[cell.name])
-                continue
-            tracker.log_metrics(cell.name, metrics)
-            if spec.tracking.sample_grid and grid is not None:
-                tracker.client.log_image(tracker.arm_runs[cell.name], sample_grid(grid[0]), artifact_file="samples/grid.png")
-            tracker.end_arm(cell.name, "FINISHED")
-            rows.append({"run": cell.name, **cell.params(), **metrics})
-            line = f"{cell.name}: detectability {metrics.get('detectability', float('nan')):.3f}"
-            bar.set_postfix_str(line)
-            bar.update()
-            if show_progress and not tty:
-                print(f"[{len(rows)}/{len(cells)}] {line}", file=sys.stderr, flush=True)
+        failed = wait_cells(refs, tracker, on_result, desc="scales", show_progress=show_progress)
         status = "FAILED" if failed else "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
         raise
     finally:
-        bar.close()
         table = guide_table(rows)
         if not table.empty:
             out_dir = spec.tracking.report_dir / spec.name

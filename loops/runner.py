@@ -12,6 +12,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable
 
 import pandas as pd
 
@@ -273,6 +274,44 @@ def run_loop_study(
                 tracker.log_figures(figures)
         tracker.end(status)
     return StudyResult(table, tracker.parent_id, failed, time.perf_counter() - start, figures)
+
+
+def wait_cells(refs: dict, tracker: StudyTracker, on_result: Callable[[Any, Any], str], *, desc: str,
+               show_progress: bool) -> dict[str, str]:
+    """Wait for cell tasks (`refs`: task ref -> a cell with a `name` and an open run), in the order they finish.
+
+    A cell whose task raised is ended FAILED with the reason; otherwise `on_result(cell,
+    value)` logs it and returns a progress line, and its run is ended FINISHED. Progress
+    is a bar on a terminal, one line per cell in a log. Returns the failures by cell name.
+    """
+    import ray
+    from tqdm import tqdm
+
+    tty = sys.stderr.isatty()
+    bar = tqdm(total=len(refs), desc=desc, unit="cell", disable=not (show_progress and tty), file=sys.stderr)
+    failed: dict[str, str] = {}
+    done = 0
+    try:
+        pending = list(refs)
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            cell = refs[ready[0]]
+            try:
+                value = ray.get(ready[0])
+            except ray.exceptions.RayError as err:
+                failed[cell.name] = _short_reason(err)
+                tracker.end_arm(cell.name, "FAILED", failed[cell.name])
+                continue
+            line = on_result(cell, value)
+            tracker.end_arm(cell.name, "FINISHED")
+            done += 1
+            bar.set_postfix_str(line)
+            bar.update()
+            if show_progress and not tty:
+                print(f"[{done}/{len(refs)}] {line}", file=sys.stderr, flush=True)
+    finally:
+        bar.close()
+    return failed
 
 
 def _short_reason(err: Exception) -> str:

@@ -70,7 +70,7 @@ def build_report(uri: str, out_dir: str | Path, *, experiment: str | None = None
     elif kind == "detect":
         _detect_part(report, uri, parent, children, out_dir)
     elif kind == "guide":
-        _guide_part(report, uri, children, out_dir)
+        _guide_part(report, uri, parent, children, out_dir)
     else:  # a kind this page has no special layout for: each run's final metrics
         report.tables["Final metrics"] = _final_metrics(children)
     report.details["Study parameters"] = pd.DataFrame(sorted(parent.data.params.items()), columns=["parameter", "value"])
@@ -109,14 +109,18 @@ def _runs_table(children: list[Any], kind: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _add_figures(report: Report, paths: list[Path]) -> None:
+    """Figures captioned by their file names (`fid_vs_scale.png` -> 'fid vs scale')."""
+    report.figures += [(path.stem.replace("_", " "), path) for path in paths]
+
+
 def _loop_part(report: Report, uri: str, parent: Any, children: list[Any], out_dir: Path) -> None:
     table = results_table(loop_rows_from_mlflow(uri, parent.info.run_id))
     if table.empty:
         report.notes.append("No generation finished: nothing to plot.")
         return
     report.tables["Summary (mean ± sd over seeds)"] = loop_summary(table)
-    for path in metric_figures(table, out_dir, title=report.title):
-        report.figures.append((path.stem.replace("_", " "), path))
+    _add_figures(report, metric_figures(table, out_dir, title=report.title))
     report.samples = _last_grids(uri, children, out_dir)
     report.details["Every arm and generation"] = loop_display(table)
     table.to_csv(out_dir / "results.csv", index=False)
@@ -145,8 +149,7 @@ def _detect_part(report: Report, uri: str, parent: Any, children: list[Any], out
     if warning:
         report.notes.append(f"WARNING: {warning}")
     report.tables["Summary"] = detect_summary(table)
-    for path in detect_figures(table, out_dir, title=report.title):
-        report.figures.append((path.stem.replace("_", " "), path))
+    _add_figures(report, detect_figures(table, out_dir, title=report.title))
     client = mlflow_client(uri)
     for run in children:
         if run.data.params.get("analysis") == "multiway" and run.info.status == "FINISHED":
@@ -163,14 +166,13 @@ def _detect_part(report: Report, uri: str, parent: Any, children: list[Any], out
     table.to_csv(out_dir / "results.csv", index=False)
 
 
-def _guide_part(report: Report, uri: str, children: list[Any], out_dir: Path) -> None:
-    table = guide_table_from_mlflow(uri, children[0].data.tags["mlflow.parentRunId"]) if children else pd.DataFrame()
+def _guide_part(report: Report, uri: str, parent: Any, children: list[Any], out_dir: Path) -> None:
+    table = guide_table_from_mlflow(uri, parent.info.run_id)
     if table.empty:
         report.notes.append("No sample set was measured: nothing to plot.")
         return
     report.tables["Summary"] = guide_summary(table)
-    for path in guide_figures(table, out_dir, title=report.title):
-        report.figures.append((path.stem.replace("_", " "), path))
+    _add_figures(report, guide_figures(table, out_dir, title=report.title))
     lowest = str(table["seed"].min())
     for run in children:  # one grid per scale, of the lowest seed
         if run.data.params.get("seed") == lowest:

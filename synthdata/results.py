@@ -253,10 +253,7 @@ GUIDE_METRICS = (
     ("detectability", "detectability (fresh)", ".3f"),
     ("guide_detectability", "guiding clf's verdict", ".3f"),
     ("downstream_accuracy", "downstream acc", ".3f"),
-    ("fid", "FID", ".2f"),
-    ("precision", "prec", ".2f"),
-    ("recall", "rec", ".2f"),
-    ("diversity", "diversity", ".2f"),
+    *(m for m in TABLE_METRICS if m[0] in ("fid", "precision", "recall", "diversity")),
     ("time_sample_s", "sample s", ".0f"),
 )
 

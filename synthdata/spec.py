@@ -150,6 +150,9 @@ GENERATOR_NAMES = ("diffusion", "gaussian", "gmm")
 GeneratorSpec = Annotated[Union[DiffusionSpec, GaussianSpec, GMMSpec], Field(discriminator="name")]
 
 
+_NOT_GUIDABLE = "guidance: detector guidance steers a diffusion generator's sampling; generator is '{}'"
+
+
 class GuidanceSpec(_Strict):
     """Detector guidance of diffusion sampling: a noise-aware real-vs-generated classifier steers every DDIM step.
 
@@ -371,7 +374,7 @@ class GeneratorSource(_Strict):
     @model_validator(mode="after")
     def _guided_diffusion(self) -> "GeneratorSource":
         if self.guidance is not None and self.guidance.scale > 0 and self.generator.name != "diffusion":
-            raise ValueError(f"guidance: detector guidance steers a diffusion generator's sampling; generator is {self.generator.name!r}")
+            raise ValueError(_NOT_GUIDABLE.format(self.generator.name))
         return self
 
 
@@ -574,7 +577,7 @@ class StudySpec(_Strict):
             raise ValueError("generator: the toy gaussian source is vectors, not images; use gaussian or gmm")
         guided = self.kind == "guide" or self.guidance.scale > 0 or "guidance.scale" in self.loop.sweep
         if guided and self.generator.name != "diffusion":
-            raise ValueError(f"guidance: detector guidance steers a diffusion generator's sampling; generator is {self.generator.name!r}")
+            raise ValueError(_NOT_GUIDABLE.format(self.generator.name))
         if self.kind == "guide" and "scale" in self.guidance.model_fields_set:
             raise ValueError("guidance.scale: a guide study samples at every one of guide.scales; set those instead")
         for key, values in self.loop.sweep.items():

@@ -149,3 +149,39 @@ def test_guided_pools_and_loop_generations():
     source = GeneratorSource(type="generator", generator=DiffusionSpec(**TINY_DIFFUSION), size=50,
                              guidance=GuidanceSpec(scale=2.0, **TINY_GUIDANCE))
     torch.testing.assert_close(load_source(source, splits.train, seed=0).images, pool.images)
+
+
+def test_cells_that_fail_are_recorded_and_the_others_finish(local_ray, tracking_uri):
+    """The cell loop shared by detect and guide studies: a raising task fails its own run, with the reason, only."""
+    from dataclasses import dataclass
+
+    from mlflow.tracking import MlflowClient
+
+    from loops.runner import wait_cells
+    from synthdata.tracking import StudyTracker
+
+    @dataclass(frozen=True)
+    class Cell:
+        name: str
+        fail: bool
+
+    def cell_value(fail: bool) -> float:  # defined here: Ray ships it by value, workers cannot import tests
+        if fail:
+            raise ValueError("boom")
+        return 0.75
+
+    tracker = StudyTracker(tracking_uri, "cells", "cells", {})
+    task = local_ray.remote(cell_value).options(num_cpus=1, max_retries=0)
+    refs = {}
+    for cell in (Cell("good", False), Cell("bad", True)):
+        tracker.start_arm(cell.name, {})
+        refs[task.remote(cell.fail)] = cell
+    seen = {}
+    failed = wait_cells(refs, tracker, lambda cell, value: seen.setdefault(cell.name, f"{cell.name}: {value}"),
+                        desc="cells", show_progress=False)
+    tracker.end("FAILED" if failed else "FINISHED")
+    assert failed == {"bad": "ValueError: boom"} and seen == {"good": "good: 0.75"}
+    client = MlflowClient(tracking_uri)
+    runs = {name: client.get_run(run_id) for name, run_id in tracker.arm_runs.items()}
+    assert runs["good"].info.status == "FINISHED" and runs["bad"].info.status == "FAILED"
+    assert runs["bad"].data.tags["synthdata.failure"] == "ValueError: boom"

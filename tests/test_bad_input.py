@@ -120,6 +120,10 @@ SPEC_CASES: list[tuple[str, object, str]] = [
      "guide.scales: include 0: the unguided samples every scale is compared with"),
     ("guide-negative-scale", {"name": "g", "kind": "guide", "guide": {"scales": [0, -1]}}, "guide.scales: scales must be distinct"),
     ("guidance-on-a-toy", tiny_study(guidance={"scale": 1}), "guidance: detector guidance steers a diffusion generator"),
+    ("unknown-precision", tiny_study(resources={"precision": "fp8"}), "resources.precision: Input should be 'auto', 'fp32' or 'bf16'"),
+    ("guided-toy-source", {"name": "d", "kind": "detect", "detect": {"sources": {"g": {
+        "type": "generator", "generator": {"name": "gaussian"}, "guidance": {"scale": 1}}}}},
+     "detect.sources.g.guidance: detector guidance steers a diffusion generator's sampling; generator is 'gaussian'"),
     ("guidance-unknown-key", tiny_study(generator=DIFFUSION, guidance={"scael": 1}), "guidance.scael: unknown key"),
     ("random-replace-above-1", {"name": "m", "kind": "mix", "mix": {"search": {"type": "random", "ratio_range": [0, 2]}}},
      "mix.search.ratio_range: replace needs ratios <= 1"),

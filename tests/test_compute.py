@@ -54,16 +54,16 @@ def test_bf16_training_is_within_noise_of_fp32():
     data = load_digits_set()
     g = torch.Generator().manual_seed(0)
     order = torch.randperm(len(data), generator=g)
-    train, test = data.subset(order[:1200]), data.subset(order[1200:])
+    train, test = data.subset(order[:700]), data.subset(order[700:])
     spec = ClassifierSpec(epochs=4, batch_size=64)
-    diffusion = DiffusionSpec(**{**TINY_DIFFUSION, "train_steps": 80, "lr": 3e-3})
+    diffusion = DiffusionSpec(**{**TINY_DIFFUSION, "train_steps": 80, "batch_size": 32, "lr": 3e-3})
     accs, losses = {}, {}
     for mode in ("fp32", "bf16"):
         compute.set_precision(mode)
         accs[mode] = downstream_accuracy(train.images, train.labels, test.images, test.labels, 10, spec, seed=0)
         losses[mode] = DiffusionGenerator(diffusion, data.shape, 10).fit(train.subset(torch.arange(600)), seed=0)["generator_loss"]
-    # ~600 test images: the 95% interval is about +-0.02 at 0.95; the two must agree within it.
-    assert accs["fp32"].value > 0.9 and abs(accs["bf16"].value - accs["fp32"].value) < 0.03, accs
+    # ~1100 test images: the 95% interval is about +-0.02 at 0.9; the two must agree within it.
+    assert accs["fp32"].value > 0.88 and abs(accs["bf16"].value - accs["fp32"].value) < 0.03, accs
     # The loss has come well down from the noise's variance (1), and bf16 follows the same path.
     assert losses["fp32"] < 0.7 and losses["bf16"] == pytest.approx(losses["fp32"], rel=0.05), losses
 

@@ -1,7 +1,8 @@
 """Run a loop study: arms as Ray streaming tasks, results logged to MLflow by the driver.
 
 study file -> spec (validated) -> real data (loaded and checked here, once) -> the
-study's shared context (feature extractor, real features) -> Ray arms -> per-generation
+study's shared context (feature extractor, real features) -> Ray arms (whose first
+generations, when they are one computation, run once for all of them) -> per-generation
 events -> MLflow + progress -> a table and figures.
 """
 from __future__ import annotations
@@ -10,7 +11,7 @@ import itertools
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -87,6 +88,42 @@ def _arm_task(spec: StudySpec, splits: Splits, arm: Arm, context: StudyContext, 
         raise
     if batch:
         yield batch
+
+
+# Generations 0 (the real reference) and 1 (trained on the real training set alone) do not
+# depend on the loop type: arms that differ only in it compute them once.
+SHARED_GENERATIONS = 1
+
+
+def share_groups(arms: list[Arm], states: dict[str, ResumeState | None]) -> list[list[Arm]]:
+    """The arms, grouped where their first generations are one computation: same seed and swept
+    values, neither resumed. Arms that share nothing come alone, in the study's order."""
+    groups: dict[tuple, list[Arm]] = {}
+    for arm in arms:
+        key = (arm.seed, arm.overrides) if states.get(arm.name) is None else (arm.name,)
+        groups.setdefault(key, []).append(arm)
+    return list(groups.values())
+
+
+def prefix_spec(spec: StudySpec, cpus: float) -> StudySpec:
+    """The spec a shared prefix runs under: generations 0-1 only, with the CPUs of the arms it stands for."""
+    loop = spec.loop.model_copy(update={"generations": min(SHARED_GENERATIONS, spec.loop.generations)})
+    return spec.model_copy(update={"loop": loop, "resources": spec.resources.model_copy(update={"cpus_per_arm": cpus})})
+
+
+def _widest_node_cpus() -> float:
+    """The most CPUs one live node has: a task asking for more would never be scheduled."""
+    import ray
+
+    return max((n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")), default=1.0)
+
+
+@dataclass
+class _Stream:
+    """A running arm task and the arms its events stand for (several for a shared prefix)."""
+
+    arms: list[Arm]
+    prefix: bool = False
 
 
 @dataclass
@@ -179,7 +216,6 @@ def run_loop_study(
     splits = make_splits(spec.data, seed=0)  # data errors surface here, before Ray or MLflow
     check_generator(spec.generator, splits.train.shape)
     arms = arms_of(spec)
-    by_name = {a.name: a for a in arms}
     uri = resolve_tracking_uri(tracking_uri or spec.tracking.uri)
     found, states = _prepare_resume(spec, uri, arms) if resume else (None, {})
 
@@ -195,69 +231,92 @@ def run_loop_study(
         num_cpus=spec.resources.cpus_per_arm, num_gpus=spec.resources.gpus_per_arm, max_retries=0
     )
     splits_ref, context_ref = ray.put(splits), ray.put(context)
-    streams = {}
+    streams: dict[Any, _Stream] = {}
+    pending: list = []
     done = dict(found.done) if found else {}
     kept = {name: list(state.history) for name, state in states.items() if state is not None}
     retries: dict[str, int] = {}
     rows: list[dict] = loop_rows_from_mlflow(uri, tracker.parent_id) if found else []  # generations before the resume
+
+    def launch(group: list[Arm], state: ResumeState | None = None) -> None:
+        if len(group) > 1:  # their shared first generations, once, on the CPUs the group would hold
+            width = min(spec.resources.cpus_per_arm * len(group), _widest_node_cpus())
+            task = ray.remote(_arm_task).options(num_cpus=width, num_gpus=spec.resources.gpus_per_arm, max_retries=0)
+            stream = task.remote(prefix_spec(spec, width), splits_ref, group[0], context_ref, None)
+        else:
+            stream = remote.remote(spec, splits_ref, group[0], context_ref, state)
+        streams[stream] = _Stream(group, prefix=len(group) > 1)
+        pending.append(stream)
+
     for arm in arms:
         tracker.start_arm(arm.name, arm.params())
         if done.get(arm.name, -1) >= spec.loop.generations:
             tracker.end_arm(arm.name, "FINISHED")
+    for group in share_groups(arms, states):
+        if len(group) == 1 and done.get(group[0].name, -1) >= spec.loop.generations:
             continue
-        streams[remote.remote(spec, splits_ref, arm, context_ref, states.get(arm.name))] = arm
+        if len(group) > 1:
+            names = [a.name for a in group]
+            for arm in group:
+                tracker.tag_arm(arm.name, "synthdata.shared_generations",
+                                f"0-{SHARED_GENERATIONS} computed once for " + ", ".join(names))
+        launch(group, states.get(group[0].name))
 
     bars = _Bars(arms, spec.loop.generations, show_progress, done)
     failed: dict[str, str] = {}
     status = "FAILED"
     try:
-        pending = list(streams)
         while pending:
             ready, _ = ray.wait(pending, num_returns=1, timeout=5.0)
             if not ready:
                 tracker.flush()  # nothing new for a while: write what is buffered
             for stream in ready:
-                arm = streams[stream]
+                group = streams[stream].arms
                 try:
                     events = ray.get(next(stream))
                 except StopIteration:
                     pending.remove(stream)
-                    tracker.end_arm(arm.name, "FINISHED")
+                    for arm in group:
+                        if streams[stream].prefix and 0 <= done.get(arm.name, -1) < spec.loop.generations:
+                            launch([arm], ResumeState(done[arm.name] + 1, kept.get(arm.name, [])))  # on alone
+                        else:
+                            tracker.end_arm(arm.name, "FINISHED")
                     continue
                 except ray.exceptions.RayTaskError as err:  # the arm's own code raised: not worth retrying
                     pending.remove(stream)
-                    failed[arm.name] = _short_reason(err)
-                    tracker.end_arm(arm.name, "FAILED", failed[arm.name])
+                    for arm in group:
+                        failed[arm.name] = _short_reason(err)
+                        tracker.end_arm(arm.name, "FAILED", failed[arm.name])
                     continue
                 except ray.exceptions.RayError as err:  # the worker or its node died
                     pending.remove(stream)
-                    retries[arm.name] = retries.get(arm.name, 0) + 1
-                    if retries[arm.name] > spec.resources.max_arm_retries:
-                        failed[arm.name] = f"{_short_reason(err)} (gave up after {spec.resources.max_arm_retries} retries)"
-                        tracker.end_arm(arm.name, "FAILED", failed[arm.name])
-                        continue
-                    last = done.get(arm.name, -1)
-                    tracker.note_retry(arm.name, retries[arm.name], f"{type(err).__name__}: {_short_reason(err)}")
-                    print(f"{arm.name}: worker lost ({type(err).__name__}); retry {retries[arm.name]} from generation {last + 1}",
-                          file=sys.stderr, flush=True)
-                    resume_state = ResumeState(last + 1, kept.get(arm.name, [])) if last >= 0 else None
-                    stream = remote.remote(spec, splits_ref, arm, context_ref, resume_state)
-                    streams[stream] = arm
-                    pending.append(stream)
+                    for arm in group:
+                        retries[arm.name] = retries.get(arm.name, 0) + 1
+                        if retries[arm.name] > spec.resources.max_arm_retries:
+                            failed[arm.name] = f"{_short_reason(err)} (gave up after {spec.resources.max_arm_retries} retries)"
+                            tracker.end_arm(arm.name, "FAILED", failed[arm.name])
+                            continue
+                        last = done.get(arm.name, -1)
+                        tracker.note_retry(arm.name, retries[arm.name], f"{type(err).__name__}: {_short_reason(err)}")
+                        print(f"{arm.name}: worker lost ({type(err).__name__}); retry {retries[arm.name]} from generation {last + 1}",
+                              file=sys.stderr, flush=True)
+                        launch([arm], ResumeState(last + 1, kept.get(arm.name, [])) if last >= 0 else None)
                     continue
                 for event in events:
                     if isinstance(event, Progress):
-                        bars.progress(event)
+                        for arm in group:
+                            bars.progress(replace(event, arm=arm.name))
                         continue
                     grid = sample_grid(event.grid[0]) if spec.tracking.sample_grid and event.grid is not None else None
-                    tracker.log_generation(event.arm, event.generation, event.metrics, grid, event.samples, event.generator_state,
-                                           keep_samples=spec.tracking.checkpoints)
-                    rows.append({**_row_base(by_name[event.arm], event.generation), **event.metrics})
-                    done[event.arm] = event.generation
-                    if event.samples is not None:  # what a restart of this arm would need
-                        history = kept.get(event.arm, []) if by_name[event.arm].loop_type == "accumulate" else []
-                        kept[event.arm] = history + [event.samples]
-                    bars.done(event)
+                    for arm in group:  # a shared generation is logged in each arm's run, as if it had run there
+                        tracker.log_generation(arm.name, event.generation, event.metrics, grid, event.samples,
+                                               event.generator_state, keep_samples=spec.tracking.checkpoints)
+                        rows.append({**_row_base(arm, event.generation), **event.metrics})
+                        done[arm.name] = event.generation
+                        if event.samples is not None:  # what a restart of this arm would need
+                            history = kept.get(arm.name, []) if arm.loop_type == "accumulate" else []
+                            kept[arm.name] = history + [event.samples]
+                        bars.done(replace(event, arm=arm.name))
         status = "FAILED" if failed else "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"

@@ -303,6 +303,9 @@ class StudyTracker:
         self.client.set_tag(run_id, "synthdata.retries", str(count))
         self.client.set_tag(run_id, "synthdata.last_retry_reason", reason[:5000])
 
+    def tag_arm(self, arm: str, key: str, value: str) -> None:
+        self.client.set_tag(self.arm_runs[arm], key, value[:5000])
+
     def save_results(self, out_dir: Path, table, text: str) -> None:
         """The study's table as `results.txt` (what was printed) and `results.csv`, in `out_dir` and on the study run."""
         out_dir.mkdir(parents=True, exist_ok=True)

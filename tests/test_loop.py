@@ -2,7 +2,7 @@
 import torch
 
 from loops.autophagy import Arm, GenerationResult, ResumeState, build_training_set, run_arm
-from loops.runner import arms_of
+from loops.runner import arms_of, share_groups
 from synthdata.data import ImageSet, Splits, ToyTruth, make_splits
 from synthdata.spec import parse_spec
 
@@ -82,6 +82,21 @@ def test_run_arm_yields_each_generation_once_and_is_deterministic():
     assert [_strip(r.metrics) for r in again] == [_strip(r.metrics) for r in res]  # same seed, same numbers
     aug = _results(run_arm(spec, splits, Arm("augment", 0)))
     assert aug[2].metrics["train_set_size"] == len(splits.train) + 300
+
+
+def test_generations_0_and_1_are_the_same_for_every_loop_type():
+    # What lets the runner compute them once for arms that differ only in their loop type (loops.runner.share_groups).
+    spec = parse_spec(tiny_study(loop={"types": ["replace", "augment", "fresh", "accumulate"], "generations": 1}))
+    splits = make_splits(spec.data, seed=0)
+    runs = {t: _results(run_arm(spec, splits, Arm(t, 0))) for t in spec.loop.types}
+    first = runs["replace"]
+    for t, res in runs.items():
+        assert [_strip(r.metrics) for r in res] == [_strip(r.metrics) for r in first], t
+        assert torch.equal(res[1].samples.images, first[1].samples.images), t
+    groups = share_groups(arms_of(spec.model_copy(update={"loop": spec.loop.model_copy(update={"seeds": [0, 1]})})), {})
+    assert [[a.name for a in g] for g in groups] == [[f"{t}/seed{s}" for t in spec.loop.types] for s in (0, 1)]
+    resumed = share_groups(arms_of(spec), {"fresh/seed0": ResumeState(1)})  # a resumed arm goes on alone
+    assert [[a.name for a in g] for g in resumed] == [["replace/seed0", "augment/seed0", "accumulate/seed0"], ["fresh/seed0"]]
 
 
 def test_a_resumed_arm_repeats_exactly_what_an_uninterrupted_one_computes():

@@ -51,6 +51,12 @@ def test_tiny_study_logs_every_generation_exactly_once(local_ray, tracking_uri, 
             assert sorted(m.step for m in c.get_metric_history(run.info.run_id, metric)) == list(range(1, T + 1))
         pngs = [a.path for a in c.list_artifacts(run.info.run_id, "samples")]
         assert pngs == [f"samples/generation_{g:03d}.png" for g in range(T + 1)]
+    # Generations 0-1 do not depend on the loop type: computed once (one fit, one timing) and logged in both arms.
+    for name, run in arms.items():
+        assert run.data.tags["synthdata.shared_generations"] == "0-1 computed once for replace/seed0, augment/seed0"
+    fits = {name: {m.step: m.value for m in c.get_metric_history(run.info.run_id, "time_fit_s")} for name, run in arms.items()}
+    assert fits["replace/seed0"][1] == fits["augment/seed0"][1]
+    assert fits["replace/seed0"][2] != fits["augment/seed0"][2]  # generation 2 ran in each arm
     # The printed table has a row per arm and generation, and the parent run keeps a copy.
     assert len(result.table) == 2 * (T + 1)
     text = format_table(result.table)

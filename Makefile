@@ -32,6 +32,7 @@ test: $(STAMP) browser
 # Benchmarks (not part of the tests): per-stage throughput and ratios against baselines; see bench/README.md.
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/study.py
 
 clean-runs:
 	rm -rf mlflow.db mlartifacts

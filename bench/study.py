@@ -98,7 +98,7 @@ class PlainDiffusion:
 
 def plain_study(spec: StudySpec) -> tuple[float, pd.DataFrame, dict[str, float]]:
     """The study as one script: wall seconds, its per-generation table, and seconds per stage."""
-    from loops.autophagy import _measure, build_training_set
+    from loops.autophagy import _measure, build_training_set, stream_seed
     from loops.runner import arms_of, study_context
     from synthdata.data import ImageSet, make_splits
     from synthdata.generators import draw_samples
@@ -113,8 +113,8 @@ def plain_study(spec: StudySpec) -> tuple[float, pd.DataFrame, dict[str, float]]
     for arm in arms_of(spec):
         s = arm.spec_for(spec)
 
-        def seed_of(generation: int, purpose: int) -> int:
-            return (arm.seed * 1_000_003 + generation * 1_009 + purpose) % (2**31)
+        def seed_of(generation: int, purpose: int) -> int:  # the loop's own seeds
+            return stream_seed(arm.seed, generation, purpose)
 
         t0 = time.perf_counter()
         m = _measure(s, splits, context, real.images, real.labels, splits.heldout.images, lambda p: seed_of(0, p), "cpu",

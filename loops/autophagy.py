@@ -102,6 +102,12 @@ class ResumeState:
     history: list[ImageSet] = field(default_factory=list)  # S_1..S_{start-1} (only the latest unless accumulate)
 
 
+def stream_seed(seed: int, generation: int, purpose: int) -> int:
+    """The seed of one random stream of an arm: distinct and reproducible per (arm seed, generation,
+    purpose), so that a resumed generation draws exactly what it would have drawn in one go."""
+    return (seed * 1_000_003 + generation * 1_009 + purpose) % (2**31)
+
+
 def _real_share(n_synthetic: int, real_fraction: float, available: int) -> int:
     return min(available, round(n_synthetic * real_fraction / (1 - real_fraction)))
 
@@ -227,9 +233,7 @@ def run_arm(
     k = real.num_classes
 
     def seed_of(generation: int, purpose: int) -> int:
-        # Distinct, reproducible streams per (arm seed, generation, purpose): a resumed
-        # generation draws exactly what it would have drawn in one go.
-        return (arm.seed * 1_000_003 + generation * 1_009 + purpose) % (2**31)
+        return stream_seed(arm.seed, generation, purpose)
 
     fixed_order = torch.randperm(len(real), generator=torch.Generator().manual_seed(seed_of(0, 9)))
     history: list[ImageSet] = list(resume.history) if resume else []

@@ -86,7 +86,8 @@ def test_run_arm_yields_each_generation_once_and_is_deterministic():
 
 def test_generations_0_and_1_are_the_same_for_every_loop_type():
     # What lets the runner compute them once for arms that differ only in their loop type (loops.runner.share_groups).
-    spec = parse_spec(tiny_study(loop={"types": ["replace", "augment", "fresh", "accumulate"], "generations": 1}))
+    spec = parse_spec(tiny_study(loop={"types": ["replace", "augment", "fresh", "accumulate"], "generations": 1},
+                                 metrics=["detectability"]))
     splits = make_splits(spec.data, seed=0)
     runs = {t: _results(run_arm(spec, splits, Arm(t, 0))) for t in spec.loop.types}
     first = runs["replace"]

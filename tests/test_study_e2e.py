@@ -28,7 +28,7 @@ def _arm_runs(uri: str, experiment: str) -> tuple[MlflowClient, dict, object]:
 # (The toy Gaussian generator takes the same path in tests/test_cluster.py, through a job and a tracking server.)
 @pytest.mark.parametrize(
     "generator",
-    [{"name": "diffusion", "channels": [16, 32], "train_steps": 40, "batch_size": 64, "warmup_steps": 5, "sampling_steps": 4}],
+    [{"name": "diffusion", "channels": [16, 32], "train_steps": 20, "batch_size": 64, "warmup_steps": 5, "sampling_steps": 4}],
     ids=["diffusion"],
 )
 def test_tiny_study_logs_every_generation_exactly_once(local_ray, tracking_uri, generator):

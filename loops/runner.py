@@ -67,21 +67,26 @@ def study_context(spec: StudySpec, splits: Splits) -> StudyContext:
 def _arm_task(spec: StudySpec, splits: Splits, arm: Arm, context: StudyContext, resume: ResumeState | None, every_s: float = 0.5):
     """The body of one arm's Ray task: pin torch threads to the CPUs Ray gave us, then stream events.
 
-    Events go out in lists, at most one every `every_s` seconds: a slow generation's
-    result leaves at once, while a toy loop's thousands of fast generations cost a few
-    hundred Ray objects instead of one each.
+    Events go out in lists, at most one every `every_s` seconds, except that a slow
+    generation's result (one that took `every_s` or more) leaves at once: a toy loop's
+    thousands of fast generations cost a few hundred Ray objects instead of one each, and
+    no finished generation waits in a list for whatever event comes next.
     """
     from synthdata.compute import configure_worker
 
     device = configure_worker(spec.resources)
     batch: list = []
-    sent = time.monotonic()
+    sent = finished = time.monotonic()
     try:
         for event in run_arm(spec, splits, arm, device=device, context=context, resume=resume):
             batch.append(event)
-            if time.monotonic() - sent >= every_s:
+            now = time.monotonic()
+            slow = isinstance(event, GenerationResult) and now - finished >= every_s
+            if isinstance(event, GenerationResult):
+                finished = now
+            if slow or now - sent >= every_s:
                 yield batch
-                batch, sent = [], time.monotonic()
+                batch, sent = [], now
     except Exception:
         if batch:  # the generations that finished before the error still count
             yield batch
@@ -95,12 +100,17 @@ def _arm_task(spec: StudySpec, splits: Splits, arm: Arm, context: StudyContext, 
 SHARED_GENERATIONS = 1
 
 
-def share_groups(arms: list[Arm], states: dict[str, ResumeState | None]) -> list[list[Arm]]:
+def share_groups(spec: StudySpec, arms: list[Arm], states: dict[str, ResumeState | None]) -> list[list[Arm]]:
     """The arms, grouped where their first generations are one computation: same seed and swept
-    values, neither resumed. Arms that share nothing come alone, in the study's order."""
+    values, neither resumed. Arms that share nothing come alone, in the study's order.
+
+    Only trained generators share: a diffusion fit takes minutes, while a toy generator's
+    takes milliseconds, less than the extra worker start that sharing costs.
+    """
+    shares = spec.generator.name == "diffusion"
     groups: dict[tuple, list[Arm]] = {}
     for arm in arms:
-        key = (arm.seed, arm.overrides) if states.get(arm.name) is None else (arm.name,)
+        key = (arm.seed, arm.overrides) if shares and states.get(arm.name) is None else (arm.name,)
         groups.setdefault(key, []).append(arm)
     return list(groups.values())
 
@@ -252,7 +262,7 @@ def run_loop_study(
         tracker.start_arm(arm.name, arm.params())
         if done.get(arm.name, -1) >= spec.loop.generations:
             tracker.end_arm(arm.name, "FINISHED")
-    for group in share_groups(arms, states):
+    for group in share_groups(spec, arms, states):
         if len(group) == 1 and done.get(group[0].name, -1) >= spec.loop.generations:
             continue
         if len(group) > 1:
@@ -267,9 +277,8 @@ def run_loop_study(
     status = "FAILED"
     try:
         while pending:
-            ready, _ = ray.wait(pending, num_returns=1, timeout=5.0)
-            if not ready:
-                tracker.flush()  # nothing new for a while: write what is buffered
+            ready, _ = ray.wait(pending, num_returns=1, timeout=tracker.flush_every_s)
+            tracker.flush_due()  # what has waited long enough in the buffer goes out, busy or not
             for stream in ready:
                 group = streams[stream].arms
                 try:

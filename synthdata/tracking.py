@@ -205,6 +205,7 @@ class StudyTracker:
         self.arm_runs: dict[str, str] = {}
         self.flush_every_s = 2.0
         self._pending: dict[str, list] = {}
+        self._pending_since: dict[str, float] = {}  # when each arm's oldest unwritten metric was buffered
         self._flushed: dict[str, float] = {}
         if resume is not None:  # continue the same runs, so each metric keeps one value per generation
             self.parent_id = resume.parent_id
@@ -273,6 +274,7 @@ class StudyTracker:
         items = [Metric(k, float(v), ts, generation) for k, v in metrics.items() if np.isfinite(v)]
         items.append(Metric(DONE_METRIC, float(generation), ts, generation))
         self._pending.setdefault(arm, []).extend(items)
+        self._pending_since.setdefault(arm, time.monotonic())
         if time.monotonic() - self._flushed.get(arm, 0.0) >= self.flush_every_s:
             self.flush(arm)
 
@@ -292,9 +294,21 @@ class StudyTracker:
         """
         for name in [arm] if arm is not None else list(self._pending):
             items = self._pending.pop(name, [])
+            self._pending_since.pop(name, None)
             for i in range(0, len(items), 1000):  # MLflow's log_batch limit
                 self.client.log_batch(self.arm_runs[name], metrics=items[i : i + 1000])
             self._flushed[name] = time.monotonic()
+
+    def flush_due(self) -> None:
+        """Write the buffer of every arm whose oldest unwritten metric has waited `flush_every_s`.
+
+        Called by the driver on each turn of its loop: a finished generation reaches MLflow
+        within about that time even when nothing else of its arm follows soon.
+        """
+        now = time.monotonic()
+        for name, since in list(self._pending_since.items()):
+            if now - since >= self.flush_every_s:
+                self.flush(name)
 
     def note_retry(self, arm: str, count: int, reason: str) -> None:
         """Record on the arm's run that its worker was lost and the arm restarted."""

@@ -42,7 +42,7 @@ def _arm_workers() -> list:
 
 
 def test_killed_worker_is_retried_from_its_last_finished_generation(local_ray, tracking_uri):
-    T = 2
+    T = 1
     spec = parse_spec(tiny_study(generator={**TINY_DIFFUSION, "train_steps": 40}, loop={"generations": T, "samples_per_generation": 200},
                                  metrics=["detectability"], detector={"epochs": 2}))
     out: dict = {}
@@ -54,7 +54,7 @@ def test_killed_worker_is_retried_from_its_last_finished_generation(local_ray, t
     while killed is None and time.time() < deadline and thread.is_alive():
         _, arms = _arms(tracking_uri, "tiny")
         done = {name: int(r.data.metrics.get("generation_done", -1)) for name, r in arms.items()}
-        if done and max(done.values()) >= 1:
+        if len(done) == 2 and min(done.values()) >= 0:  # generation 1 under way: in the two arms' shared task
             workers = _arm_workers()
             if workers:
                 workers[0].kill()  # SIGKILL: the worker dies mid-generation, as on a lost node
@@ -66,10 +66,12 @@ def test_killed_worker_is_retried_from_its_last_finished_generation(local_ray, t
     assert not result.failed, result.failed
 
     c, arms = _arms(tracking_uri, "tiny")
+    # Killing the shared task restarts both arms, each alone (an arm's own task: that arm only).
     retried = {name for name, r in arms.items() if r.data.tags.get("synthdata.retries") == "1"}
-    assert len(retried) == 1, {n: r.data.tags for n, r in arms.items()}
-    reason = arms[retried.pop()].data.tags["synthdata.last_retry_reason"]
-    assert reason.startswith("WorkerCrashedError: The worker died"), reason
+    assert retried, {n: r.data.tags for n, r in arms.items()}
+    for name in retried:
+        reason = arms[name].data.tags["synthdata.last_retry_reason"]
+        assert reason.startswith("WorkerCrashedError: The worker died"), reason
     for name, run in arms.items():
         assert run.info.status == "FINISHED"
         for metric in ("generation_done", "detectability", "detectability_auc"):

@@ -129,7 +129,7 @@ def test_sigkilled_study_resumes_with_every_metric_once(local_ray, tmp_path, mon
 
     T = 3
     # A tiny diffusion model: generations of a few seconds, so the kill lands mid-study.
-    generator = {"name": "diffusion", "channels": [16, 32], "train_steps": 30, "batch_size": 64, "warmup_steps": 5, "sampling_steps": 4}
+    generator = {"name": "diffusion", "channels": [16, 32], "train_steps": 15, "batch_size": 64, "warmup_steps": 5, "sampling_steps": 4}
     study = tiny_study(generator=generator, loop={"types": ["replace", "accumulate"], "generations": T, "samples_per_generation": 200},
                        metrics=["detectability"], detector={"epochs": 2})
     path = tmp_path / "study.yaml"

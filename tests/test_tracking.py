@@ -48,6 +48,23 @@ def test_parent_and_arm_runs_with_stepped_metrics(tracking_uri, tmp_path):
     assert runs["augment/seed0"].data.tags["synthdata.failure"] == "ValueError: boom"
 
 
+def test_a_buffered_generation_is_written_once_it_has_waited_flush_every_s(tracking_uri):
+    import time
+
+    t = StudyTracker(tracking_uri, "exp", "study", {})
+    t.flush_every_s = 0.3
+    t.start_arm("replace/seed0", {})
+    t.log_generation("replace/seed0", 0, {"detectability": 0.5})  # the arm's first write goes out at once
+    t.log_generation("replace/seed0", 1, {"detectability": 0.9})  # right after: buffered
+    c = MlflowClient(tracking_uri)
+    written = lambda: [m.step for m in c.get_metric_history(t.arm_runs["replace/seed0"], "generation_done")]  # noqa: E731
+    t.flush_due()
+    assert written() == [0]
+    time.sleep(0.35)
+    t.flush_due()  # what the driver calls on every turn of its loop, busy or not
+    assert sorted(written()) == [0, 1]
+
+
 @pytest.mark.parametrize("levels", [17, 256, None])
 def test_samples_round_trip_through_safetensors(tmp_path, levels):
     from synthdata.data import ImageSet, quantize

@@ -80,20 +80,17 @@ class PlainDiffusion:
         ema.copy_to(model.parameters())
         self.model = model.eval()
 
-    @torch.no_grad()
     def sample(self, labels: torch.Tensor, *, seed: int, batch_size: int = 16) -> torch.Tensor:
+        """The same DDIM steps as synthdata's sampler, in the examples' evaluation batches."""
         from diffusers import DDIMScheduler
+
+        from synthdata.generators.diffusion import ddim_sample
 
         torch.manual_seed(seed)
         scheduler = DDIMScheduler.from_config(self.scheduler.config)
         scheduler.set_timesteps(self.spec.sampling_steps)
-        out = []
-        for y in labels.split(batch_size):
-            x = torch.randn(len(y), *self.shape)
-            for t in scheduler.timesteps:
-                x = scheduler.step(self.model(x, t, class_labels=y).sample, t, x, eta=0.0).prev_sample
-            out.append(x.clamp(-1, 1))
-        return torch.cat(out)
+        eps = lambda x, t, y: self.model(x, t, class_labels=y).sample  # noqa: E731
+        return torch.cat([ddim_sample(eps, scheduler, torch.randn(len(y), *self.shape), y) for y in labels.split(batch_size)])
 
 
 def plain_study(spec: StudySpec) -> tuple[float, pd.DataFrame, dict[str, float]]:

@@ -129,14 +129,6 @@ def _widest_node_cpus() -> float:
 
 
 @dataclass
-class _Stream:
-    """A running arm task and the arms its events stand for (several for a shared prefix)."""
-
-    arms: list[Arm]
-    prefix: bool = False
-
-
-@dataclass
 class StudyResult:
     table: pd.DataFrame
     parent_run_id: str
@@ -241,7 +233,7 @@ def run_loop_study(
         num_cpus=spec.resources.cpus_per_arm, num_gpus=spec.resources.gpus_per_arm, max_retries=0
     )
     splits_ref, context_ref = ray.put(splits), ray.put(context)
-    streams: dict[Any, _Stream] = {}
+    streams: dict[Any, list[Arm]] = {}  # a running arm task -> the arms its events stand for (several: a shared prefix)
     pending: list = []
     done = dict(found.done) if found else {}
     kept = {name: list(state.history) for name, state in states.items() if state is not None}
@@ -255,7 +247,7 @@ def run_loop_study(
             stream = task.remote(prefix_spec(spec, width), splits_ref, group[0], context_ref, None)
         else:
             stream = remote.remote(spec, splits_ref, group[0], context_ref, state)
-        streams[stream] = _Stream(group, prefix=len(group) > 1)
+        streams[stream] = group
         pending.append(stream)
 
     for arm in arms:
@@ -280,13 +272,13 @@ def run_loop_study(
             ready, _ = ray.wait(pending, num_returns=1, timeout=tracker.flush_every_s)
             tracker.flush_due()  # what has waited long enough in the buffer goes out, busy or not
             for stream in ready:
-                group = streams[stream].arms
+                group = streams[stream]
                 try:
                     events = ray.get(next(stream))
                 except StopIteration:
                     pending.remove(stream)
                     for arm in group:
-                        if streams[stream].prefix and 0 <= done.get(arm.name, -1) < spec.loop.generations:
+                        if len(group) > 1 and 0 <= done.get(arm.name, -1) < spec.loop.generations:  # a shared prefix ended
                             launch([arm], ResumeState(done[arm.name] + 1, kept.get(arm.name, [])))  # on alone
                         else:
                             tracker.end_arm(arm.name, "FINISHED")

@@ -318,6 +318,7 @@ class StudyTracker:
         self.client.set_tag(run_id, "synthdata.last_retry_reason", reason[:5000])
 
     def tag_arm(self, arm: str, key: str, value: str) -> None:
+        """A tag on the arm's run (how it ran, e.g. which generations it shared with other arms)."""
         self.client.set_tag(self.arm_runs[arm], key, value[:5000])
 
     def save_results(self, out_dir: Path, table, text: str) -> None:

@@ -1,28 +1,29 @@
-"""Run a detect study: every analysis cell a Ray task, each cell an MLflow child run.
+"""Run a detect study: every detector an arm, a Ray task and an MLflow child run.
 
-study file -> spec -> real data (train for detectors, held-out + test for evaluation)
--> sources (cheap ones read here; generators, checkpoints and pipelines sampled as Ray
-tasks) -> cells (pair, real_vs_real, multiway, size, band, crop) as Ray tasks -> MLflow
-(metrics per cell run; confusion matrix and example grids as artifacts) -> a table,
-figures, and a loud warning when the real-vs-real baseline is not at chance.
+spec -> real data (train for detectors, held-out + test for evaluation) -> sources (cheap
+ones read in the driver; generators, checkpoints and pipelines sampled as Ray tasks) ->
+arms (pair, real_vs_real, multiway, size, band, crop) as Ray tasks -> MLflow (metrics per
+arm run; confusion matrix and example grids as artifacts) -> a table, figures, and a loud
+warning when the real-vs-real baseline is not at chance.
 """
 from __future__ import annotations
 
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from loops.runner import StudyResult, init_ray, wait_cells
+import pandas as pd
+
+from loops.ray_tools import wait_arms
+from loops.study import Prepared, Study
 from synthdata.compute import configure_worker
-from synthdata.data import ImageSet, Splits, concat, make_splits
-from synthdata.detection import Cell, CellResult, cells_for, run_cell
+from synthdata.data import ImageSet, Splits, concat
+from synthdata.detection import DetectArm, DetectResult, arms_for, run_arm
 from synthdata.errors import UserError
-from synthdata.figures import confusion_figure, detect_figures
+from synthdata.figures import confusion_figure, detect_figures, sample_grid
 from synthdata.results import detect_table, format_detect_table, real_vs_real_warning
 from synthdata.sources import load_source
-from synthdata.spec import StudySpec, flat_params, spec_hash
-from synthdata.tracking import StudyTracker, resolve_tracking_uri, sample_grid
+from synthdata.spec import DetectStudy
 
 EXPENSIVE = ("generator", "checkpoint", "pipeline")  # sampled on Ray; the others are read in the driver
 
@@ -31,17 +32,17 @@ def _source_task(source, real: ImageSet, seed: int, resources) -> ImageSet:
     return load_source(source, real, seed=seed, device=configure_worker(resources))
 
 
-def _cell_task(cell: Cell, spec: StudySpec, real_train: ImageSet, real_eval: ImageSet, sources: dict[str, ImageSet]) -> CellResult:
+def _arm_task(arm: DetectArm, spec: DetectStudy, real_train: ImageSet, real_eval: ImageSet, sources: dict[str, ImageSet]) -> DetectResult:
     device = configure_worker(spec.resources)
-    return run_cell(cell, spec.detect, spec.detector, real_train, real_eval, sources, device=device)
+    return run_arm(arm, spec.detect, spec.detector, real_train, real_eval, sources, device=device)
 
 
-def read_cheap_sources(spec: StudySpec, real: ImageSet) -> dict[str, ImageSet]:
+def read_cheap_sources(spec: DetectStudy, real: ImageSet) -> dict[str, ImageSet]:
     """Sample sets and image folders, read in the driver before Ray starts: a bad file stops the study at once."""
     return {name: load_source(source, real, seed=0) for name, source in spec.detect.sources.items() if source.type not in EXPENSIVE}
 
 
-def load_sources(spec: StudySpec, real: ImageSet, read: dict[str, ImageSet], show_progress: bool) -> dict[str, ImageSet]:
+def load_sources(spec: DetectStudy, real: ImageSet, read: dict[str, ImageSet], show_progress: bool) -> dict[str, ImageSet]:
     """Every source's images, in the real data's format; a bad source stops the study before anything is tracked."""
     import ray
 
@@ -66,80 +67,75 @@ def load_sources(spec: StudySpec, real: ImageSet, read: dict[str, ImageSet], sho
     return {name: out[name] for name in spec.detect.sources}
 
 
-def _log_cell(tracker: StudyTracker, result: CellResult) -> None:
-    """The cell's metrics, and its artifacts: confusion matrix (multiway), example grids (pair)."""
-    name = result.cell.name
+def _log_arm(tracker, result: DetectResult) -> None:
+    """The arm's metrics, and its artifacts: confusion matrix (multiway), example grids (pair)."""
+    name = result.arm.name
     tracker.log_metrics(name, result.metrics)
-    run_id = tracker.arm_runs[name]
     if result.confusion is not None:
-        tracker.client.log_dict(run_id, {"classes": result.classes, "counts": result.confusion.tolist()}, "confusion.json")
+        tracker.log_dict({"classes": result.classes, "counts": result.confusion.tolist()}, "confusion.json", arm=name)
         with tempfile.TemporaryDirectory() as tmp:
-            path = confusion_figure(result.confusion, result.classes, Path(tmp) / "confusion.png", title=name)
-            tracker.client.log_artifact(run_id, str(path))
+            tracker.log_file(confusion_figure(result.confusion, result.classes, Path(tmp) / "confusion.png", title=name), arm=name)
     for key, images in result.examples.items():
         if len(images):
-            tracker.client.log_image(run_id, sample_grid(images), artifact_file=f"examples/{key}.png")
+            tracker.log_image(sample_grid(images), f"examples/{key}.png", arm=name)
 
 
-def run_detect_study(
-    spec: StudySpec, *, address: str | None = None, tracking_uri: str | None = None, show_progress: bool = True
-) -> StudyResult:
-    """Load the sources, run every cell on Ray, log each as a child run, and return the per-cell table."""
+def prepare(spec: DetectStudy, splits: Splits, uri: str, resume: bool) -> Prepared:
+    """Refuse crops larger than the images; read sample sets and image folders now (a bad file stops the study at once)."""
+    too_big = [c for c in spec.detect.crop_sizes if c > min(splits.train.shape[1:])]
+    if too_big:
+        raise UserError(f"detect.crop_sizes: {too_big[0]} exceeds the images' {splits.train.shape[1]}x{splits.train.shape[2]}")
+    return Prepared(state=read_cheap_sources(spec, splits.train))
+
+
+def launch(spec: DetectStudy, splits: Splits, prepared: Prepared, show_progress: bool) -> Prepared:
+    """Sample the expensive sources on Ray: a bad checkpoint or pipeline stops the study before anything is tracked."""
+    return Prepared(state=load_sources(spec, splits.train, prepared.state, show_progress))
+
+
+def schedule(study: Study) -> None:
+    """Train every arm's detector on Ray, each logged as a child run."""
     import ray
 
-    start = time.perf_counter()
-    splits: Splits = make_splits(spec.data, seed=0)  # data errors surface here, before Ray or MLflow
-    real_train, real_eval = splits.train, concat(splits.heldout, splits.test)  # neither eval part trains anything here
-    too_big = [c for c in spec.detect.crop_sizes if c > min(real_train.shape[1:])]
-    if too_big:
-        raise UserError(f"detect.crop_sizes: {too_big[0]} exceeds the images' {real_train.shape[1]}x{real_train.shape[2]}")
-    uri = resolve_tracking_uri(tracking_uri or spec.tracking.uri)
-    read = read_cheap_sources(spec, real_train)
-    init_ray(address or spec.resources.address)
-    sources = load_sources(spec, real_train, read, show_progress)
-    cells = cells_for(spec.detect, list(sources))
-    tracker = StudyTracker(uri, spec.experiment_name, spec.name, flat_params(spec),
-                           tags={"synthdata.kind": spec.kind, "synthdata.spec_hash": spec_hash(spec)})
-    out_dir = Path(spec.tracking.report_dir) / spec.name
+    spec, tracker, sources = study.spec, study.tracker, study.prepared
+    real_train, real_eval = study.splits.train, concat(study.splits.heldout, study.splits.test)  # neither eval part trains here
     for name, images in sources.items():
         if spec.tracking.sample_grid:
-            tracker.client.log_image(tracker.parent_id, sample_grid(images.images[:64]), artifact_file=f"sources/{name}.png")
-    task = ray.remote(_cell_task).options(num_cpus=spec.resources.cpus_per_arm, num_gpus=spec.resources.gpus_per_arm,
-                                          max_retries=1)
-    refs = {}
+            tracker.log_image(sample_grid(images.images[:64]), f"sources/{name}.png")
+    task = ray.remote(_arm_task).options(num_cpus=spec.resources.cpus_per_arm, num_gpus=spec.resources.gpus_per_arm,
+                                         max_retries=1)
     args = [ray.put(x) for x in (spec, real_train, real_eval, sources)]
-    for cell in cells:
-        tracker.start_arm(cell.name, cell.params())
-        refs[task.remote(cell, *args)] = cell
-    failed: dict[str, str] = {}
-    results: list[CellResult] = []
-    status, figures = "FAILED", []
+    refs = {}
+    for arm in arms_for(spec.detect, list(sources)):
+        tracker.start_arm(arm.name, arm.params())
+        refs[task.remote(arm, *args)] = arm
 
-    def on_result(cell: Cell, result: CellResult) -> str:
-        _log_cell(tracker, result)
-        results.append(result)
-        return f"{cell.name}: {result.metrics.get('detectability', result.metrics.get('multiway_accuracy')):.3f}"
+    def on_result(arm: DetectArm, result: DetectResult) -> str:
+        _log_arm(tracker, result)
+        study.results.append(result)
+        return f"{arm.name}: {result.metrics.get('detectability', result.metrics.get('multiway_accuracy')):.3f}"
 
-    try:
-        failed = wait_cells(refs, tracker, on_result, desc="detectors", show_progress=show_progress)
-        status = "FAILED" if failed else "FINISHED"
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise
-    finally:
-        table = detect_table([(r.cell.name, r.cell.params(), r.metrics) for r in results])
-        if not table.empty:
-            warning = real_vs_real_warning(table)
-            if warning:
-                print(f"\nWARNING: {warning}\n", file=sys.stderr, flush=True)
-                tracker.client.set_tag(tracker.parent_id, "synthdata.warning", warning)
-            tracker.save_results(out_dir, table, format_detect_table(table, warning))
-            if status != "KILLED":
-                figures = detect_figures(table, out_dir / "figures", title=spec.name)
-                for r in results:
-                    if r.confusion is not None and r.cell.seed == spec.detect.seeds[0]:
-                        figures.append(confusion_figure(r.confusion, r.classes, out_dir / "figures" / "confusion.png",
-                                                        title=f"{spec.name}: which source is it?"))
-                tracker.log_figures(figures)
-        tracker.end(status)
-    return StudyResult(table, tracker.parent_id, failed, time.perf_counter() - start, figures)
+    study.failed.update(wait_arms(refs, tracker, on_result, desc="detectors", show_progress=study.show_progress))
+
+
+def table(study: Study) -> pd.DataFrame:
+    """The per-detector table; a real-vs-real baseline off chance is shouted and tagged on the study run."""
+    table = detect_table([(r.arm.name, r.arm.params(), r.metrics) for r in study.results])
+    warning = real_vs_real_warning(table) if not table.empty else None
+    if warning:
+        print(f"\nWARNING: {warning}\n", file=sys.stderr, flush=True)
+        study.tracker.set_tag("synthdata.warning", warning)
+    return table
+
+
+def format_table(table: pd.DataFrame) -> str:
+    return format_detect_table(table, real_vs_real_warning(table))
+
+
+def figures(study: Study, table: pd.DataFrame) -> list[Path]:
+    spec, out = study.spec, study.out_dir / "figures"
+    paths = detect_figures(table, out, title=spec.name)
+    for r in study.results:
+        if r.confusion is not None and r.arm.seed == spec.detect.seeds[0]:
+            paths.append(confusion_figure(r.confusion, r.classes, out / "confusion.png", title=f"{spec.name}: which source is it?"))
+    return paths

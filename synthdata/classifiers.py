@@ -13,6 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from synthdata.compute import autocast
+from synthdata.spec import ClassifierSpec
 
 
 class SmallCNN(nn.Module):
@@ -59,11 +60,11 @@ class TimmClassifier(nn.Module):
         return self.model(x)
 
 
-def create_classifier(spec, in_channels: int, num_classes: int, image_size: int) -> nn.Module:
+def create_classifier(spec: ClassifierSpec, in_channels: int, num_classes: int, image_size: int) -> nn.Module:
     """Build the classifier named by `spec.name`: `cnn`, or a timm model name (`resnet18`, `convnext_tiny`, ...)."""
     if spec.name == "cnn":
         return SmallCNN(in_channels, num_classes, image_size, width=spec.width)
-    pretrained = getattr(spec, "pretrained", None)
+    pretrained = spec.pretrained
     return TimmClassifier(spec.name, in_channels, num_classes, image_size, str(pretrained) if pretrained else None)
 
 
@@ -98,7 +99,7 @@ def _validation_split(n: int, fraction: float, labels: torch.Tensor, g: torch.Ge
 
 
 def train_classifier(
-    spec,
+    spec: ClassifierSpec,
     images: torch.Tensor,
     labels: torch.Tensor,
     num_classes: int,
@@ -117,17 +118,17 @@ def train_classifier(
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     model = create_classifier(spec, images.shape[1], num_classes, images.shape[-1]).to(device)
-    val_fraction = getattr(spec, "val_fraction", 0.0)
+    val_fraction = spec.val_fraction
     x_val = y_val = None
     if val_fraction > 0:
         tr, va = _validation_split(len(labels), val_fraction, labels, g)
         x_val, y_val = images[va].to(device), labels[va].to(device)
         images, labels = images[tr], labels[tr]
-    augment = getattr(spec, "augment", None)
+    augment = spec.augment
     n = len(labels)
     batch = min(spec.batch_size, n)
     steps_per_epoch = max(1, n // batch)
-    total_steps = spec.steps or spec.epochs * steps_per_epoch
+    total_steps = spec.train_steps or spec.epochs * steps_per_epoch
     opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=spec.lr, total_steps=total_steps)
     images, labels = images.to(device), labels.to(device)
@@ -136,7 +137,7 @@ def train_classifier(
     # a pass is only a step or two: checking every pass would be noise). Epochs inside the
     # one-cycle warm-up are never picked: a near-untrained model has a low loss only
     # because it is unsure, and a biased one predicts a single class.
-    check_every = max(1, total_steps // spec.epochs) if spec.steps else steps_per_epoch
+    check_every = max(1, total_steps // spec.epochs) if spec.train_steps else steps_per_epoch
     warmup = int(0.3 * total_steps)  # OneCycleLR's pct_start
     done, last_check = 0, 0
     epochs = -(-total_steps // steps_per_epoch)

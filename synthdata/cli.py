@@ -11,8 +11,12 @@ import os
 import sys
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from synthdata.errors import UserError
+
+if TYPE_CHECKING:
+    from synthdata.spec import StudySpec
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -73,40 +77,18 @@ def _run(args: argparse.Namespace) -> int:
     return _run_spec(load_spec(args.study), args)  # validated before importing Ray or touching MLflow
 
 
-def _run_spec(spec, args: argparse.Namespace) -> int:
-    """Run a validated study of any kind, print its table, and exit 1 if any arm, trial or cell failed."""
-    common = dict(address=args.address, tracking_uri=args.tracking_uri, show_progress=not args.no_progress)
-    if spec.kind != "loop" and getattr(args, "resume", False):
-        raise UserError(f"{spec.name}: --resume applies to loop studies; a {spec.kind} study is rerun")
-    if spec.kind == "mix":
-        from loops.mix import run_mix_study
-        from synthdata.results import format_mix_table
+def _run_spec(spec: StudySpec, args: argparse.Namespace) -> int:
+    """Run a validated study of any kind, print its table, and exit 1 if any arm failed."""
+    from loops import runner_for
+    from loops.study import run_study
 
-        result = run_mix_study(spec, **common)
-        table = format_mix_table(result.table) if not result.table.empty else "(no trial finished)"
-        what = f"{len(result.table)} trials"
-    elif spec.kind == "detect":
-        from loops.detect import run_detect_study
-        from synthdata.results import format_detect_table, real_vs_real_warning
-
-        result = run_detect_study(spec, **common)
-        table = format_detect_table(result.table, real_vs_real_warning(result.table)) if not result.table.empty else "(no detector finished)"
-        what = f"{len(result.table)} detectors"
-    elif spec.kind == "guide":
-        from loops.guide import run_guide_study
-        from synthdata.results import format_guide_table
-
-        result = run_guide_study(spec, **common)
-        table = format_guide_table(result.table) if not result.table.empty else "(nothing finished)"
-        what = f"{len(result.table)} sample sets"
-    else:
-        from loops.runner import run_loop_study
-        from synthdata.results import format_table
-
-        result = run_loop_study(spec, **common, resume=args.resume)
-        table, what = format_table(result.table), f"{len(result.table)} rows"
+    runner = runner_for(spec.kind)
+    result = run_study(spec, runner, address=args.address, tracking_uri=args.tracking_uri, show_progress=not args.no_progress,
+                       resume=getattr(args, "resume", False))  # `synthdata detect` has no --resume
+    table = runner.format_table(result.table) if not result.table.empty else "(no arm finished)"
     print()
-    print(f"study '{spec.name}': {what} in {result.seconds:.0f}s  (MLflow parent run {result.parent_run_id})")
+    print(f"study '{spec.name}': {len(result.table)} {'rows' if spec.kind == 'loop' else 'arms'} in {result.seconds:.0f}s  "
+          f"(MLflow parent run {result.parent_run_id})")
     print(table)
     if result.figures:
         print(f"figures: {result.figures[0].parent}/ ({', '.join(p.stem for p in result.figures)})")
@@ -141,6 +123,7 @@ def _numbers(text: str | None, cast, flag: str) -> list:
 def _detect(args: argparse.Namespace) -> int:
     """`synthdata detect`: a detect study built from the command line, run like a study file."""
     from synthdata.spec import parse_spec
+    from synthdata.spec.base import DATA_SOURCES, TORCHVISION_SOURCES
 
     if args.study:
         from synthdata.spec import load_spec
@@ -153,8 +136,9 @@ def _detect(args: argparse.Namespace) -> int:
         raise UserError("detect: give a study file, or --generated NAME=PATH (one or more)")
     sources = dict(_source_of(g, "--generated") for g in args.generated)
     real = Path(args.real)
-    data = {"source": args.real} if args.real in ("digits", "mnist", "fashion_mnist", "cifar10") else {"source": "folder", "root": str(real)}
-    if args.real in ("mnist", "fashion_mnist", "cifar10"):
+    named = args.real in DATA_SOURCES and args.real not in ("folder", "gaussian")
+    data = {"source": args.real} if named else {"source": "folder", "root": str(real)}
+    if args.real in TORCHVISION_SOURCES:
         data["root"] = args.data_root or "data"
     study = {
         "name": args.name, "kind": "detect", "data": data,

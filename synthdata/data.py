@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from synthdata.errors import DataError
-from synthdata.spec import DataSpec
+from synthdata.spec import DataSpec, ToyDataSpec
+from synthdata.spec.base import TORCHVISION_SOURCES
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
@@ -187,7 +188,7 @@ def _stratified_split(labels: np.ndarray, sizes: list[int], rng: np.random.Gener
     return [np.sort(np.array(p, dtype=np.int64)) for p in parts]
 
 
-def toy_gaussian_splits(toy, seed: int = 0) -> Splits:
+def toy_gaussian_splits(toy: ToyDataSpec, seed: int = 0) -> Splits:
     """Samples of a known Gaussian per class, as (N, dim, 1, 1) "images" (a 1x1 CNN is an MLP)."""
     g = torch.Generator().manual_seed(seed)
     means = torch.zeros(toy.classes, toy.dim)
@@ -217,7 +218,7 @@ def make_splits(spec: DataSpec, seed: int = 0) -> Splits:
         return toy_gaussian_splits(spec.toy, seed)
     rng = np.random.default_rng(seed)
     fr = spec.split
-    if spec.source in ("mnist", "fashion_mnist", "cifar10"):
+    if spec.source in TORCHVISION_SOURCES:
         pool, test = _torchvision_sets(spec)
         total = fr.train + fr.heldout
         n_train = round(len(pool) * fr.train / total)
@@ -262,3 +263,30 @@ def class_balanced_labels(n: int, reference: torch.Tensor, num_classes: int, gen
     per_class[torch.argsort(exact - per_class, descending=True)[:leftover]] += 1
     labels = torch.repeat_interleave(torch.arange(num_classes), per_class)
     return labels[torch.randperm(n, generator=generator)]
+
+
+def save_samples(samples: ImageSet, path: Path) -> None:
+    """Samples as safetensors: quantized images as uint8 codes of their levels (exact), else float32."""
+    from safetensors.torch import save_file
+
+    if samples.levels is not None and samples.levels <= 256:
+        codes = torch.round((samples.images.clamp(-1, 1) + 1) * (samples.levels - 1) / 2).to(torch.uint8)
+        tensors = {"images": codes}
+    else:
+        tensors = {"images": samples.images.float().contiguous()}
+    tensors["labels"] = samples.labels.long().contiguous()
+    meta = {"levels": str(samples.levels), "num_classes": str(samples.num_classes)}
+    save_file(tensors, str(path), metadata=meta)
+
+
+def load_samples(path: Path) -> ImageSet:
+    """Inverse of `save_samples` (safetensors only: no pickle is ever loaded)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+        images, labels = f.get_tensor("images"), f.get_tensor("labels")
+    levels = None if meta["levels"] == "None" else int(meta["levels"])
+    if images.dtype == torch.uint8:
+        images = images.float() * (2 / (levels - 1)) - 1
+    return ImageSet(images, labels, int(meta["num_classes"]), levels)

@@ -9,7 +9,7 @@ train and eval sets; see metrics/detectability.py) applied to different inputs:
 - crop: the pair on random s x s crops;
 - multiway: real plus every source as K + 1 classes, with a confusion matrix.
 
-Each analysis cell is a plain function of tensors, so a runner can farm them out.
+Each analysis arm is a plain function of tensors, so a runner can farm them out.
 """
 from __future__ import annotations
 
@@ -22,11 +22,13 @@ from synthdata.classifiers import predict_logits, train_classifier
 from synthdata.data import ImageSet
 from synthdata.metrics.detectability import detector_scores, real_halves
 from synthdata.metrics.stats import accuracy_with_ci
+from synthdata.seeds import Purpose, stream_seed
+from synthdata.spec import ClassifierSpec, DetectSpec
 
 
 @dataclass(frozen=True)
-class Cell:
-    """One detector training: an analysis, on a source, at a setting, with a seed."""
+class DetectArm:
+    """One arm of a detect study, one detector training: an analysis, on a source, at a setting, with a seed."""
 
     analysis: str  # pair | real_vs_real | size | band | crop | multiway
     source: str = ""  # the generated source ("" for real_vs_real and multiway)
@@ -43,10 +45,10 @@ class Cell:
 
 
 @dataclass
-class CellResult:
-    """Metrics of a cell, plus what its figures need: a confusion matrix, the most/least confident examples."""
+class DetectResult:
+    """Metrics of an arm, plus what its figures need: a confusion matrix, the most/least confident examples."""
 
-    cell: Cell
+    arm: DetectArm
     metrics: dict[str, float]
     confusion: np.ndarray | None = None  # multiway: rows true class, columns predicted (counts)
     classes: list[str] = field(default_factory=list)
@@ -97,7 +99,7 @@ def _take(x: torch.Tensor, n: int | None, g: torch.Generator) -> torch.Tensor:
 
 
 def pair_test(real_train: torch.Tensor, gen_train: torch.Tensor, real_eval: torch.Tensor, gen_eval: torch.Tensor,
-              detector, *, seed: int, train_size: int | None = None, examples: int = 0, device: str = "cpu"
+              detector: ClassifierSpec, *, seed: int, train_size: int | None = None, examples: int = 0, device: str = "cpu"
               ) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
     """The two-sample test (metrics/detectability.py); its metrics plus the most/least confident eval examples of each class."""
     r = detector_scores(real_train, gen_train, real_eval, gen_eval, detector, seed=seed, train_size=train_size, device=device)
@@ -113,7 +115,7 @@ def pair_test(real_train: torch.Tensor, gen_train: torch.Tensor, real_eval: torc
     }
 
 
-def multiway_test(train_sets: list[torch.Tensor], eval_sets: list[torch.Tensor], detector, *, seed: int,
+def multiway_test(train_sets: list[torch.Tensor], eval_sets: list[torch.Tensor], detector: ClassifierSpec, *, seed: int,
                   train_size: int | None = None, device: str = "cpu") -> tuple[dict[str, float], np.ndarray]:
     """One classifier over K + 1 sources (real first); accuracy with its interval and the confusion matrix (counts)."""
     g = torch.Generator().manual_seed(seed)
@@ -128,56 +130,55 @@ def multiway_test(train_sets: list[torch.Tensor], eval_sets: list[torch.Tensor],
     k = len(train_sets)
     confusion = torch.bincount(ye * k + pred, minlength=k * k).reshape(k, k).numpy()
     acc = accuracy_with_ci(int((pred == ye).sum()), len(ye))
-    metrics = {"multiway_accuracy": acc.value, "multiway_accuracy_ci_low": acc.ci_low, "multiway_accuracy_ci_high": acc.ci_high,
-               "chance": 1.0 / k, "n_train_per_class": float(n)}
+    metrics = {**acc.as_metrics("multiway_accuracy"), "chance": 1.0 / k, "n_train_per_class": float(n)}
     return metrics, confusion
 
 
-def cells_for(detect, source_names: list[str]) -> list[Cell]:
+def arms_for(detect: DetectSpec, source_names: list[str]) -> list[DetectArm]:
     """Every detector training a detect section asks for, in reading order."""
-    cells: list[Cell] = []
+    arms: list[DetectArm] = []
     for seed in detect.seeds:
         if detect.real_vs_real:
-            cells.append(Cell("real_vs_real", seed=seed))
-        cells += [Cell("pair", s, seed=seed) for s in source_names]
+            arms.append(DetectArm("real_vs_real", seed=seed))
+        arms += [DetectArm("pair", s, seed=seed) for s in source_names]
         if detect.multiway and len(source_names) >= 2:
-            cells.append(Cell("multiway", seed=seed))
+            arms.append(DetectArm("multiway", seed=seed))
         for s in source_names:
-            cells += [Cell("size", s, f"n={n}", seed) for n in detect.sample_sizes]
-            cells += [Cell("band", s, b, seed) for b in band_names(detect.bands.radii)]
-            cells += [Cell("crop", s, f"size={c}", seed) for c in detect.crop_sizes]
-    return cells
+            arms += [DetectArm("size", s, f"n={n}", seed) for n in detect.sample_sizes]
+            arms += [DetectArm("band", s, b, seed) for b in band_names(detect.bands.radii)]
+            arms += [DetectArm("crop", s, f"size={c}", seed) for c in detect.crop_sizes]
+    return arms
 
 
-def run_cell(cell: Cell, detect, detector, real_train: ImageSet, real_eval: ImageSet, sources: dict[str, ImageSet],
-             *, device: str = "cpu") -> CellResult:
-    """Train and score the detector of one cell."""
-    seed = cell.seed * 1_000_003 + 7
-    split = {name: split_source(s.images, detect.eval_fraction, seed=cell.seed) for name, s in sources.items()}
+def run_arm(arm: DetectArm, detect: DetectSpec, detector: ClassifierSpec, real_train: ImageSet, real_eval: ImageSet, sources: dict[str, ImageSet],
+             *, device: str = "cpu") -> DetectResult:
+    """Train and score the detector of one arm."""
+    seed = stream_seed(arm.seed, Purpose.DETECT_ARM)
+    split = {name: split_source(s.images, detect.eval_fraction, seed=arm.seed) for name, s in sources.items()}
     rt, re = real_train.images, real_eval.images
-    if cell.analysis == "real_vs_real":
+    if arm.analysis == "real_vs_real":
         metrics, _ = pair_test(*real_halves(rt, re, seed), detector, seed=seed, train_size=detect.train_size, device=device)
-        return CellResult(cell, metrics)
-    if cell.analysis == "multiway":
+        return DetectResult(arm, metrics)
+    if arm.analysis == "multiway":
         names = list(sources)
         metrics, confusion = multiway_test([rt, *(split[s][0] for s in names)], [re, *(split[s][1] for s in names)], detector,
                                            seed=seed, train_size=detect.train_size, device=device)
-        return CellResult(cell, metrics, confusion=confusion, classes=["real", *names])
-    gt, ge = split[cell.source]
+        return DetectResult(arm, metrics, confusion=confusion, classes=["real", *names])
+    gt, ge = split[arm.source]
     train_size = detect.train_size
-    if cell.analysis == "size":
-        train_size = int(cell.setting.removeprefix("n="))
+    if arm.analysis == "size":
+        train_size = int(arm.setting.removeprefix("n="))
         # Every size gets the optimizer steps the full-size detector gets: the curve is
         # about data, not about smaller sets being trained for fewer steps.
         n_full = min(len(rt), len(gt), detect.train_size or len(rt))
         per_epoch = max(1, int(2 * n_full * (1 - detector.val_fraction)) // detector.batch_size)
-        detector = detector.model_copy(update={"steps": detector.steps or detector.epochs * per_epoch})
-    elif cell.analysis == "band":
-        mask = band_mask(tuple(rt.shape[-2:]), detect.bands.radii, cell.setting)
+        detector = detector.model_copy(update={"train_steps": detector.train_steps or detector.epochs * per_epoch})
+    elif arm.analysis == "band":
+        mask = band_mask(tuple(rt.shape[-2:]), detect.bands.radii, arm.setting)
         rt, re, gt, ge = (filter_band(x, mask) for x in (rt, re, gt, ge))
-    elif cell.analysis == "crop":
-        size, g = int(cell.setting.removeprefix("size=")), torch.Generator().manual_seed(seed + 1)
+    elif arm.analysis == "crop":
+        size, g = int(arm.setting.removeprefix("size=")), torch.Generator().manual_seed(seed + 1)
         rt, re, gt, ge = (random_crops(x, size, g) for x in (rt, re, gt, ge))
-    examples = detect.examples if cell.analysis == "pair" else 0
+    examples = detect.examples if arm.analysis == "pair" else 0
     metrics, shown = pair_test(rt, gt, re, ge, detector, seed=seed, train_size=train_size, examples=examples, device=device)
-    return CellResult(cell, metrics, examples=shown)
+    return DetectResult(arm, metrics, examples=shown)

@@ -3,6 +3,7 @@
 Loop studies: one figure per metric, the metric against generation, one line per loop
 type (or arm group), a band over seeds. Mix studies: accuracy against the synthetic
 ratio, a line per mode. They take the tables the runners build, or ones rebuilt from MLflow.
+Also the sample grids every study logs.
 """
 from __future__ import annotations
 
@@ -10,22 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-# Metrics worth a figure, in the order a reader wants them, with axis labels.
-FIGURE_METRICS: dict[str, str] = {
-    "detectability": "detectability (held-out accuracy)",
-    "detectability_jsd_lower_bound": "JSD lower bound (nats)",
-    "downstream_accuracy": "downstream accuracy (real test set)",
-    "fid": "Fréchet distance (study features)",
-    "kid": "KID (study features)",
-    "precision": "precision",
-    "recall": "recall",
-    "density": "density",
-    "coverage": "coverage",
-    "diversity": "diversity (per-class spread / real)",
-    "fitted_variance": "fitted variance",
-    "fitted_mean_error": "|fitted mean - true mean|",
-    "w2_to_truth": "W2 distance to the true distribution",
-}
+from synthdata.metrics.registry import figure_metrics
 
 
 def _pyplot():
@@ -67,7 +53,8 @@ def metric_figures(table: pd.DataFrame, out_dir: str | Path, group: str = "group
     table["swept"] = table[group].astype(str).str.partition(" ")[2] if hue == "loop_type" else ""
     style = "swept" if table["swept"].nunique() > 1 else None
     short = table["generation"].max() <= 20
-    for metric, label in FIGURE_METRICS.items():
+    for info in figure_metrics():
+        metric, label = info.name, info.label
         if metric not in table or table[metric].notna().sum() == 0:
             continue
         data = table[["generation", hue, "swept", metric]].dropna(subset=[metric])
@@ -91,8 +78,8 @@ def metric_figures(table: pd.DataFrame, out_dir: str | Path, group: str = "group
     return paths
 
 
-def mix_figure(table: pd.DataFrame, path: Path, title: str, metric: str = "test_accuracy") -> Path:
-    """Test accuracy against the synthetic ratio r, a line per mode, a band of one sd over seeds."""
+def mix_figure(table: pd.DataFrame, path: Path, title: str, metric: str = "downstream_accuracy") -> Path:
+    """Downstream accuracy against the synthetic ratio r, a line per mode, a band of one sd over seeds."""
     plt, sns = _pyplot()
     fig, ax = plt.subplots(figsize=(7.0, 4.2))
     data = table[table[metric].notna()]
@@ -178,14 +165,15 @@ def guide_figures(table: pd.DataFrame, out_dir: str | Path, title: str = "") -> 
     guided["w"] = pd.to_numeric(guided["scale"])
     real = table[table["scale"] == "real"]
     paths = []
-    for metric, label in FIGURE_METRICS.items():
+    for info in figure_metrics():
+        metric, label = info.name, info.label
         if metric not in guided or guided[metric].notna().sum() == 0:
             continue
         fig, ax = plt.subplots(figsize=(7.0, 4.2))
-        if metric == "detectability" and "guide_detectability" in guided:
-            both = guided.melt(id_vars=["w", "seed"], value_vars=["detectability", "guide_detectability"], var_name="judge")
+        if metric == "detectability" and "guiding_detectability" in guided:
+            both = guided.melt(id_vars=["w", "seed"], value_vars=["detectability", "guiding_detectability"], var_name="judge")
             both["judge"] = both["judge"].map({"detectability": "fresh detector (trained after sampling)",
-                                               "guide_detectability": "guiding classifier (last step)"})
+                                               "guiding_detectability": "guiding classifier (last step)"})
             sns.lineplot(data=both, x="w", y="value", hue="judge", marker="o", errorbar="sd", ax=ax)
             ax.axhline(0.5, color="grey", linestyle="--", linewidth=1, label="chance")
             if "detectability" in real and real["detectability"].notna().any():
@@ -202,3 +190,15 @@ def guide_figures(table: pd.DataFrame, out_dir: str | Path, title: str = "") -> 
         ax.set_title(f"{title}: {label}" if title else label, fontsize=11)
         paths.append(_save(fig, out_dir / f"{metric}_vs_scale.png"))
     return paths
+
+
+def sample_grid(images: torch.Tensor, nrow: int = 8) -> np.ndarray:
+    """A uint8 HxWxC grid of images in [-1, 1], upscaled so small images stay visible."""
+    import numpy as np
+    import torch
+    from torchvision.utils import make_grid
+
+    scale = max(1, 32 // images.shape[-1])
+    x = torch.nn.functional.interpolate(images, scale_factor=scale, mode="nearest") if scale > 1 else images
+    grid = make_grid((x + 1) / 2, nrow=nrow, padding=2, pad_value=1.0)
+    return (grid.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)

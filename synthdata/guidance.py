@@ -29,6 +29,7 @@ from diffusers.optimization import get_cosine_schedule_with_warmup
 from synthdata.data import ImageSet
 from synthdata.generators import Progress, draw_samples
 from synthdata.generators.diffusion import Correction, DiffusionGenerator
+from synthdata.spec import GuidanceSpec
 
 
 class _Stage(nn.Module):
@@ -49,7 +50,7 @@ class _Stage(nn.Module):
         return F.silu(self.conv(x) * (1 + scale) + shift)
 
 
-class NoisyDetector(nn.Module):
+class GuidingClassifier(nn.Module):
     """Real vs generated at noise level t: one logit, log p(real | x_t, t, y) / p(generated | x_t, t, y).
 
     Smooth activations (SiLU): its input gradient is what guides sampling. It runs in
@@ -80,26 +81,26 @@ class NoisyDetector(nn.Module):
         return self.head(x.mean(dim=(2, 3))).squeeze(1)
 
 
-def create_guide(spec, shape: tuple[int, int, int], num_classes: int) -> NoisyDetector:
+def create_guiding_classifier(spec: GuidanceSpec, shape: tuple[int, int, int], num_classes: int) -> GuidingClassifier:
     """An untrained guiding classifier for images of `shape` (class-conditional when `spec.class_conditional`)."""
-    return NoisyDetector(shape[0], shape[1], num_classes if spec.class_conditional else None, spec.width)
+    return GuidingClassifier(shape[0], shape[1], num_classes if spec.class_conditional else None, spec.width)
 
 
-def train_guide(spec, real: ImageSet, generated: ImageSet, timesteps: torch.Tensor, noise_scheduler, *, seed: int,
-                device: str = "cpu", progress: Progress | None = None) -> tuple[NoisyDetector, dict[str, float]]:
-    """Train a NoisyDetector on real vs generated images noised at `timesteps` (the sampler's); return it and its figures.
+def train_guiding_classifier(spec: GuidanceSpec, real: ImageSet, generated: ImageSet, timesteps: torch.Tensor, noise_scheduler, *, seed: int,
+                device: str = "cpu", progress: Progress | None = None) -> tuple[GuidingClassifier, dict[str, float]]:
+    """Train a GuidingClassifier on real vs generated images noised at `timesteps` (the sampler's); return it and its figures.
 
     Every step sees `spec.batch_size` images of each kind, each at a timestep drawn
     uniformly from the sampler's: those are the only noise levels guidance queries.
     With `spec.val_fraction` > 0, that share of both kinds is held out (with fixed noise
-    and timesteps) and the weights with the lowest validation loss are kept: a guide
-    that has memorised its few real images steers toward them, not toward the data.
+    and timesteps) and the weights with the lowest validation loss are kept: a guiding
+    classifier that has memorised its few real images steers toward them, not toward the data.
     """
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    model = create_guide(spec, real.shape, real.num_classes).to(device)
+    model = create_guiding_classifier(spec, real.shape, real.num_classes).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=1e-4)
-    sched = get_cosine_schedule_with_warmup(opt, min(100, spec.steps // 10), spec.steps)
+    sched = get_cosine_schedule_with_warmup(opt, min(100, spec.train_steps // 10), spec.train_steps)
 
     def split(s: ImageSet) -> tuple[ImageSet, ImageSet]:
         order = torch.randperm(len(s), generator=g)
@@ -117,14 +118,14 @@ def train_guide(spec, real: ImageSet, generated: ImageSet, timesteps: torch.Tens
         xt = noise_scheduler.add_noise(x0, torch.randn(x0.shape, generator=g), t)
         truth = torch.cat([torch.ones(len(real_val)), torch.zeros(len(gen_val))])
         val = (xt.to(device), t.to(device), torch.cat([real_val.labels, gen_val.labels]).to(device), truth.to(device))
-    check_every = max(25, spec.steps // 20)
-    best = {"guide_val_loss": float("inf"), "guide_best_step": float(spec.steps)}
+    check_every = max(25, spec.train_steps // 20)
+    best = {"guiding_val_loss": float("inf"), "guiding_best_step": float(spec.train_steps)}
     best_state = None
     b = spec.batch_size
     target = torch.cat([torch.ones(b), torch.zeros(b)]).to(device)  # 1 = real
     running = None
     model.train()
-    for step in range(1, spec.steps + 1):
+    for step in range(1, spec.train_steps + 1):
         ir = torch.randint(0, len(x_real), (b,), generator=g).to(device)
         ig = torch.randint(0, len(x_gen), (b,), generator=g).to(device)
         x0, y = torch.cat([x_real[ir], x_gen[ig]]), torch.cat([y_real[ir], y_gen[ig]])
@@ -136,24 +137,24 @@ def train_guide(spec, real: ImageSet, generated: ImageSet, timesteps: torch.Tens
         opt.step()
         sched.step()
         running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
-        if val is not None and (step % check_every == 0 or step == spec.steps):
+        if val is not None and (step % check_every == 0 or step == spec.train_steps):
             with torch.no_grad():
                 val_loss = float(torch.cat([F.binary_cross_entropy_with_logits(model(xv, tv, yv), zv, reduction="none")
                                             for xv, tv, yv, zv in zip(*(v.split(1024) for v in val))]).mean())
-            if val_loss < best["guide_val_loss"]:
-                best = {"guide_val_loss": val_loss, "guide_best_step": float(step)}
+            if val_loss < best["guiding_val_loss"]:
+                best = {"guiding_val_loss": val_loss, "guiding_best_step": float(step)}
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         if progress and step % 50 == 0:
-            progress(step / spec.steps)
+            progress(step / spec.train_steps)
     if not math.isfinite(running):
         raise FloatingPointError(f"guiding classifier diverged (loss {running})")
     if best_state is not None:
         model.load_state_dict(best_state)
-    info = {"guide_loss": float(running), **(best if val is not None else {})}
+    info = {"guiding_loss": float(running), **(best if val is not None else {})}
     return model.eval(), info
 
 
-def detector_correction(model: NoisyDetector, alphas_cumprod: torch.Tensor, scale: float) -> Correction:
+def detector_correction(model: GuidingClassifier, alphas_cumprod: torch.Tensor, scale: float) -> Correction:
     """The guided DDIM step's noise correction: -scale * sqrt(1 - alpha_bar_t) * grad_x logit D(x_t, t, y)."""
 
     def correction(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -167,7 +168,7 @@ def detector_correction(model: NoisyDetector, alphas_cumprod: torch.Tensor, scal
 
 
 @torch.no_grad()
-def guide_accuracy(model: NoisyDetector, real: ImageSet, generated: ImageSet, t: int, noise_scheduler, *, seed: int,
+def guiding_verdict(model: GuidingClassifier, real: ImageSet, generated: ImageSet, t: int, noise_scheduler, *, seed: int,
                    device: str = "cpu") -> float:
     """The guiding classifier's own held-out accuracy at timestep `t` (balanced: the first min(n) of each)."""
     g = torch.Generator().manual_seed(seed)
@@ -186,18 +187,18 @@ class GuidedGenerator:
     """A trained diffusion generator sampled with detector guidance at `scale` (0: as it is). Same methods as a Generator."""
 
     generator: DiffusionGenerator
-    detector: NoisyDetector
+    classifier: GuidingClassifier
     scale: float
 
     def sample(self, labels: torch.Tensor, *, seed: int) -> torch.Tensor:
         correction = None
         if self.scale > 0:
-            correction = detector_correction(self.detector, self.generator.noise_scheduler.alphas_cumprod, self.scale)
+            correction = detector_correction(self.classifier, self.generator.noise_scheduler.alphas_cumprod, self.scale)
         return self.generator.sample(labels, seed=seed, correction=correction)
 
     def at(self, scale: float) -> "GuidedGenerator":
         """The same generator and classifier at another scale."""
-        return GuidedGenerator(self.generator, self.detector, scale)
+        return GuidedGenerator(self.generator, self.classifier, scale)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The generator's weights (what a checkpoint restores; the guiding classifier is retrained from them)."""
@@ -207,7 +208,7 @@ class GuidedGenerator:
         self.generator.load_state_dict(state)
 
 
-def guide_generator(generator: DiffusionGenerator, spec, real: ImageSet, *, seed: int, device: str = "cpu",
+def with_guidance(generator: DiffusionGenerator, spec: GuidanceSpec, real: ImageSet, *, seed: int, device: str = "cpu",
                     progress: Progress | None = None) -> tuple[GuidedGenerator, dict[str, float]]:
     """Train the guiding classifier for a fitted generator: `real` against its unguided samples.
 
@@ -219,6 +220,6 @@ def guide_generator(generator: DiffusionGenerator, spec, real: ImageSet, *, seed
     unguided = draw_samples(generator, n, real, label_seed=seed + 11, sample_seed=seed + 12,
                             context="generator diverged before guidance")
     timesteps = generator.sampler().timesteps
-    model, info = train_guide(spec, real, unguided, timesteps, generator.noise_scheduler, seed=seed + 13, device=device,
+    model, info = train_guiding_classifier(spec, real, unguided, timesteps, generator.noise_scheduler, seed=seed + 13, device=device,
                               progress=progress)
     return GuidedGenerator(generator, model, spec.scale), info

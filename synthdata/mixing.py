@@ -13,31 +13,28 @@ import torch
 
 from synthdata.data import ImageSet, concat
 from synthdata.errors import DataError
-from synthdata.generators import Progress, create_generator, draw_samples
+from synthdata.generators import StageProgress, draw_samples, fit_generator
+from synthdata.spec import GeneratorSpec, GuidanceSpec
 
 
-def make_pool(generator_spec, real: ImageSet, size: int, *, seed: int, device: str = "cpu",
-              progress: Progress | None = None, guidance=None) -> tuple[ImageSet, dict[str, float]]:
+def make_pool(generator_spec: GeneratorSpec, real: ImageSet, size: int, *, seed: int, device: str = "cpu",
+              progress: StageProgress | None = None, guidance: GuidanceSpec | None = None) -> tuple[ImageSet, dict[str, float]]:
     """Train a generator on `real` and draw `size` labelled samples with `real`'s class balance.
 
     Samples are quantized to the real data's intensity levels, as saving them would.
     With a `guidance` spec at a scale > 0 they are drawn with detector guidance, its
     classifier trained on the same `real` images. Returns the pool and the fit summary.
     """
-    generator = create_generator(generator_spec, real.shape, real.num_classes, device)
-    info = generator.fit(real, seed=seed, progress=progress)
-    if guidance is not None and guidance.scale > 0:
-        from synthdata.guidance import guide_generator
-
-        generator, guide_info = guide_generator(generator, guidance, real, seed=seed + 3, device=device)
-        info = {**info, **guide_info}
+    guided = guidance if guidance is not None and guidance.scale > 0 else None
+    generator, info = fit_generator(generator_spec, real, seed=seed, device=device, guidance=guided,
+                                    guidance_seed=seed + 3, progress=progress)
     pool = draw_samples(generator, size, real, label_seed=seed + 1, sample_seed=seed + 2)
-    return pool, {k: float(v) for k, v in info.items()}
+    return pool, info
 
 
 def load_pool(path: Path, real: ImageSet) -> ImageSet:
     """A saved sample set, checked against the real data it will be mixed with."""
-    from synthdata.tracking import load_samples
+    from synthdata.data import load_samples
 
     try:
         pool = load_samples(path)

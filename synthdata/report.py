@@ -22,20 +22,19 @@ import pandas as pd
 from synthdata.errors import UserError
 from synthdata.figures import confusion_figure, detect_figures, guide_figures, metric_figures, mix_figure
 from synthdata.results import (
+    DONE_METRIC,
     MIX_METRIC,
-    child_runs,
     detect_summary,
-    detect_table_from_mlflow,
+    detect_table,
     guide_summary,
-    guide_table_from_mlflow,
+    guide_table,
     loop_display,
-    loop_rows_from_mlflow,
     loop_summary,
     mix_summary,
-    mix_table_from_mlflow,
+    mix_table,
     results_table,
-    study_run,
 )
+from synthdata.runs import child_runs, finished_arms, loop_rows, mix_rows, study_run
 from synthdata.tracking import mlflow_client
 
 
@@ -94,13 +93,13 @@ def _meta(uri: str, parent: Any, kind: str) -> dict[str, str]:
 
 
 def _runs_table(children: list[Any], kind: str) -> pd.DataFrame:
-    """One row per arm or trial: status, how far it got, retries, why it failed."""
+    """One row per arm: status, how far it got, retries, why it failed."""
     rows = []
     for run in children:
         tags, m = run.data.tags, run.data.metrics
         row = {"run": run.info.run_name, "status": run.info.status}
         if kind == "loop":
-            row["generations"] = int(m["generation_done"]) if "generation_done" in m else 0
+            row["generations"] = int(m[DONE_METRIC]) if DONE_METRIC in m else 0
             row["retries"] = int(tags.get("synthdata.retries", 0))
         elif kind == "mix":
             row["epochs"] = int(m.get("epoch", 0))
@@ -115,7 +114,7 @@ def _add_figures(report: Report, paths: list[Path]) -> None:
 
 
 def _loop_part(report: Report, uri: str, parent: Any, children: list[Any], out_dir: Path) -> None:
-    table = results_table(loop_rows_from_mlflow(uri, parent.info.run_id))
+    table = results_table(loop_rows(uri, parent.info.run_id))
     if table.empty:
         report.notes.append("No generation finished: nothing to plot.")
         return
@@ -127,21 +126,21 @@ def _loop_part(report: Report, uri: str, parent: Any, children: list[Any], out_d
 
 
 def _mix_part(report: Report, uri: str, parent: Any, out_dir: Path) -> None:
-    table = mix_table_from_mlflow(uri, parent.info.run_id)
+    table = mix_table(mix_rows(uri, parent.info.run_id))
     done = table[table[MIX_METRIC].notna()] if not table.empty else table
     if done.empty:
-        report.notes.append("No trial reported an accuracy: nothing to plot.")
+        report.notes.append("No arm reported an accuracy: nothing to plot.")
         return
     report.tables["Summary"] = mix_summary(table)
     path = mix_figure(table, out_dir / f"{MIX_METRIC}_vs_ratio.png", f"{report.title}: augment vs replace")
-    report.figures.append(("test accuracy against the synthetic ratio", path))
+    report.figures.append(("downstream accuracy against the synthetic ratio", path))
     report.samples = _artifact_images(uri, parent.info.run_id, "pools", out_dir, "synthetic pool")
-    report.details["Every trial"] = table
+    report.details["Every arm"] = table
     table.to_csv(out_dir / "results.csv", index=False)
 
 
 def _detect_part(report: Report, uri: str, parent: Any, children: list[Any], out_dir: Path) -> None:
-    table = detect_table_from_mlflow(uri, parent.info.run_id)
+    table = detect_table(finished_arms(uri, parent.info.run_id))
     if table.empty:
         report.notes.append("No detector finished: nothing to plot.")
         return
@@ -167,7 +166,7 @@ def _detect_part(report: Report, uri: str, parent: Any, children: list[Any], out
 
 
 def _guide_part(report: Report, uri: str, parent: Any, children: list[Any], out_dir: Path) -> None:
-    table = guide_table_from_mlflow(uri, parent.info.run_id)
+    table = guide_table(finished_arms(uri, parent.info.run_id))
     if table.empty:
         report.notes.append("No sample set was measured: nothing to plot.")
         return

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from synthdata.data import IMAGE_EXTENSIONS, ImageSet, from_uint8, quantize, read_images
 from synthdata.errors import DataError
+from synthdata.spec import CheckpointSource, PipelineSource, SourceSpec
 
 
 def to_real_format(images: torch.Tensor, real: ImageSet, what: str) -> ImageSet:
@@ -37,7 +38,7 @@ def to_real_format(images: torch.Tensor, real: ImageSet, what: str) -> ImageSet:
     return ImageSet(images.contiguous(), labels, real.num_classes, real.levels)
 
 
-def load_source(spec, real: ImageSet, *, seed: int, device: str = "cpu") -> ImageSet:
+def load_source(spec: SourceSpec, real: ImageSet, *, seed: int, device: str = "cpu") -> ImageSet:
     """The images of one source (a `detect.sources` entry), in `real`'s format."""
     if spec.type == "generator":
         from synthdata.mixing import make_pool
@@ -47,7 +48,7 @@ def load_source(spec, real: ImageSet, *, seed: int, device: str = "cpu") -> Imag
     if spec.type == "checkpoint":
         return _from_checkpoint(spec, real, seed=seed, device=device)
     if spec.type == "samples":
-        from synthdata.tracking import load_samples
+        from synthdata.data import load_samples
 
         try:
             images = load_samples(spec.path).images
@@ -65,7 +66,7 @@ def load_source(spec, real: ImageSet, *, seed: int, device: str = "cpu") -> Imag
     raise ValueError(f"unknown source type {spec.type!r}")
 
 
-def _from_checkpoint(spec, real: ImageSet, *, seed: int, device: str) -> ImageSet:
+def _from_checkpoint(spec: CheckpointSource, real: ImageSet, *, seed: int, device: str) -> ImageSet:
     from safetensors.torch import load_file
 
     from synthdata.generators import create_generator, draw_samples
@@ -79,7 +80,7 @@ def _from_checkpoint(spec, real: ImageSet, *, seed: int, device: str) -> ImageSe
     return to_real_format(drawn.images.cpu(), real, str(spec.path))
 
 
-def _from_pipeline(spec, real: ImageSet, *, seed: int, device: str) -> ImageSet:
+def _from_pipeline(spec: PipelineSource, real: ImageSet, *, seed: int, device: str) -> ImageSet:
     """Sample a diffusers pipeline (unconditional image pipelines: DDPM, DDIM, ...)."""
     from diffusers import DiffusionPipeline
     from diffusers.utils import logging as diffusers_logging
@@ -98,7 +99,7 @@ def _from_pipeline(spec, real: ImageSet, *, seed: int, device: str) -> ImageSet:
     batches = []
     for start in range(0, spec.size, spec.batch_size):
         n = min(spec.batch_size, spec.size - start)
-        out = pipe(batch_size=n, generator=g, num_inference_steps=spec.steps, output_type="np").images  # (n, H, W, C) in [0, 1]
+        out = pipe(batch_size=n, generator=g, num_inference_steps=spec.sampling_steps, output_type="np").images  # (n, H, W, C) in [0, 1]
         batches.append(np.asarray(out, dtype=np.float32))
     images = torch.from_numpy(np.concatenate(batches)).permute(0, 3, 1, 2) * 2 - 1
     return to_real_format(images, real, spec.path)

@@ -1,8 +1,9 @@
-"""MLflow tracking: one experiment per study, a parent run per study, a child run per arm.
+"""Writing a study to MLflow: one experiment per study, a study run, and a child run per arm.
 
 The study driver is the only process that writes to MLflow: arms stream their results
 back through Ray and the driver logs them. One writer means no "database is locked"
-on a local SQLite store and exactly one value per metric and generation.
+on a local SQLite store and exactly one value per metric and generation. Runners write
+through `StudyTracker`'s methods only; `synthdata.runs` reads a study back.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from typing import Any, Callable, TypeVar
 import numpy as np
 import torch
 
-from synthdata.data import ImageSet
+from synthdata.data import ImageSet, save_samples
 
 T = TypeVar("T")
 DEFAULT_DB = "mlflow.db"
@@ -26,33 +27,6 @@ DONE_METRIC = "generation_done"  # logged with a generation's metrics: the gener
 
 def checkpoint_dir(generation: int) -> str:
     return f"checkpoints/generation_{generation:03d}"
-
-
-def save_samples(samples: ImageSet, path: Path) -> None:
-    """Samples as safetensors: quantized images as uint8 codes of their levels (exact), else float32."""
-    from safetensors.torch import save_file
-
-    if samples.levels is not None and samples.levels <= 256:
-        codes = torch.round((samples.images.clamp(-1, 1) + 1) * (samples.levels - 1) / 2).to(torch.uint8)
-        tensors = {"images": codes}
-    else:
-        tensors = {"images": samples.images.float().contiguous()}
-    tensors["labels"] = samples.labels.long().contiguous()
-    meta = {"levels": str(samples.levels), "num_classes": str(samples.num_classes)}
-    save_file(tensors, str(path), metadata=meta)
-
-
-def load_samples(path: Path) -> ImageSet:
-    """Inverse of `save_samples` (safetensors only: no pickle is ever loaded)."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata()
-        images, labels = f.get_tensor("images"), f.get_tensor("labels")
-    levels = None if meta["levels"] == "None" else int(meta["levels"])
-    if images.dtype == torch.uint8:
-        images = images.float() * (2 / (levels - 1)) - 1
-    return ImageSet(images, labels, int(meta["num_classes"]), levels)
 
 
 def resolve_tracking_uri(uri: str | None = None) -> str:
@@ -139,52 +113,6 @@ def get_or_create_experiment(uri: str, name: str) -> str:
         return exp.experiment_id
 
 
-@dataclass
-class Resumable:
-    """A study run that can be continued: its parent run and, per arm, its run and last finished generation."""
-
-    parent_id: str
-    status: str
-    arm_runs: dict[str, str] = field(default_factory=dict)
-    done: dict[str, int] = field(default_factory=dict)  # arm -> last finished generation (-1: none)
-
-
-def find_resumable(uri: str, experiment: str, study: str) -> tuple[Resumable | None, str | None]:
-    """The latest run of `study` in `experiment`, with its spec hash; (None, None) when there is none."""
-    client = mlflow_client(uri)
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        return None, None
-    parents = client.search_runs(
-        [exp.experiment_id],
-        filter_string=f"tags.`synthdata.study` = '{study}' and tags.`synthdata.role` = 'study'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
-    if not parents:
-        return None, None
-    parent = parents[0]
-    found = Resumable(parent.info.run_id, parent.info.status)
-    children = client.search_runs([exp.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
-    for run in children:
-        arm = run.data.tags.get("synthdata.arm", run.info.run_name)
-        found.arm_runs[arm] = run.info.run_id
-        history = client.get_metric_history(run.info.run_id, DONE_METRIC)
-        found.done[arm] = int(max((m.step for m in history), default=-1))
-    return found, parent.data.tags.get("synthdata.spec_hash")
-
-
-def download_samples(uri: str, run_id: str, generation: int) -> ImageSet:
-    """The samples a finished generation kept as its checkpoint."""
-    import mlflow.artifacts
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = mlflow.artifacts.download_artifacts(
-            run_id=run_id, artifact_path=f"{checkpoint_dir(generation)}/samples.safetensors", dst_path=tmp, tracking_uri=uri
-        )
-        return load_samples(Path(path))
-
-
 class StudyTracker:
     """Writes one study's runs. Create it in the driver, after the spec and data are validated."""
 
@@ -195,13 +123,16 @@ class StudyTracker:
         study: str,
         params: dict[str, str],
         tags: dict[str, str] | None = None,
-        resume: Resumable | None = None,
+        resume: Any = None,
+        description: str = "",
     ) -> None:
+        """Open the study run (or, with `resume` from `synthdata.runs.find_resumable`, reopen it and its arms' runs)."""
         self.uri = uri
         self.client = mlflow_client(uri)
         self.experiment_id = get_or_create_experiment(uri, experiment)
         self.study = study
         self.params = params
+        self.resumed = resume
         self.arm_runs: dict[str, str] = {}
         self.flush_every_s = 2.0
         self._pending: dict[str, list] = {}
@@ -215,6 +146,8 @@ class StudyTracker:
                 self.client.update_run(run_id, status="RUNNING")
             return
         base_tags = {"synthdata.study": study, "synthdata.role": "study", **(tags or {})}
+        if description:
+            base_tags["mlflow.note.content"] = description  # shown as the run's description in the MLflow UI
         run = self.client.create_run(self.experiment_id, run_name=study, tags=base_tags)
         self.parent_id = run.info.run_id
         self._log_params(self.parent_id, params)
@@ -317,9 +250,31 @@ class StudyTracker:
         self.client.set_tag(run_id, "synthdata.retries", str(count))
         self.client.set_tag(run_id, "synthdata.last_retry_reason", reason[:5000])
 
-    def tag_arm(self, arm: str, key: str, value: str) -> None:
-        """A tag on the arm's run (how it ran, e.g. which generations it shared with other arms)."""
-        self.client.set_tag(self.arm_runs[arm], key, value[:5000])
+    def _run(self, arm: str | None) -> str:
+        return self.parent_id if arm is None else self.arm_runs[arm]
+
+    def set_tag(self, key: str, value: str, arm: str | None = None) -> None:
+        """A tag on the study run, or on an arm's run (how it ran, e.g. which generations it shared)."""
+        self.client.set_tag(self._run(arm), key, value[:5000])
+
+    def log_image(self, image: np.ndarray, artifact_file: str, arm: str | None = None) -> None:
+        """An image (a sample grid, HxWxC uint8) as an artifact of the study run or an arm's run."""
+        self.client.log_image(self._run(arm), image, artifact_file=artifact_file)
+
+    def log_file(self, path: Path, folder: str | None = None, arm: str | None = None) -> None:
+        """A local file as an artifact (in `folder`) of the study run or an arm's run."""
+        self.client.log_artifact(self._run(arm), str(path), artifact_path=folder)
+
+    def log_dict(self, data: dict, artifact_file: str, arm: str | None = None) -> None:
+        """A JSON artifact of the study run or an arm's run."""
+        self.client.log_dict(self._run(arm), data, artifact_file)
+
+    def log_samples(self, samples: ImageSet, artifact_file: str, arm: str | None = None) -> None:
+        """A sample set (safetensors, `synthdata.data.save_samples`) as an artifact: reusable as `mix.samples` or a source."""
+        folder, _, name = artifact_file.rpartition("/")
+        with tempfile.TemporaryDirectory() as tmp:
+            save_samples(samples, Path(tmp) / name)
+            self.log_file(Path(tmp) / name, folder or None, arm)
 
     def save_results(self, out_dir: Path, table, text: str) -> None:
         """The study's table as `results.txt` (what was printed) and `results.csv`, in `out_dir` and on the study run."""
@@ -330,11 +285,13 @@ class StudyTracker:
         self.log_table("results.csv", table.to_csv(index=False))
 
     def log_table(self, name: str, text: str) -> None:
+        """A text artifact of the study run (a results table)."""
         self.client.log_text(self.parent_id, text, name)
 
     def log_figures(self, paths: list[Path]) -> None:
+        """Figures (PNGs) into the study run's `figures/`."""
         for path in paths:
-            self.client.log_artifact(self.parent_id, str(path), artifact_path="figures")
+            self.log_file(path, "figures")
 
     def end_arm(self, arm: str, status: str = "FINISHED", reason: str | None = None) -> None:
         self.flush(arm)
@@ -350,13 +307,3 @@ class StudyTracker:
             if self.client.get_run(run_id).info.status == "RUNNING":
                 self.client.set_terminated(run_id, "KILLED" if status != "FINISHED" else status)
         self.client.set_terminated(self.parent_id, status)
-
-
-def sample_grid(images: torch.Tensor, nrow: int = 8) -> np.ndarray:
-    """A uint8 HxWxC grid of images in [-1, 1], upscaled so small images stay visible."""
-    from torchvision.utils import make_grid
-
-    scale = max(1, 32 // images.shape[-1])
-    x = torch.nn.functional.interpolate(images, scale_factor=scale, mode="nearest") if scale > 1 else images
-    grid = make_grid((x + 1) / 2, nrow=nrow, padding=2, pad_value=1.0)
-    return (grid.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)

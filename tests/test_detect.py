@@ -72,7 +72,8 @@ def test_real_vs_real_warning_fires_only_when_the_interval_excludes_half():
 def test_known_differences_are_detected_in_their_own_band(local_ray, tracking_uri, tmp_path, monkeypatch, capsys):
     from synthdata.cli import main
     from synthdata.report import build_report
-    from synthdata.results import detect_table_from_mlflow, study_run
+    from synthdata.results import detect_table
+    from synthdata.runs import finished_arms, study_run
 
     folders = _digit_folders(tmp_path / "images")
     monkeypatch.chdir(tmp_path)
@@ -81,10 +82,10 @@ def test_known_differences_are_detected_in_their_own_band(local_ray, tracking_ur
                  "--name", "known", "--tracking-uri", tracking_uri, "--no-progress"])
     out = capsys.readouterr().out
     assert code == 0, out
-    assert "study 'known': 10 detectors" in out and re.search(r"band\s+checker\s+high", out) and "WARNING" not in out
+    assert "study 'known': 10 arms" in out and re.search(r"band\s+checker\s+high", out) and "WARNING" not in out
     parent = study_run(tracking_uri, experiment="known")
     assert parent.info.status == "FINISHED"
-    t = detect_table_from_mlflow(tracking_uri, parent.info.run_id).set_index("cell")  # what MLflow holds
+    t = detect_table(finished_arms(tracking_uri, parent.info.run_id)).set_index("arm")  # what MLflow holds
     acc = t["detectability"]
     assert 0.4 < acc["real_vs_real/seed0"] < 0.6
     assert acc["pair/checker/seed0"] > 0.95 and acc["pair/shift/seed0"] > 0.95

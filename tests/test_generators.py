@@ -109,7 +109,7 @@ def test_classifier_free_guidance_sharpens_class_separation(two_class_diffusion)
     gen, spec, data, _ = two_class_diffusion
     y = torch.tensor([0] * 32 + [1] * 32)
     plain = gen.sample(y, seed=0)
-    gen.spec = spec.model_copy(update={"guidance_scale": 3.0})
+    gen.spec = spec.model_copy(update={"cfg_scale": 3.0})
     guided = gen.sample(y, seed=0)
     gen.spec = spec
     gap = lambda x: float(x[32:].mean() - x[:32].mean())  # noqa: E731

@@ -15,7 +15,7 @@ from diffusers import DDIMScheduler, DDPMScheduler
 
 from synthdata.data import ImageSet
 from synthdata.generators.diffusion import ddim_sample
-from synthdata.guidance import GuidedGenerator, detector_correction, guide_accuracy, guide_generator
+from synthdata.guidance import GuidedGenerator, detector_correction, guiding_verdict, with_guidance
 from synthdata.spec import GuidanceSpec
 
 SHAPE = (1, 4, 4)
@@ -90,7 +90,7 @@ def test_exact_ratio_at_scale_one_is_sampling_the_real_model() -> None:
 
 
 class AnalyticGenerator:
-    """A 'trained diffusion generator' whose noise prediction is exact for N(mean, std^2): what guide_generator needs of one."""
+    """A 'trained diffusion generator' whose noise prediction is exact for N(mean, std^2): what with_guidance needs of one."""
 
     def __init__(self, mean: float, std: float, steps: int = 25) -> None:
         self.noise_scheduler, self._sampler = _schedulers(steps)
@@ -106,7 +106,7 @@ class AnalyticGenerator:
 
 
 def test_learned_guide_pulls_samples_toward_the_real_data() -> None:
-    """A NoisyDetector trained on real vs generated (never told the answer) closes most of a mean gap."""
+    """A GuidingClassifier trained on real vs generated (never told the answer) closes most of a mean gap."""
     from synthdata.metrics.detectability import detectability
     from synthdata.spec import ClassifierSpec
 
@@ -116,9 +116,9 @@ def test_learned_guide_pulls_samples_toward_the_real_data() -> None:
     real = ImageSet(m_real + std * torch.randn((n, *SHAPE), generator=g), torch.zeros(n, dtype=torch.long), 1, None)
     heldout = ImageSet(m_real + std * torch.randn((n, *SHAPE), generator=g), torch.zeros(n, dtype=torch.long), 1, None)
     generator = AnalyticGenerator(m_gen, std)
-    spec = GuidanceSpec(scale=1.0, steps=600, batch_size=128, width=16, lr=3e-3)
-    guided, info = guide_generator(generator, spec, real, seed=0)
-    assert isinstance(guided, GuidedGenerator) and info["guide_loss"] < 0.69
+    spec = GuidanceSpec(scale=1.0, train_steps=600, batch_size=128, width=16, lr=3e-3)
+    guided, info = with_guidance(generator, spec, real, seed=0)
+    assert isinstance(guided, GuidedGenerator) and info["guiding_loss"] < 0.69
 
     labels = torch.zeros(n, dtype=torch.long)
     plain = guided.at(0.0).sample(labels, seed=5)
@@ -130,7 +130,7 @@ def test_learned_guide_pulls_samples_toward_the_real_data() -> None:
     # The guiding classifier at the last step knows unguided samples from real ones.
     t_last = int(generator.sampler().timesteps[-1])
     plain_set = ImageSet(plain, labels, 1, None)
-    assert guide_accuracy(guided.detector, heldout, plain_set, t_last, generator.noise_scheduler, seed=0) > 0.7
+    assert guiding_verdict(guided.classifier, heldout, plain_set, t_last, generator.noise_scheduler, seed=0) > 0.7
 
     # A fresh detector, trained after sampling, finds the guided samples harder to tell from real.
     detector = ClassifierSpec(epochs=4, batch_size=128, width=32)

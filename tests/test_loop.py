@@ -1,8 +1,9 @@
 """The loop library in-process (no Ray): training sets per loop type, arms, events, seeding."""
 import torch
 
-from loops.autophagy import Arm, GenerationResult, ResumeState, build_training_set, run_arm
-from loops.runner import arms_of, share_groups
+from loops.autophagy import Arm, GenerationResult, ResumeState, run_arm
+from loops.loop import arms_of, share_groups
+from synthdata.autophagy import build_training_set
 from synthdata.data import ImageSet, Splits, ToyTruth, make_splits
 from synthdata.spec import parse_spec
 
@@ -85,7 +86,7 @@ def test_run_arm_yields_each_generation_once_and_is_deterministic():
 
 
 def test_generations_0_and_1_are_the_same_for_every_loop_type():
-    # What lets the runner compute them once for arms that differ only in their loop type (loops.runner.share_groups).
+    # What lets the runner compute them once for arms that differ only in their loop type (loops.loop.share_groups).
     spec = parse_spec(tiny_study(loop={"types": ["replace", "augment", "fresh", "accumulate"], "generations": 1},
                                  metrics=["detectability"]))
     splits = make_splits(spec.data, seed=0)
@@ -113,7 +114,7 @@ def test_a_resumed_arm_repeats_exactly_what_an_uninterrupted_one_computes():
 
 
 def test_feature_metrics_in_the_loop():
-    from loops.runner import study_context
+    from synthdata.autophagy import study_context
 
     spec = parse_spec(tiny_study(metrics=["features"], loop={"generations": 1}, features={"epochs": 2}))
     splits = make_splits(spec.data, seed=0)

@@ -5,9 +5,11 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from loops.mix import grid_trials, run_mix_study
+from loops.study import run_study
+from loops.mix import grid_arms
 from synthdata.report import build_report
-from synthdata.results import mix_table_from_mlflow
+from synthdata.results import mix_table
+from synthdata.runs import mix_rows
 from synthdata.data import ImageSet
 from synthdata.mixing import mix_training_set, real_subset
 from synthdata.spec import parse_spec
@@ -51,7 +53,7 @@ def test_a_step_budget_gives_every_mix_the_same_compute():
     from synthdata.spec import ClassifierSpec
 
     calls = []
-    spec = ClassifierSpec(steps=7, batch_size=32, width=4)
+    spec = ClassifierSpec(train_steps=7, batch_size=32, width=4)
     for n in (100, 300):  # 3 and 9 steps per pass
         x, y = torch.randn(n, 1, 8, 8), torch.arange(n) % 2
         seen: list[int] = []
@@ -62,13 +64,13 @@ def test_a_step_budget_gives_every_mix_the_same_compute():
 
 def test_grid_skips_replace_above_one():
     spec = parse_spec({"name": "m", "kind": "mix", "mix": {"ratios": [0, 1, 2], "seeds": [0, 1]}})
-    names = {(t["mode"], t["ratio"]) for t in grid_trials(spec)}
+    names = {(t["mode"], t["ratio"]) for t in grid_arms(spec)}
     assert names == {("augment", 0.0), ("augment", 1.0), ("augment", 2.0), ("replace", 0.0), ("replace", 1.0)}
-    assert len(grid_trials(spec)) == 10
+    assert len(grid_arms(spec)) == 10
 
 
 @pytest.mark.slow
-def test_tiny_sweep_through_ray_tune_logs_every_trial(local_ray, tracking_uri, tmp_path):
+def test_tiny_sweep_through_ray_tune_logs_every_arm(local_ray, tracking_uri, tmp_path):
     epochs = 2
     spec = parse_spec({
         "name": "mix", "kind": "mix",
@@ -78,7 +80,7 @@ def test_tiny_sweep_through_ray_tune_logs_every_trial(local_ray, tracking_uri, t
         "mix": {"modes": ["augment", "replace"], "ratios": [0.0, 1.0], "seeds": [0]},
         "tracking": {"report_dir": str(tmp_path / "runs")},
     })
-    result = run_mix_study(spec, tracking_uri=tracking_uri, show_progress=False)
+    result = run_study(spec, tracking_uri=tracking_uri, show_progress=False)
     assert not result.failed
 
     c = MlflowClient(tracking_uri)
@@ -87,27 +89,27 @@ def test_tiny_sweep_through_ray_tune_logs_every_trial(local_ray, tracking_uri, t
     assert set(by_name) == {"augment/r=0/seed0", "augment/r=1/seed0", "replace/r=0/seed0", "replace/r=1/seed0"}
     for name, run in by_name.items():
         mode, r, _ = name.split("/")
-        assert run.info.status == "FINISHED" and run.data.tags["synthdata.role"] == "trial"
+        assert run.info.status == "FINISHED" and run.data.tags["synthdata.role"] == "arm"
         assert run.data.params["mode"] == mode and float(run.data.params["ratio"]) == float(r[2:]) and run.data.params["seed"] == "0"
-        curve = c.get_metric_history(run.info.run_id, "test_accuracy")
+        curve = c.get_metric_history(run.info.run_id, "downstream_accuracy")
         assert sorted(m.step for m in curve) == list(range(1, epochs + 1))  # a point per epoch
-    # Trials of the same seed share the pool and the classifier's initial weights: r = 0 is the same trial in both modes.
-    final = {n: r.data.metrics["test_accuracy"] for n, r in by_name.items()}
+    # Arms of the same seed share the pool and the classifier's initial weights: r = 0 is the same arm in both modes.
+    final = {n: r.data.metrics["downstream_accuracy"] for n, r in by_name.items()}
     assert final["augment/r=0/seed0"] == final["replace/r=0/seed0"]
     assert by_name["replace/r=1/seed0"].data.metrics["n_real"] == 0  # synthetic only, at size N
 
     # The summary table is what MLflow holds.
-    table = mix_table_from_mlflow(tracking_uri, result.parent_run_id)
+    table = mix_table(mix_rows(tracking_uri, result.parent_run_id))
     assert len(result.table) == 4 and result.table.equals(table)
     parent = c.get_run(result.parent_run_id)
     assert parent.info.status == "FINISHED" and parent.data.params["mix.ratios"] == "0.0,1.0"
     artifacts = {a.path for a in c.list_artifacts(result.parent_run_id)}
     assert {"results.txt", "results.csv", "figures", "pools"} <= artifacts
     assert {a.path for a in c.list_artifacts(result.parent_run_id, "pools")} >= {"pools/seed0.safetensors"}
-    assert (tmp_path / "runs" / "mix" / "figures" / "test_accuracy_vs_ratio.png").stat().st_size > 10_000
+    assert (tmp_path / "runs" / "mix" / "figures" / "downstream_accuracy_vs_ratio.png").stat().st_size > 10_000
 
     # The report of a mix: the summary per mode and ratio, the accuracy figure and the pool's grid, from MLflow.
     page = build_report(tracking_uri, tmp_path / "report", experiment="mix")
     text = page.read_text()
     assert text.count("data:image/png;base64,") == 2 and "replace/r=1/seed0" in text
-    assert (tmp_path / "report" / "test_accuracy_vs_ratio.png").stat().st_size > 10_000
+    assert (tmp_path / "report" / "downstream_accuracy_vs_ratio.png").stat().st_size > 10_000

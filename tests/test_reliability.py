@@ -9,7 +9,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import tiny_study
-from loops.runner import run_loop_study
+from loops.study import run_study
 from synthdata.spec import parse_spec
 
 pytestmark = pytest.mark.slow
@@ -46,7 +46,7 @@ def test_killed_worker_is_retried_from_its_last_finished_generation(local_ray, t
     spec = parse_spec(tiny_study(generator={**TINY_DIFFUSION, "train_steps": 40}, loop={"generations": T, "samples_per_generation": 200},
                                  metrics=["detectability"], detector={"epochs": 2}))
     out: dict = {}
-    thread = threading.Thread(target=lambda: out.setdefault("result", run_loop_study(spec, tracking_uri=tracking_uri, show_progress=False)))
+    thread = threading.Thread(target=lambda: out.setdefault("result", run_study(spec, tracking_uri=tracking_uri, show_progress=False)))
     thread.start()
 
     killed = None
@@ -86,7 +86,7 @@ def test_a_diverging_generator_fails_its_arm_with_the_reason(local_ray, tracking
         "name": "tiny", "data": {"source": "gaussian", "toy": {"std": 1e15}}, "generator": {"name": "gaussian"},
         "metrics": ["toy"], "loop": {"types": ["replace"], "generations": 80, "sweep": {"generator.temperature": [1, 10]}},
     }
-    result = run_loop_study(parse_spec(study), tracking_uri=tracking_uri, show_progress=False)
+    result = run_study(parse_spec(study), tracking_uri=tracking_uri, show_progress=False)
     assert set(result.failed) == {"replace/temperature=10/seed0"}
     c, arms = _arms(tracking_uri, "tiny")
     bad, good = arms["replace/temperature=10/seed0"], arms["replace/temperature=1/seed0"]
@@ -107,7 +107,7 @@ def test_same_study_and_seed_give_the_same_metrics(local_ray, tmp_path):
     # downstream classifier train inside Ray workers, twice.
     spec = parse_spec(tiny_study(loop={"types": ["replace"], "generations": 2}))
     tables = [
-        run_loop_study(spec, tracking_uri=f"sqlite:///{tmp_path / f'run{i}.db'}", show_progress=False).table for i in (0, 1)
+        run_study(spec, tracking_uri=f"sqlite:///{tmp_path / f'run{i}.db'}", show_progress=False).table for i in (0, 1)
     ]
     metrics = [c for c in tables[0].columns if not c.startswith("time_")]
     assert {"detectability", "downstream_accuracy", "fitted_variance"} <= set(metrics)

@@ -22,7 +22,7 @@ def _tiny_pipeline(path: Path) -> Path:
 
 def test_a_diffusers_pipeline_saved_locally_loads_back_and_samples_in_the_real_format(tmp_path):
     real = load_digits_set()
-    spec = PipelineSource(type="pipeline", path=str(_tiny_pipeline(tmp_path / "ddpm")), size=20, steps=4, batch_size=8)
+    spec = PipelineSource(type="pipeline", path=str(_tiny_pipeline(tmp_path / "ddpm")), size=20, sampling_steps=4, batch_size=8)
     a, b = load_source(spec, real, seed=0), load_source(spec, real, seed=0)
     assert a.images.shape == (20, 1, 8, 8) and torch.isfinite(a.images).all()
     assert set(torch.unique(a.images).tolist()) <= set(torch.unique(real.images).tolist())  # quantized to the 17 digit levels
@@ -49,7 +49,7 @@ def test_a_generator_checkpoint_samples_what_the_generator_would(tmp_path):
 
 
 def test_a_colour_sample_set_is_converted_to_the_real_channels_and_size(tmp_path):
-    from synthdata.tracking import save_samples
+    from synthdata.data import save_samples
 
     real = load_digits_set()
     from synthdata.data import quantize

@@ -4,7 +4,7 @@ import pytest
 import yaml
 
 from synthdata.errors import SpecError
-from synthdata.spec import StudySpec, flat_params, load_spec, parse_spec
+from synthdata.spec import STUDY_KINDS, flat_params, load_spec, parse_spec
 
 from conftest import REPO, tiny_study
 
@@ -28,7 +28,7 @@ def test_shipped_studies_validate(path, tmp_path, monkeypatch):
     # GPU-sized studies name a data root the user provides (data/cifar10); an empty one stands in here.
     monkeypatch.chdir(tmp_path)
     (tmp_path / "data" / "cifar10").mkdir(parents=True)
-    assert isinstance(load_spec(path), StudySpec)
+    assert isinstance(load_spec(path), tuple(STUDY_KINDS.values()))
 
 
 @pytest.mark.parametrize(
@@ -49,7 +49,7 @@ def test_shipped_studies_validate(path, tmp_path, monkeypatch):
         ({"name": "s", "loop": {"sweep": {"generator.temperature": [0.9]}}}, "loop.sweep", "does not apply to generator 'diffusion'"),
         ({"name": "s", "loop": {"real_fraction": 1.5}}, "loop.real_fraction", "less than 1"),
         ({"name": "s", "metrics": ["toy"]}, "metrics", "needs data.source: gaussian"),
-        ({"name": "s", "generator": {"name": "diffusion", "guidance_scale": 3}}, "generator", "set cond_dropout > 0"),
+        ({"name": "s", "generator": {"name": "diffusion", "cfg_scale": 3}}, "generator", "set cond_dropout > 0"),
         ({"name": "s", "data": {"split": {"train": 0.8, "heldout": 0.2, "test": 0.2}}}, "data.split", "at most 1"),
         ({"name": "bad name!"}, "name", "pattern"),
         ({"loop": {}}, "name", "required"),

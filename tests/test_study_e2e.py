@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from loops.runner import run_loop_study
+from loops.study import run_study
 from synthdata.report import build_report
 from synthdata.results import format_table
 from synthdata.spec import parse_spec
@@ -34,7 +34,7 @@ def _arm_runs(uri: str, experiment: str) -> tuple[MlflowClient, dict, object]:
 def test_tiny_study_logs_every_generation_exactly_once(local_ray, tracking_uri, generator):
     T = 2
     spec = parse_spec(tiny_study(generator=generator, loop={"generations": T, "seeds": [0]}))
-    result = run_loop_study(spec, tracking_uri=tracking_uri, show_progress=False)
+    result = run_study(spec, tracking_uri=tracking_uri, show_progress=False)
     assert not result.failed
 
     c, arms, parent = _arm_runs(tracking_uri, "tiny")
@@ -68,7 +68,7 @@ def test_a_failing_arm_is_recorded_and_the_others_finish(local_ray, tracking_uri
     # 5 samples per generation leave classes with < 2 images: the Gaussian refit in
     # generation 2 of `replace` fails, while `augment` keeps the real data and finishes.
     spec = parse_spec(tiny_study(loop={"generations": 2, "samples_per_generation": 10}))
-    result = run_loop_study(spec, tracking_uri=tracking_uri, show_progress=False)
+    result = run_study(spec, tracking_uri=tracking_uri, show_progress=False)
     assert set(result.failed) == {"replace/seed0"}
     assert "class" in result.failed["replace/seed0"]
     _, arms, parent = _arm_runs(tracking_uri, "tiny")
@@ -85,7 +85,7 @@ def test_sweep_arms_and_figures_are_logged(local_ray, tracking_uri, tmp_path):
         loop={"types": ["replace", "fresh"], "generations": 2, "seeds": [0, 1], "sweep": {"generator.temperature": [0.8]}},
         metrics=["detectability", "features"], features={"epochs": 2}, tracking={"report_dir": str(tmp_path / "runs")},
     ))
-    result = run_loop_study(spec, tracking_uri=tracking_uri, show_progress=False)
+    result = run_study(spec, tracking_uri=tracking_uri, show_progress=False)
     assert not result.failed
     c, arms, parent = _arm_runs(tracking_uri, "tiny")
     assert set(arms) == {f"{t}/temperature=0.8/seed{s}" for t in ("replace", "fresh") for s in (0, 1)}

@@ -4,7 +4,9 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from synthdata.tracking import StudyTracker, load_samples, resolve_tracking_uri, sample_grid, save_samples
+from synthdata.data import load_samples, save_samples
+from synthdata.figures import sample_grid
+from synthdata.tracking import StudyTracker, resolve_tracking_uri
 
 
 def test_resolve_tracking_uri(monkeypatch, tmp_path):

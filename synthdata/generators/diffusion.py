@@ -18,9 +18,10 @@ from diffusers.training_utils import EMAModel
 from synthdata.compute import autocast
 from synthdata.data import ImageSet
 from synthdata.generators import Progress
+from synthdata.spec import DiffusionSpec
 
 
-def build_unet(spec, shape: tuple[int, int, int], num_classes: int) -> UNet2DModel:
+def build_unet(spec: DiffusionSpec, shape: tuple[int, int, int], num_classes: int) -> UNet2DModel:
     """A small UNet with attention only at the lowest resolution (cheap at 8-32 px)."""
     channels, size = shape[0], shape[1]
     levels = len(spec.channels)
@@ -65,7 +66,7 @@ def ddim_sample(eps: Eps, scheduler: DDIMScheduler, x: torch.Tensor, y: torch.Te
 
 
 class DiffusionGenerator:
-    def __init__(self, spec, shape: tuple[int, int, int], num_classes: int, device: str = "cpu") -> None:
+    def __init__(self, spec: DiffusionSpec, shape: tuple[int, int, int], num_classes: int, device: str = "cpu") -> None:
         self.spec = spec
         self.shape = shape
         self.num_classes = num_classes
@@ -126,8 +127,8 @@ class DiffusionGenerator:
         return {"generator_loss": float(running)}
 
     def _eps(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Noise prediction, with classifier-free guidance when `guidance_scale` != 1."""
-        w = self.spec.guidance_scale
+        """Noise prediction, with classifier-free guidance when `cfg_scale` != 1."""
+        w = self.spec.cfg_scale
         with autocast(self.device):
             if w == 1.0:
                 return self.model(x, t, class_labels=y).sample.float()

@@ -11,6 +11,7 @@ import torch
 
 from synthdata.data import ImageSet
 from synthdata.generators import Progress
+from synthdata.spec import GaussianSpec, GMMSpec
 
 
 def _cholesky(cov: torch.Tensor) -> torch.Tensor:
@@ -18,7 +19,7 @@ def _cholesky(cov: torch.Tensor) -> torch.Tensor:
 
 
 class GaussianGenerator:
-    def __init__(self, spec, shape: tuple[int, int, int], num_classes: int, device: str = "cpu") -> None:
+    def __init__(self, spec: GaussianSpec, shape: tuple[int, int, int], num_classes: int, device: str = "cpu") -> None:
         self.spec = spec
         self.shape = shape
         self.num_classes = num_classes
@@ -70,7 +71,7 @@ class GaussianGenerator:
 class GMMGenerator:
     """A Gaussian mixture per class, fitted by EM (scikit-learn)."""
 
-    def __init__(self, spec, shape: tuple[int, int, int], num_classes: int, device: str = "cpu") -> None:
+    def __init__(self, spec: GMMSpec, shape: tuple[int, int, int], num_classes: int, device: str = "cpu") -> None:
         self.spec = spec
         self.shape = shape
         self.num_classes = num_classes

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
 from synthdata.classifiers import predict_logits, train_classifier
+from synthdata.spec import ClassifierSpec
 from synthdata.metrics.stats import accuracy_with_ci, p_value_above_chance
 
 REAL, GENERATED = 0, 1
@@ -90,7 +91,7 @@ def detector_scores(
     generated_train: torch.Tensor,
     real_eval: torch.Tensor,
     generated_eval: torch.Tensor,
-    spec,
+    spec: ClassifierSpec,
     *,
     seed: int,
     train_size: int | None = None,
@@ -113,7 +114,7 @@ def detector_scores(
     return DetectorScores(c2st_stats(p_gen, y_eval), len(rt), re, ge, p_gen[: len(re)], p_gen[len(re) :])
 
 
-def detectability(real_train, generated_train, real_eval, generated_eval, spec, *, seed: int, device: str = "cpu") -> Detectability:
+def detectability(real_train, generated_train, real_eval, generated_eval, spec: ClassifierSpec, *, seed: int, device: str = "cpu") -> Detectability:
     """`detector_scores`' statistics alone."""
     return detector_scores(real_train, generated_train, real_eval, generated_eval, spec, seed=seed, device=device).stats
 
@@ -126,6 +127,6 @@ def real_halves(train: torch.Tensor, heldout: torch.Tensor, seed: int) -> tuple[
     return train[tr[:h]], train[tr[h:]], heldout[ho[:k]], heldout[ho[k:]]
 
 
-def real_vs_real(train: torch.Tensor, heldout: torch.Tensor, spec, *, seed: int, device: str = "cpu") -> Detectability:
+def real_vs_real(train: torch.Tensor, heldout: torch.Tensor, spec: ClassifierSpec, *, seed: int, device: str = "cpu") -> Detectability:
     """The sanity baseline: two disjoint halves of real data must come out near 0.5."""
     return detectability(*real_halves(train, heldout, seed), spec, seed=seed, device=device)

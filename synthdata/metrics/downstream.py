@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from synthdata.classifiers import predict_logits, train_classifier
+from synthdata.spec import ClassifierSpec
 from synthdata.metrics.stats import Accuracy, accuracy_with_ci
 
 
@@ -14,7 +15,7 @@ def downstream_accuracy(
     test_images: torch.Tensor,
     test_labels: torch.Tensor,
     num_classes: int,
-    spec,
+    spec: ClassifierSpec,
     *,
     seed: int,
     device: str = "cpu",

@@ -17,6 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from synthdata.classifiers import SmallCNN, train_classifier
+from synthdata.spec import FeatureSpec
 
 
 class FeatureExtractor(nn.Module):
@@ -66,10 +67,10 @@ class InceptionFeatures(nn.Module):
 
 
 def train_feature_extractor(
-    images: torch.Tensor, labels: torch.Tensor, num_classes: int, spec, *, seed: int
+    images: torch.Tensor, labels: torch.Tensor, num_classes: int, spec: FeatureSpec, *, seed: int
 ) -> FeatureExtractor | InceptionFeatures:
     """The study's feature space: Inception from local weights, or a classifier trained on the real data, frozen."""
-    if getattr(spec, "name", "cnn") == "inception":
+    if spec.name == "inception":
         return InceptionFeatures(spec.weights)
     return FeatureExtractor(train_classifier(spec, images, labels, num_classes, seed=seed))
 

@@ -16,6 +16,10 @@ class Accuracy:
     correct: int
     total: int
 
+    def as_metrics(self, name: str) -> dict[str, float]:
+        """Flat MLflow metric names: `name`, `name_ci_low`, `name_ci_high`."""
+        return {name: self.value, f"{name}_ci_low": self.ci_low, f"{name}_ci_high": self.ci_high}
+
 
 def accuracy_with_ci(correct: int, total: int, confidence: float = 0.95) -> Accuracy:
     """Accuracy `correct/total` with an exact binomial interval."""

@@ -1,0 +1,72 @@
+"""What every runner needs from Ray: starting or joining it, waiting on arm tasks, and a worker's error in one line."""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any, Callable
+
+
+def init_ray(address: str | None, num_cpus: int | None = None) -> None:
+    """Connect to a running cluster (address or $RAY_ADDRESS), else start a local Ray."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    kwargs = dict(include_dashboard=False, log_to_driver=True, configure_logging=True, logging_level="ERROR")
+    # "local" always starts a new Ray here; without it, ray.init() would join whatever
+    # cluster `ray start` last left running on this machine.
+    ray.init(address=address or "local", num_cpus=None if address else num_cpus, **kwargs)
+
+
+def widest_node_cpus() -> float:
+    """The most CPUs one live node has: a task asking for more would never be scheduled."""
+    import ray
+
+    return max((n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")), default=1.0)
+
+
+def short_reason(err: Exception) -> str:
+    """The last line of a worker's error: the exception type and message, not the Ray traceback."""
+    cause = getattr(err, "cause", None)
+    if cause is not None:
+        return f"{type(cause).__name__}: {cause}"
+    lines = [ln for ln in str(err).strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else type(err).__name__
+
+
+def wait_arms(refs: dict, tracker, on_result: Callable[[Any, Any], str], *, desc: str, show_progress: bool) -> dict[str, str]:
+    """Wait for arm tasks (`refs`: task ref -> an arm with a `name` and an open run), in the order they finish.
+
+    An arm whose task raised is ended FAILED with the reason; otherwise `on_result(arm,
+    value)` logs it and returns a progress line, and its run is ended FINISHED. Progress
+    is a bar on a terminal, one line per arm in a log. Returns the failures by arm name.
+    """
+    import ray
+    from tqdm import tqdm
+
+    tty = sys.stderr.isatty()
+    bar = tqdm(total=len(refs), desc=desc, unit="arm", disable=not (show_progress and tty), file=sys.stderr)
+    failed: dict[str, str] = {}
+    done = 0
+    try:
+        pending = list(refs)
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            arm = refs[ready[0]]
+            try:
+                value = ray.get(ready[0])
+            except ray.exceptions.RayError as err:
+                failed[arm.name] = short_reason(err)
+                tracker.end_arm(arm.name, "FAILED", failed[arm.name])
+                continue
+            line = on_result(arm, value)
+            tracker.end_arm(arm.name, "FINISHED")
+            done += 1
+            bar.set_postfix_str(line)
+            bar.update()
+            if show_progress and not tty:
+                print(f"[{done}/{len(refs)}] {line}", file=sys.stderr, flush=True)
+    finally:
+        bar.close()
+    return failed

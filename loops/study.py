@@ -1,0 +1,107 @@
+"""The life of every study, written once: data, Ray, the study run, interrupts, the table, figures, the end status.
+
+A runner (one module per study kind, registered in `loops.RUNNERS`) holds only its kind's
+scheduling: `prepare` (driver-side checks before Ray or MLflow), optionally `launch` (work
+on Ray that can still refuse bad input, before any run opens), `schedule` (its arms on
+Ray, logged through the study's tracker), `table`, `format_table` and `figures`.
+
+    study file -> spec -> real data -> runner.prepare -> Ray + study run -> runner.schedule
+    -> runner.table -> results.txt/csv and figures (locally and on the study run) -> end status
+"""
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pandas as pd
+
+from synthdata.data import Splits, make_splits
+from synthdata.errors import UserError
+from synthdata.runs import Resumable
+from synthdata.spec import StudySpec, flat_params, spec_hash
+from synthdata.tracking import StudyTracker, resolve_tracking_uri
+
+
+@dataclass
+class StudyResult:
+    """What a finished (or failed) study hands back: its table, study run, failures, time and figures."""
+
+    table: pd.DataFrame
+    parent_run_id: str
+    failed: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+    figures: list[Path] = field(default_factory=list)
+
+
+@dataclass
+class Study:
+    """One running study, as its runner sees it: spec, real data, tracker, and where results go."""
+
+    spec: StudySpec
+    splits: Splits
+    uri: str
+    tracker: StudyTracker
+    prepared: Any  # what the runner's `prepare` returned
+    show_progress: bool = True
+    failed: dict[str, str] = field(default_factory=dict)  # arm name -> reason
+    results: list = field(default_factory=list)  # what the runner collects for its table
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.spec.tracking.report_dir) / self.spec.name
+
+    def say(self, line: str) -> None:
+        """A line for the person running the study (when progress is shown)."""
+        if self.show_progress:
+            print(line, file=sys.stderr, flush=True)
+
+
+@dataclass
+class Prepared:
+    """A runner's driver-side preparation: the run to resume (loops only), and whatever its scheduling needs."""
+
+    resume: Resumable | None = None
+    state: Any = None
+
+
+def run_study(spec: StudySpec, runner: ModuleType | None = None, *, address: str | None = None,
+              tracking_uri: str | None = None, show_progress: bool = True, resume: bool = False) -> StudyResult:
+    """Run a validated study with its kind's runner (`loops.RUNNERS`) and log it to MLflow; return its table."""
+    from loops import runner_for
+    from loops.ray_tools import init_ray
+
+    runner = runner or runner_for(spec.kind)
+    start = time.perf_counter()
+    if resume and not getattr(runner, "RESUMABLE", False):
+        raise UserError(f"{spec.name}: --resume applies to loop studies; a {spec.kind} study is rerun")
+    splits = make_splits(spec.data, seed=0)  # data errors surface here, before Ray or MLflow
+    uri = resolve_tracking_uri(tracking_uri or spec.tracking.uri)
+    prepared: Prepared = runner.prepare(spec, splits, uri, resume)  # bad input stops the study here too
+    init_ray(address or spec.resources.address)
+    if hasattr(runner, "launch"):  # work on Ray that can still refuse bad input, before any run opens
+        prepared = runner.launch(spec, splits, prepared, show_progress)
+    tracker = StudyTracker(uri, spec.experiment_name, spec.name, flat_params(spec), description=spec.description,
+                           tags={"synthdata.kind": spec.kind, "synthdata.spec_hash": spec_hash(spec)}, resume=prepared.resume)
+    study = Study(spec, splits, uri, tracker, prepared.state, show_progress)
+    status, table, figures = "FAILED", pd.DataFrame(), []
+    try:
+        runner.schedule(study)
+        status = "FAILED" if study.failed else "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        try:
+            table = runner.table(study)
+            if not table.empty:
+                tracker.save_results(study.out_dir, table, runner.format_table(table))
+                if status != "KILLED":
+                    figures = runner.figures(study, table)
+                    tracker.log_figures(figures)
+        finally:
+            tracker.end(status)
+    return StudyResult(table, tracker.parent_id, study.failed, time.perf_counter() - start, figures)

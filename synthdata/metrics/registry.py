@@ -1,0 +1,55 @@
+"""The one list of metric names: what each MLflow metric is called on a table, a figure and a progress line.
+
+Tables, figures, progress lines, the report and bench all read it, so a metric is named
+and formatted the same everywhere. `better` says which way is good for a generator's
+samples ("higher", "lower", or None where neither is, like a fitted variance).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    name: str  # the MLflow metric name
+    label: str  # an axis label: what it is, in words
+    header: str  # a table's column header
+    fmt: str  # format spec of a value
+    better: str | None = None  # "higher" | "lower" | None
+    interval: bool = False  # logged with `<name>_ci_low` / `<name>_ci_high` (a 95% interval)
+    figure: bool = True  # worth a figure against generation / scale
+    table: bool = True  # shown in a loop or guide table
+    progress: bool = False  # shown on a progress line when a generation finishes
+
+
+METRICS: tuple[MetricInfo, ...] = (
+    MetricInfo("detectability", "detectability (held-out accuracy)", "detectability", ".3f", "lower", interval=True, progress=True),
+    MetricInfo("guiding_detectability", "guiding classifier's verdict (held-out accuracy)", "guiding clf's verdict", ".3f",
+               "lower", figure=False),
+    MetricInfo("downstream_accuracy", "downstream accuracy (real test set)", "downstream acc", ".3f", "higher", interval=True,
+               progress=True),
+    MetricInfo("detectability_jsd_lower_bound", "JSD lower bound (nats)", "JSD bound", ".3f", "lower"),
+    MetricInfo("fid", "Fréchet distance (study features)", "FID", ".2f", "lower", progress=True),
+    MetricInfo("kid", "KID (study features)", "KID", ".4f", "lower", table=False),
+    MetricInfo("precision", "precision", "prec", ".2f", "higher"),
+    MetricInfo("recall", "recall", "rec", ".2f", "higher"),
+    MetricInfo("density", "density", "density", ".2f", "higher", table=False),
+    MetricInfo("coverage", "coverage", "cov", ".2f", "higher"),
+    MetricInfo("diversity", "diversity (per-class spread / real)", "diversity", ".2f", "higher"),
+    MetricInfo("fitted_variance", "fitted variance", "fitted var", ".4f", progress=True),
+    MetricInfo("fitted_mean_error", "|fitted mean - true mean|", "mean error", ".3f", "lower", table=False),
+    MetricInfo("w2_to_truth", "W2 distance to the true distribution", "W2 to truth", ".3f", "lower"),
+    MetricInfo("time_fit_s", "generator training time (s)", "fit s", ".0f", figure=False),
+    MetricInfo("time_sample_s", "sampling time (s)", "sample s", ".0f", figure=False),
+)
+METRIC = {m.name: m for m in METRICS}
+
+
+def figure_metrics() -> list[MetricInfo]:
+    """The metrics worth a figure, in the order a reader wants them."""
+    return [m for m in METRICS if m.figure]
+
+
+def progress_metrics() -> list[str]:
+    """The metric names a progress line shows when a generation finishes."""
+    return [m.name for m in METRICS if m.progress]

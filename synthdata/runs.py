@@ -1,0 +1,132 @@
+"""Reading a study back from MLflow: its study run, its arms' runs, their metrics, and what a resume needs.
+
+The table, the report and `--resume` all read through here, so they agree on what a
+study holds. `synthdata.tracking` writes; `synthdata.results` turns these rows into tables.
+"""
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from synthdata.data import ImageSet, load_samples
+from synthdata.errors import UserError
+from synthdata.tracking import DONE_METRIC, checkpoint_dir, mlflow_client
+
+
+def study_run(uri: str, *, experiment: str | None = None, run_id: str | None = None) -> Any:
+    """A study's parent run: `run_id` itself, or the latest study run in `experiment`."""
+    client = mlflow_client(uri)
+    if run_id is not None:
+        try:
+            run = client.get_run(run_id)
+        except Exception:
+            raise UserError(f"run '{run_id}': not found in {uri}") from None
+        if run.data.tags.get("synthdata.role") != "study":
+            parent = run.data.tags.get("mlflow.parentRunId")
+            hint = f" (it is a child of study run {parent})" if parent else ""
+            raise UserError(f"run '{run_id}': not a synthdata study run{hint}")
+        return run
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        names = sorted(e.name for e in client.search_experiments())
+        raise UserError(f"experiment '{experiment}': not found in {uri} (there: {', '.join(names) or 'none'})")
+    runs = client.search_runs([exp.experiment_id], filter_string="tags.`synthdata.role` = 'study'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    if not runs:
+        raise UserError(f"experiment '{experiment}': holds no synthdata study run")
+    return runs[0]
+
+
+def child_runs(uri: str, parent_id: str) -> list[Any]:
+    """The arm (loop) or trial (mix) runs of a study run, by name."""
+    client = mlflow_client(uri)
+    parent = client.get_run(parent_id)
+    runs = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'")
+    return sorted(runs, key=lambda r: r.info.run_name or "")
+
+
+def _arm_row(run: Any, generation: int) -> dict:
+    """The columns that say which arm a loop-table row is: arm, group (its line in a figure), loop type, seed."""
+    p = run.data.params
+    arm = run.data.tags.get("synthdata.arm", run.info.run_name)
+    return {"arm": arm, "group": p.get("group", p.get("loop_type", arm)), "loop_type": p.get("loop_type", ""),
+            "seed": int(p.get("seed", -1)), "generation": generation}
+
+
+def loop_rows(uri: str, parent_id: str) -> list[dict]:
+    """Every arm's metrics by generation (MLflow step), as loop-table rows."""
+    client = mlflow_client(uri)
+    rows: dict[tuple[str, int], dict] = {}
+    for run in child_runs(uri, parent_id):
+        for key in run.data.metrics:
+            if key == DONE_METRIC:
+                continue
+            for m in client.get_metric_history(run.info.run_id, key):
+                row = rows.setdefault((run.info.run_id, m.step), _arm_row(run, m.step))
+                row[key] = m.value
+    return list(rows.values())
+
+
+def mix_rows(uri: str, parent_id: str) -> list[dict]:
+    """One row per arm of a mix study: mode, ratio, seed, status and its last reported metrics."""
+    rows = []
+    for run in child_runs(uri, parent_id):
+        p, m = run.data.params, run.data.metrics
+        rows.append({"arm": run.info.run_name, "mode": p.get("mode"), "ratio": float(p.get("ratio", "nan")),
+                     "seed": int(p.get("seed", -1)), "status": run.info.status, "epochs": int(m.get("epoch", 0)),
+                     **{k: v for k, v in m.items() if k != "epoch"}})
+    return rows
+
+
+def finished_arms(uri: str, parent_id: str) -> list[tuple[str, dict[str, str], dict[str, float]]]:
+    """(run name, params, metrics) of every finished arm of a study run (detect and guide studies: one set of metrics each)."""
+    return [(r.info.run_name, dict(r.data.params), dict(r.data.metrics))
+            for r in child_runs(uri, parent_id) if r.info.status == "FINISHED"]
+
+
+@dataclass
+class Resumable:
+    """A study run that can be continued: its parent run and, per arm, its run and last finished generation."""
+
+    parent_id: str
+    status: str
+    arm_runs: dict[str, str] = field(default_factory=dict)
+    done: dict[str, int] = field(default_factory=dict)  # arm -> last finished generation (-1: none)
+
+
+def find_resumable(uri: str, experiment: str, study: str) -> tuple[Resumable | None, str | None]:
+    """The latest run of `study` in `experiment`, with its spec hash; (None, None) when there is none."""
+    client = mlflow_client(uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return None, None
+    parents = client.search_runs(
+        [exp.experiment_id],
+        filter_string=f"tags.`synthdata.study` = '{study}' and tags.`synthdata.role` = 'study'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    if not parents:
+        return None, None
+    parent = parents[0]
+    found = Resumable(parent.info.run_id, parent.info.status)
+    children = client.search_runs([exp.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    for run in children:
+        arm = run.data.tags.get("synthdata.arm", run.info.run_name)
+        found.arm_runs[arm] = run.info.run_id
+        history = client.get_metric_history(run.info.run_id, DONE_METRIC)
+        found.done[arm] = int(max((m.step for m in history), default=-1))
+    return found, parent.data.tags.get("synthdata.spec_hash")
+
+
+def download_samples(uri: str, run_id: str, generation: int) -> ImageSet:
+    """The samples a finished generation kept as its checkpoint."""
+    import mlflow.artifacts
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path=f"{checkpoint_dir(generation)}/samples.safetensors", dst_path=tmp, tracking_uri=uri
+        )
+        return load_samples(Path(path))

@@ -1,0 +1,194 @@
+"""Sections every study kind shares: the real data, classifiers, tracking and resources.
+
+Unknown keys are refused everywhere, so a typo never silently falls back to a default.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal, get_args
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+
+def _existing_file(path: Path) -> Path:
+    if not path.is_file():
+        raise ValueError(f"file does not exist: {path}")
+    return path
+
+
+def _existing_dir(path: Path) -> Path:
+    if not path.is_dir():
+        raise ValueError(f"directory does not exist: {path}")
+    return path
+
+
+# Paths checked when the study file is validated, so a typo fails before anything runs.
+ExistingFile = Annotated[Path, AfterValidator(_existing_file)]
+ExistingDir = Annotated[Path, AfterValidator(_existing_dir)]
+
+
+class Strict(BaseModel):
+    """A spec section: unknown keys refused, frozen once validated."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _unique(v: tuple) -> tuple:
+    if len(set(v)) != len(v):
+        raise ValueError("entries must be unique")
+    return v
+
+
+Unique = AfterValidator(_unique)  # `Annotated[tuple[...], Unique]`: the entries of a list are distinct
+
+
+class SplitSpec(Strict):
+    """Fractions of the real data for each role. The three parts never overlap."""
+
+    train: float = Field(0.6, gt=0, lt=1, description="Real images the first generator trains on.")
+    heldout: float = Field(
+        0.2, gt=0, lt=1, description="Real images no generator ever sees; detectability is evaluated on them."
+    )
+    test: float = Field(
+        0.2, gt=0, lt=1, description="Real images for downstream accuracy (ignored when the source has an official test split)."
+    )
+
+    @model_validator(mode="after")
+    def _sums_to_at_most_one(self) -> "SplitSpec":
+        if self.train + self.heldout + self.test > 1.0 + 1e-9:
+            raise ValueError("train + heldout + test must be at most 1")
+        return self
+
+
+class ToyDataSpec(Strict):
+    """A known distribution for checking loops against theory: class k is N(mu_k, std^2 I) in `dim` dimensions."""
+
+    dim: int = Field(2, ge=1, le=1024, description="Dimension of each sample.")
+    classes: int = Field(1, ge=1, le=100, description="Number of classes (Gaussians), means spread `separation` apart.")
+    std: float = Field(1.0, gt=0, description="Standard deviation of every coordinate.")
+    separation: float = Field(4.0, ge=0, description="Distance between neighbouring class means.")
+    train: int = Field(100, ge=2, description="Real training samples (the first generation's n).")
+    heldout: int = Field(1000, ge=2, description="Held-out real samples (detectability, feature metrics).")
+    test: int = Field(1000, ge=2, description="Real test samples (downstream accuracy).")
+
+
+DataSource = Literal["digits", "mnist", "fashion_mnist", "cifar10", "folder", "gaussian"]
+DATA_SOURCES: tuple[str, ...] = get_args(DataSource)
+TORCHVISION_SOURCES = ("mnist", "fashion_mnist", "cifar10")  # the torchvision data sets (synthdata.data loads them)
+
+
+class DataSpec(Strict):
+    """Where the real images come from."""
+
+    source: DataSource = Field(
+        "digits", description="digits (scikit-learn, embedded), a torchvision data set, an image folder, or a toy Gaussian."
+    )
+    toy: ToyDataSpec = Field(default_factory=ToyDataSpec, description="The toy distribution (source: gaussian).")
+    root: Path | None = Field(
+        None, description="Directory of a torchvision data set or of an image folder (one sub-folder per class)."
+    )
+    download: bool = Field(False, description="Let torchvision download the data set into `root` (needs a network).")
+    image_size: int | None = Field(None, ge=4, le=512, description="Resize images to this square size.")
+    limit: int | None = Field(None, ge=20, description="Use at most this many images per split (for quick runs).")
+    split: SplitSpec = Field(default_factory=SplitSpec)
+
+    @model_validator(mode="after")
+    def _root_exists(self) -> "DataSpec":
+        if self.source in ("digits", "gaussian"):
+            return self
+        if self.root is None:
+            raise ValueError(f"data.root: required for source '{self.source}'")
+        if not self.download and not self.root.is_dir():
+            raise ValueError(f"data.root: directory does not exist: {self.root}")
+        return self
+
+
+class AugmentSpec(Strict):
+    """Training-time augmentation of a classifier's inputs."""
+
+    crop_padding: int = Field(0, ge=0, le=16, description="Random crops after reflect-padding by this many pixels (0: off).")
+    flip: bool = Field(False, description="Random horizontal flips (off for digits: a flipped digit is another shape).")
+
+
+class ClassifierSpec(Strict):
+    """A classifier: the detector (real vs generated), the downstream model, or the study's feature space."""
+
+    name: str = Field(
+        "cnn", description="cnn (the small CNN) or a timm model name (resnet18, resnet50, convnext_tiny, "
+        "vit_small_patch16_224, ...), trained from scratch unless `pretrained` names a local weights file.",
+    )
+    pretrained: ExistingFile | None = Field(None, description="timm models: a local weights file to start from.")
+    width: int = Field(32, ge=4, le=512, description="Channels of the first conv layer (cnn).")
+    epochs: int = Field(15, ge=1)
+    train_steps: int | None = Field(
+        None, ge=1,
+        description="Train for exactly this many optimizer steps instead of `epochs` passes: the same compute "
+        "whatever the training set's size (mix studies compare sets of different sizes).",
+    )
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(2e-3, gt=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0)
+    augment: AugmentSpec = Field(default_factory=AugmentSpec)
+    val_fraction: float = Field(0.0, ge=0, le=0.5, description="Hold out this share of the training images to pick "
+                                "the best epoch by validation loss (0: train on all, keep the last epoch).")
+    patience: int | None = Field(None, ge=1, description="Stop after this many validation checks (about one per epoch) "
+                                 "without a better validation loss.")
+
+    @model_validator(mode="after")
+    def _known_model(self) -> "ClassifierSpec":
+        if self.name not in ("cnn", "inception"):
+            import timm
+
+            if not timm.is_model(self.name):
+                import difflib
+
+                close = ", ".join(difflib.get_close_matches(self.name, timm.list_models(), n=4)) or "see timm.list_models()"
+                raise ValueError(f"name: '{self.name}' is neither cnn nor a timm model (close: {close})")
+        if self.patience is not None and self.val_fraction == 0:
+            raise ValueError("patience: early stopping needs a validation split (set val_fraction, e.g. 0.1)")
+        return self
+
+
+class FeatureSpec(ClassifierSpec):
+    """The study's feature space for FID/KID/PRDC: a CNN trained on the real data, or Inception with local weights."""
+
+    name: Literal["cnn", "inception"] = Field("cnn", description="cnn (trained once per study) or inception (frozen).")
+    weights: Path | None = Field(
+        None, description="inception: a local FID Inception-v3 weights file (torch-fidelity's pt_inception-2015-12-05)."
+    )
+
+    @model_validator(mode="after")
+    def _weights_exist(self) -> "FeatureSpec":
+        if self.name == "inception":
+            if self.weights is None:
+                raise ValueError("features.weights: required for inception (nothing is downloaded at run time)")
+            if not self.weights.is_file():
+                raise ValueError(f"features.weights: file does not exist: {self.weights}")
+        return self
+
+
+class TrackingSpec(Strict):
+    """Where results go. The tracking URI comes from MLFLOW_TRACKING_URI unless set here."""
+
+    experiment: str | None = Field(None, min_length=1, description="MLflow experiment (default: the study name).")
+    uri: str | None = Field(None, description="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db).")
+    sample_grid: bool = Field(True, description="Log a grid of samples per generation as an image artifact.")
+    checkpoints: bool = Field(
+        True, description="Keep each generation's generator weights and samples as artifacts (needed by --resume)."
+    )
+    report_dir: Path = Field(Path("runs"), description="Figures and tables are also written to REPORT_DIR/<study name>/.")
+
+
+class ResourcesSpec(Strict):
+    """Ray resources for each arm."""
+
+    cpus_per_arm: float = Field(1, gt=0, description="CPUs Ray reserves for each arm; torch uses as many threads.")
+    gpus_per_arm: float = Field(0, ge=0, description="GPUs for each arm (0 on CPU-only machines).")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="auto: bf16 autocast and TF32 on GPUs that support them, fp32 on CPUs; fp32 or bf16 everywhere.")
+    address: str | None = Field(None, description="Ray cluster address (default: $RAY_ADDRESS, else a local Ray).")
+    max_arm_retries: int = Field(
+        2, ge=0, le=100,
+        description="Times an arm whose worker died (node lost, process killed) is restarted from its last finished "
+        "generation. Errors in the arm itself (bad data, a diverging generator) fail it at once.",
+    )

@@ -1,0 +1,95 @@
+"""Generator sections: the built-in generators by name, and detector guidance of their sampling."""
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union, get_args
+
+from pydantic import Field, model_validator
+
+from synthdata.spec.base import Strict
+
+
+class DiffusionSpec(Strict):
+    """A class-conditional diffusers UNet2DModel trained from scratch (DDPM), sampled with DDIM."""
+
+    name: Literal["diffusion"] = "diffusion"
+    channels: tuple[int, ...] = Field((32, 64, 64), min_length=1, max_length=5, description="UNet block widths.")
+    layers_per_block: int = Field(1, ge=1, le=4)
+    attention: bool = Field(True, description="Self-attention in the lowest-resolution blocks.")
+    train_steps: int = Field(3000, ge=1, description="Optimizer steps per generation.")
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(1e-3, gt=0, lt=1)
+    warmup_steps: int = Field(200, ge=0)
+    ema_decay: float = Field(0.999, ge=0, lt=1, description="EMA of the weights used for sampling (0 turns it off).")
+    train_timesteps: int = Field(1000, ge=10, description="DDPM noise-schedule length.")
+    beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "squaredcos_cap_v2"
+    sampling_steps: int = Field(25, ge=1, le=1000, description="DDIM denoising steps when sampling.")
+    sample_batch_size: int = Field(512, ge=1)
+    cond_dropout: float = Field(
+        0.0, ge=0, lt=1, description="Fraction of training steps with the label dropped (needed for cfg_scale != 1)."
+    )
+    cfg_scale: float = Field(
+        1.0, ge=0, le=20, description="Sampling bias: classifier-free guidance scale (1 = plain conditional sampling)."
+    )
+
+    @model_validator(mode="after")
+    def _cfg_needs_dropout(self) -> "DiffusionSpec":
+        if self.cfg_scale != 1.0 and self.cond_dropout == 0:
+            raise ValueError("cfg_scale != 1 needs an unconditional model: set cond_dropout > 0 (e.g. 0.1)")
+        return self
+
+
+class GaussianSpec(Strict):
+    """Toy generator: one Gaussian per class over flattened images, fitted by maximum likelihood."""
+
+    name: Literal["gaussian"] = "gaussian"
+    covariance: Literal["full", "diag"] = Field("full", description="Full or diagonal covariance.")
+    ridge: float = Field(1e-3, ge=0, description="Added to the covariance diagonal so that it stays invertible.")
+    unbiased: bool = Field(False, description="Refit with the (n-1) covariance instead of the ML (n) one.")
+    temperature: float = Field(1.0, gt=0, le=10, description="Sampling bias: sample from N(mu, temperature * Sigma).")
+
+
+class GMMSpec(Strict):
+    """Toy generator: a Gaussian mixture per class (scikit-learn, EM)."""
+
+    name: Literal["gmm"] = "gmm"
+    components: int = Field(3, ge=1, le=100, description="Mixture components per class.")
+    covariance: Literal["full", "diag"] = "full"
+    ridge: float = Field(1e-3, ge=0, description="Added to every covariance diagonal (scikit-learn's reg_covar).")
+    temperature: float = Field(1.0, gt=0, le=10, description="Sampling bias: component covariances scaled by this.")
+
+
+GENERATOR_SPECS = (DiffusionSpec, GaussianSpec, GMMSpec)
+GENERATOR_NAMES: tuple[str, ...] = tuple(get_args(s.model_fields["name"].annotation)[0] for s in GENERATOR_SPECS)
+GUIDABLE = ("diffusion",)  # generators whose sampling detector guidance can steer
+GeneratorSpec = Annotated[Union[DiffusionSpec, GaussianSpec, GMMSpec], Field(discriminator="name")]
+
+
+def not_guidable(name: str) -> str:
+    """The one message for detector guidance asked of a generator it cannot steer."""
+    return f"guidance: detector guidance steers a diffusion generator's sampling; generator is '{name}'"
+
+
+class GuidanceSpec(Strict):
+    """Detector guidance of diffusion sampling: a guiding classifier steers every DDIM step.
+
+    After a diffusion generator is trained, a small noise-aware classifier D(x_t, t, y) (the
+    guiding classifier) learns to tell noised real training images from noised unguided
+    samples at the sampler's timesteps. Its logit estimates log p_real(x_t|y) / p_gen(x_t|y),
+    so adding `scale` times its gradient to the generator's score moves samples toward the
+    real data (discriminator guidance): scale 1 is the exact correction for a perfect
+    classifier, above 1 over-steers.
+    """
+
+    scale: float = Field(0.0, ge=0, le=50, description="Guidance scale w (0: off, plain sampling; 1: the density-ratio "
+                         "correction; > 1 steers harder).")
+    train_samples: int | None = Field(None, ge=10, description="Unguided samples the guiding classifier trains on "
+                                      "(default: as many as the real images it sees).")
+    width: int = Field(32, ge=4, le=256, description="Channels of its first stage (doubled at each halving, up to 4x).")
+    train_steps: int = Field(1500, ge=1, description="Optimizer steps (each: a batch of real and a batch of generated images).")
+    batch_size: int = Field(128, ge=2)
+    lr: float = Field(1e-3, gt=0, lt=1)
+    val_fraction: float = Field(0.0, ge=0, le=0.5, description="Hold out this share of the real and the generated "
+                                "images and keep the weights with the lowest validation loss (0: the last weights). "
+                                "Guards a long schedule against memorising the real images.")
+    class_conditional: bool = Field(True, description="Condition on the class label too: the ratio p_real(x|y)/p_gen(x|y) "
+                                    "of a class-conditional generator.")

@@ -1,0 +1,80 @@
+"""kind: loop — self-consuming loops: loop types x swept values x seeds, generation after generation."""
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from synthdata.spec.base import Strict, Unique
+from synthdata.spec.study import MeasuredStudy
+
+LoopType = Literal["replace", "augment", "fresh", "accumulate"]
+
+SWEEPABLE = (
+    "generator.cfg_scale",
+    "guidance.scale",
+    "generator.temperature",
+    "loop.real_fraction",
+    "loop.samples_per_generation",
+)
+
+
+class LoopSpec(Strict):
+    """The self-consuming loop: which loop types, for how many generations, with which seeds."""
+
+    types: Annotated[tuple[LoopType, ...], Unique] = Field(("replace", "augment"), min_length=1, description="Loop types to run, one arm each per seed.")
+    generations: int = Field(3, ge=1, le=10_000, description="Generations T per arm.")
+    samples_per_generation: int = Field(1000, ge=2, description="Samples each generation adds to the next training set.")
+    real_fraction: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="augment/fresh: the real share of each training set from generation 2 on. "
+        "Default: augment keeps the whole real training set, fresh draws as many real images as samples (0.5).",
+    )
+    seeds: Annotated[tuple[int, ...], Unique] = Field((0,), min_length=1, description="One arm per loop type and seed.")
+    sweep: dict[str, tuple[float, ...]] = Field(
+        default_factory=dict,
+        description="Extra arm dimensions: a dotted spec field and its values, e.g. {generator.temperature: [0.9, 1.0]}.",
+    )
+
+    @field_validator("sweep")
+    @classmethod
+    def _sweepable(cls, v: dict) -> dict:
+        for key, values in v.items():
+            if key not in SWEEPABLE:
+                raise ValueError(f"cannot sweep {key!r}; sweepable fields: {', '.join(SWEEPABLE)}")
+            if not values or len(set(values)) != len(values):
+                raise ValueError(f"{key}: give one or more distinct values")
+        return v
+
+
+class LoopStudy(MeasuredStudy):
+    """A loop study file."""
+
+    kind: Literal["loop"] = Field("loop", description="loop: self-consuming loops (section `loop`).")
+    loop: LoopSpec = Field(default_factory=LoopSpec)
+
+    def _guided(self) -> bool:
+        return self.guidance.scale > 0 or "guidance.scale" in self.loop.sweep
+
+    @model_validator(mode="after")
+    def _sweep_applies(self) -> "LoopStudy":
+        for key, values in self.loop.sweep.items():
+            section, field = key.split(".")
+            if field not in type(getattr(self, section)).model_fields:
+                raise ValueError(f"loop.sweep: {key} does not apply to generator {self.generator.name!r}")
+            for value in values:  # every swept value must make a valid spec
+                with_value(self, key, value)
+        return self
+
+
+def with_value(spec: LoopStudy, key: str, value: Any) -> LoopStudy:
+    """A copy of `spec` with the dotted field `key` set to `value`, validated (and no sweep of its own)."""
+    section, field = key.split(".")
+    data = spec.model_dump()
+    if field == "samples_per_generation":
+        value = int(value)
+    data[section][field] = value
+    data["loop"]["sweep"] = {}
+    return LoopStudy.model_validate(data)

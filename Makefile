@@ -27,12 +27,13 @@ browser:
 	  echo "chromium not installed (apt-get install chromium): the browser test will be skipped"
 
 test: $(STAMP) browser
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
 # Benchmarks (not part of the tests): per-stage throughput and ratios against baselines; see bench/README.md.
 bench: $(STAMP)
-	$(BIN)/python bench/run.py
-	$(BIN)/python bench/study.py
+	$(BIN)/python -m bench.run --update-readme
+	$(BIN)/python -m bench.study --update-readme
 
 clean-runs:
 	rm -rf mlflow.db mlartifacts

@@ -1,11 +1,11 @@
 """synthdata benchmarks: per-stage throughput, ratios against baselines measured in the same run, and the machine.
 
-    .venv/bin/python bench/run.py            # real sizes (quickstart model), ~10 min on 2 CPU cores
-    .venv/bin/python bench/run.py --quick    # smaller step counts, ~4 min
+    .venv/bin/python -m bench.run            # real sizes (quickstart model), ~10 min on 2 CPU cores
+    .venv/bin/python -m bench.run --quick    # smaller step counts, ~4 min
     .venv/bin/python bench/run.py --device cuda
     .venv/bin/python bench/run.py --probes     # also torch.compile of the training step
 
-Writes bench/results.json and the table in bench/README.md (between its markers).
+Writes bench/results.json; with --update-readme, also the table in bench/README.md (between its markers).
 Every ratio compares two things measured here, now, on this machine:
 
 - generator training: synthdata's loop vs a plain loop as the diffusers training examples
@@ -28,11 +28,10 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from synthdata.data import load_digits_set
+from synthdata.spec import DiffusionSpec, parse_spec
 
-from synthdata.data import load_digits_set  # noqa: E402
-from synthdata.spec import DiffusionSpec, parse_spec  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 def machine(device: str) -> dict:
@@ -219,7 +218,8 @@ def one_generation(steps: int, device: str, repeat: int = 2) -> tuple[dict[str, 
     import ray
 
     from loops.autophagy import Arm, GenerationResult, run_arm
-    from loops.runner import _arm_task, init_ray
+    from loops.loop import arm_task
+    from loops.ray_tools import init_ray
     from synthdata.data import make_splits
 
     study = yaml_load(REPO / "studies" / "quickstart.yaml")
@@ -230,7 +230,7 @@ def one_generation(steps: int, device: str, repeat: int = 2) -> tuple[dict[str, 
     arm = Arm("replace", 0)
     init_ray(None)
     threads = torch.get_num_threads()
-    remote = ray.remote(_arm_task).options(num_cpus=1, max_retries=0)
+    remote = ray.remote(arm_task).options(num_cpus=1, max_retries=0)
     # A warm worker, as in a study where the arm's worker is already up and has imported
     # the library (a study pays that once per worker): start-up is measured apart.
     start = time.perf_counter()
@@ -264,7 +264,7 @@ def tune_efficiency(steps: int) -> tuple[float, float]:
     """Two identical Tune trials (1 CPU each, a classifier training) at once vs one after another."""
     from ray import tune
 
-    from loops.runner import init_ray
+    from loops.ray_tools import init_ray
 
     init_ray(None)
     data = load_digits_set()
@@ -276,7 +276,7 @@ def tune_efficiency(steps: int) -> tuple[float, float]:
         from synthdata.spec import ClassifierSpec
 
         torch.set_num_threads(1)
-        train_classifier(ClassifierSpec(steps=steps), data.images, data.labels, 10, seed=config["seed"])
+        train_classifier(ClassifierSpec(train_steps=steps), data.images, data.labels, 10, seed=config["seed"])
         tune.report({"done": 1})
 
     walls: dict[int, list[float]] = {1: [], 2: []}
@@ -331,6 +331,7 @@ def table(r: dict) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="Fewer steps: a smoke run of the harness.")
+    p.add_argument("--update-readme", action="store_true", help="Also put the table into bench/README.md.")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=1, help="torch threads for the single-process stages (an arm gets 1 CPU).")
     p.add_argument("--out", default=str(REPO / "bench" / "results.json"))
@@ -402,12 +403,17 @@ def main() -> None:
     Path(args.out).write_text(json.dumps(r, indent=2, default=float))
     text = table(r)
     print(text)
+    if args.update_readme and not args.quick:
+        update_readme("results", text)
+
+
+def update_readme(marker: str, text: str) -> None:
+    """Put `text` between `<!-- marker -->` and `<!-- /marker -->` in bench/README.md (only when asked: --update-readme)."""
     readme = REPO / "bench" / "README.md"
-    if readme.exists() and not args.quick:
-        body = readme.read_text()
-        start, end = "<!-- results -->", "<!-- /results -->"
-        if start in body and end in body:
-            readme.write_text(body[: body.index(start) + len(start)] + "\n" + text + "\n" + body[body.index(end):])
+    body = readme.read_text()
+    start, end = f"<!-- {marker} -->", f"<!-- /{marker} -->"
+    if start in body and end in body:
+        readme.write_text(body[: body.index(start) + len(start)] + "\n" + text + "\n" + body[body.index(end):])
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """The quickstart study end to end: `synthdata run` against the same study as a plain script.
 
-    .venv/bin/python bench/study.py                      # studies/quickstart.yaml, ~16 min on 2 CPU cores
-    .venv/bin/python bench/study.py --generations 1 --train-steps 60   # a smoke run of the harness
+    .venv/bin/python -m bench.study                      # studies/quickstart.yaml, ~16 min on 2 CPU cores
+    .venv/bin/python -m bench.study --generations 1 --train-steps 60   # a smoke run of the harness
 
 The plain script is the study as a practitioner writes it from the diffusers training
 examples (`train_unconditional.py`): one process with torch's default threads (all
@@ -11,7 +11,7 @@ examples do, and what synthdata's fit does), sampled by DDIM in the examples' ev
 batches of 16, and measured by synthdata's own metric code (the same either way). Like any
 loop over arms, it trains generation 1 once per arm.
 
-Writes bench/study.json and the table between the study markers of bench/README.md.
+Writes bench/study.json; with --update-readme, also the table between the study markers of bench/README.md.
 """
 from __future__ import annotations
 
@@ -29,14 +29,11 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
+from bench.run import REPO, machine, update_readme, yaml_load
+from synthdata.metrics.registry import progress_metrics
+from synthdata.spec import LoopStudy, parse_spec
 
-from run import machine, yaml_load  # noqa: E402
-from synthdata.spec import StudySpec, parse_spec  # noqa: E402
-
-COMPARED = ("detectability", "downstream_accuracy", "fid")
+COMPARED = tuple(m for m in progress_metrics() if m != "fitted_variance")  # what both runs' last generations are compared on
 
 
 class PlainDiffusion:
@@ -93,12 +90,13 @@ class PlainDiffusion:
         return torch.cat([ddim_sample(eps, scheduler, torch.randn(len(y), *self.shape), y) for y in labels.split(batch_size)])
 
 
-def plain_study(spec: StudySpec) -> tuple[float, pd.DataFrame, dict[str, float]]:
+def plain_study(spec: LoopStudy) -> tuple[float, pd.DataFrame, dict[str, float]]:
     """The study as one script: wall seconds, its per-generation table, and seconds per stage."""
-    from loops.autophagy import _measure, build_training_set, stream_seed
-    from loops.runner import arms_of, study_context
+    from loops.loop import arms_of
+    from synthdata.autophagy import build_training_set, measure_samples, study_context
     from synthdata.data import ImageSet, make_splits
     from synthdata.generators import draw_samples
+    from synthdata.seeds import Purpose, stream_seed
 
     torch.set_num_threads(os.cpu_count() or 1)  # torch's default: what a script gets
     start = time.perf_counter()
@@ -110,27 +108,26 @@ def plain_study(spec: StudySpec) -> tuple[float, pd.DataFrame, dict[str, float]]
     for arm in arms_of(spec):
         s = arm.spec_for(spec)
 
-        def seed_of(generation: int, purpose: int) -> int:  # the loop's own seeds
-            return stream_seed(arm.seed, generation, purpose)
+        def seed_of(generation: int, purpose: Purpose) -> int:  # the loop's own seeds
+            return stream_seed(arm.seed, purpose, generation)
 
         t0 = time.perf_counter()
-        m = _measure(s, splits, context, real.images, real.labels, splits.heldout.images, lambda p: seed_of(0, p), "cpu",
-                     real_reference_run=True)
+        m = measure_samples(s, splits, context, real, splits.heldout.images, lambda p: seed_of(0, p), "cpu", real_reference=True)
         stages["metrics"] += time.perf_counter() - t0
         rows.append({"arm": arm.name, "generation": 0, **m})
-        fixed_order = torch.randperm(len(real), generator=torch.Generator().manual_seed(seed_of(0, 9)))
+        fixed_order = torch.randperm(len(real), generator=torch.Generator().manual_seed(seed_of(0, Purpose.ORDER)))
         history: list[ImageSet] = []
         for t in range(1, loop.generations + 1):
             train_set = build_training_set(arm.loop_type, splits, history, real_fraction=loop.real_fraction,
-                                           generator=torch.Generator().manual_seed(seed_of(t, 8)), fixed_order=fixed_order)
+                                           generator=torch.Generator().manual_seed(seed_of(t, Purpose.FRESH)), fixed_order=fixed_order)
             gen = PlainDiffusion(s.generator, real.shape, real.num_classes)
             t0 = time.perf_counter()
-            gen.fit(train_set, seed=seed_of(t, 3))
+            gen.fit(train_set, seed=seed_of(t, Purpose.FIT))
             t1 = time.perf_counter()
-            drawn = draw_samples(gen, n + n_eval, real, label_seed=seed_of(t, 4), sample_seed=seed_of(t, 5))
+            drawn = draw_samples(gen, n + n_eval, real, label_seed=seed_of(t, Purpose.LABELS), sample_seed=seed_of(t, Purpose.SAMPLES))
             t2 = time.perf_counter()
             samples = ImageSet(drawn.images[:n], drawn.labels[:n], real.num_classes, real.levels)
-            m = _measure(s, splits, context, samples.images, samples.labels, drawn.images[n:], lambda p: seed_of(t, p), "cpu")
+            m = measure_samples(s, splits, context, samples, drawn.images[n:], lambda p: seed_of(t, p), "cpu")
             stages["fit"] += t1 - t0
             stages["sample"] += t2 - t1
             stages["metrics"] += time.perf_counter() - t2
@@ -186,6 +183,7 @@ def main() -> None:
     p.add_argument("--generations", type=int, help="Fewer generations (a smoke run; the README table is left alone).")
     p.add_argument("--train-steps", type=int, help="Fewer generator steps (a smoke run).")
     p.add_argument("--out", default=str(REPO / "bench" / "study.json"))
+    p.add_argument("--update-readme", action="store_true", help="Also put the table into bench/README.md.")
     args = p.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     study = yaml_load(Path(args.study))
@@ -208,11 +206,8 @@ def main() -> None:
     Path(args.out).write_text(json.dumps(r, indent=2))
     text = table_md(r)
     print(text)
-    readme = REPO / "bench" / "README.md"
-    start, end = "<!-- study -->", "<!-- /study -->"
-    body = readme.read_text()
-    if not smoke and start in body and end in body:
-        readme.write_text(body[: body.index(start) + len(start)] + "\n" + text + "\n" + body[body.index(end):])
+    if args.update_readme and not smoke:
+        update_readme("study", text)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,8 @@ import torch
 
 from synthdata.autophagy import StudyContext, build_training_set, grid_subset, measure_samples
 from synthdata.data import ImageSet, Splits
-from synthdata.generators import draw_samples, fit_generator
+from synthdata.fitting import fit_generator
+from synthdata.generators import draw_samples
 from synthdata.metrics.toy import toy_metrics
 from synthdata.seeds import Purpose, stream_seed
 from synthdata.spec import LoopStudy, with_value
@@ -160,9 +161,8 @@ def run_arm(
             generator=torch.Generator().manual_seed(seed_of(t, Purpose.FRESH)), fixed_order=fixed_order,
         )
         generator, info = yield from _with_progress(
-            lambda report: fit_generator(spec.generator, train_set, seed=seed_of(t, Purpose.FIT), device=device,
-                                         guidance=guidance, guidance_seed=seed_of(t, Purpose.GUIDANCE), real=real,
-                                         progress=report),
+            lambda report: fit_generator(spec.generator, train_set, seed=arm.seed, generation=t, device=device,
+                                         guidance=guidance, real=real, progress=report),
             arm.name, t)
         metrics: dict[str, float] = {"train_set_size": float(len(train_set)), **info}
         slow = metrics["time_fit_s"] > 1.0  # worth telling the driver about stages only when generations are slow

@@ -23,7 +23,8 @@ from synthdata.autophagy import StudyContext, grid_subset, measure_samples, stud
 from synthdata.compute import configure_worker
 from synthdata.data import Splits
 from synthdata.figures import guide_figures, sample_grid
-from synthdata.generators import check_generator, create_generator, draw_samples, fit_generator
+from synthdata.fitting import fit_generator
+from synthdata.generators import check_generator, create_generator, draw_samples
 from synthdata.results import format_guide_table as format_table  # noqa: F401  this runner's text form
 from synthdata.results import guide_table
 from synthdata.seeds import Purpose, Scope, stream_seed
@@ -58,8 +59,7 @@ class Fitted:
 def _fit_task(spec: GuideStudy, splits: Splits, seed: int) -> Fitted:
     """Train the seed's generator on the real training set, then its guiding classifier against it."""
     device = configure_worker(spec.resources)
-    guided, info = fit_generator(spec.generator, splits.train, seed=stream_seed(seed, Purpose.FIT), device=device,
-                                 guidance=spec.guidance, guidance_seed=stream_seed(seed, Purpose.GUIDANCE))
+    guided, info = fit_generator(spec.generator, splits.train, seed=seed, device=device, guidance=spec.guidance)
     classifier = {k: v.detach().cpu() for k, v in guided.classifier.state_dict().items()}
     return Fitted(guided.generator.state_dict(), classifier, info)  # the generator's state_dict is on the CPU already
 

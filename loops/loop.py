@@ -47,7 +47,7 @@ def arms_of(spec: LoopStudy) -> list[Arm]:
     ]
 
 
-def _arm_task(spec: LoopStudy, splits: Splits, arm: Arm, context: StudyContext, resume: ResumeState | None, every_s: float = 0.5):
+def arm_task(spec: LoopStudy, splits: Splits, arm: Arm, context: StudyContext, resume: ResumeState | None, every_s: float = 0.5):
     """The body of one arm's Ray task: pin torch threads to the CPUs Ray gave us, then stream events.
 
     Events go out in lists, at most one every `every_s` seconds, except that a slow
@@ -193,7 +193,7 @@ class _Driver:
 
         res = self.spec.resources
         width = min(res.cpus_per_arm * len(group), widest_node_cpus()) if len(group) > 1 else res.cpus_per_arm
-        task = ray.remote(_arm_task).options(num_cpus=width, num_gpus=res.gpus_per_arm, max_retries=0)
+        task = ray.remote(arm_task).options(num_cpus=width, num_gpus=res.gpus_per_arm, max_retries=0)
         # Ray's own task retries would rerun a dead arm from generation 0 and log its
         # generations twice; the driver restarts it instead, from its last finished generation.
         spec = prefix_spec(self.spec, width) if len(group) > 1 else self.spec

@@ -22,7 +22,7 @@ from synthdata.data import ImageSet, Splits, class_balanced_labels, concat, samp
 from synthdata.metrics.detectability import detectability, real_vs_real
 from synthdata.metrics.downstream import downstream_accuracy
 from synthdata.metrics.features import FeatureExtractor, RealReference, feature_metrics, train_feature_extractor
-from synthdata.seeds import Purpose
+from synthdata.seeds import Purpose, stream_seed
 from synthdata.spec import MeasuredStudy
 
 
@@ -41,7 +41,8 @@ def study_context(spec: MeasuredStudy, splits: Splits) -> StudyContext:
     heldout = splits.heldout
     if heldout.images.shape[-1] == 1:  # toy vectors are their own features
         return StudyContext(RealReference.build(None, heldout.images.flatten(1), heldout.labels))
-    extractor = train_feature_extractor(splits.train.images, splits.train.labels, splits.train.num_classes, spec.features, seed=0)
+    extractor = train_feature_extractor(splits.train.images, splits.train.labels, splits.train.num_classes, spec.features,
+                                        seed=stream_seed(0, Purpose.FEATURES))
     return StudyContext(RealReference.build(extractor, heldout.images, heldout.labels), extractor)
 
 

@@ -153,8 +153,8 @@ def arms_for(detect: DetectSpec, source_names: list[str]) -> list[DetectArm]:
 def run_arm(arm: DetectArm, detect: DetectSpec, detector: ClassifierSpec, real_train: ImageSet, real_eval: ImageSet, sources: dict[str, ImageSet],
              *, device: str = "cpu") -> DetectResult:
     """Train and score the detector of one arm."""
-    seed = stream_seed(arm.seed, Purpose.DETECT_ARM)
-    split = {name: split_source(s.images, detect.eval_fraction, seed=arm.seed) for name, s in sources.items()}
+    seed = stream_seed(arm.seed, Purpose.DETECTOR)
+    split = {name: split_source(s.images, detect.eval_fraction, seed=stream_seed(arm.seed, Purpose.SPLIT)) for name, s in sources.items()}
     rt, re = real_train.images, real_eval.images
     if arm.analysis == "real_vs_real":
         metrics, _ = pair_test(*real_halves(rt, re, seed), detector, seed=seed, train_size=detect.train_size, device=device)
@@ -177,7 +177,7 @@ def run_arm(arm: DetectArm, detect: DetectSpec, detector: ClassifierSpec, real_t
         mask = band_mask(tuple(rt.shape[-2:]), detect.bands.radii, arm.setting)
         rt, re, gt, ge = (filter_band(x, mask) for x in (rt, re, gt, ge))
     elif arm.analysis == "crop":
-        size, g = int(arm.setting.removeprefix("size=")), torch.Generator().manual_seed(seed + 1)
+        size, g = int(arm.setting.removeprefix("size=")), torch.Generator().manual_seed(stream_seed(arm.seed, Purpose.CROPS))
         rt, re, gt, ge = (random_crops(x, size, g) for x in (rt, re, gt, ge))
     examples = detect.examples if arm.analysis == "pair" else 0
     metrics, shown = pair_test(rt, gt, re, ge, detector, seed=seed, train_size=train_size, examples=examples, device=device)

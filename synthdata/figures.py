@@ -8,10 +8,15 @@ Also the sample grids every study logs.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from synthdata.metrics.registry import figure_metrics
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
 
 
 def _pyplot():

@@ -29,6 +29,7 @@ from diffusers.optimization import get_cosine_schedule_with_warmup
 from synthdata.data import ImageSet
 from synthdata.generators import Progress, draw_samples
 from synthdata.generators.diffusion import Correction, DiffusionGenerator
+from synthdata.seeds import Purpose, Scope, stream_seed
 from synthdata.spec import GuidanceSpec
 
 
@@ -208,8 +209,8 @@ class GuidedGenerator:
         self.generator.load_state_dict(state)
 
 
-def with_guidance(generator: DiffusionGenerator, spec: GuidanceSpec, real: ImageSet, *, seed: int, device: str = "cpu",
-                    progress: Progress | None = None) -> tuple[GuidedGenerator, dict[str, float]]:
+def with_guidance(generator: DiffusionGenerator, spec: GuidanceSpec, real: ImageSet, *, seed: int, generation: int = 0,
+                  device: str = "cpu", progress: Progress | None = None) -> tuple[GuidedGenerator, dict[str, float]]:
     """Train the guiding classifier for a fitted generator: `real` against its unguided samples.
 
     Returns the generator wrapped to sample at `spec.scale`, and the classifier's training
@@ -217,9 +218,12 @@ def with_guidance(generator: DiffusionGenerator, spec: GuidanceSpec, real: Image
     drawn (and quantized) as every other sample set is.
     """
     n = spec.train_samples or len(real)
-    unguided = draw_samples(generator, n, real, label_seed=seed + 11, sample_seed=seed + 12,
+    def seed_of(purpose: Purpose) -> int:
+        return stream_seed(seed, purpose, generation, Scope.GUIDANCE)
+
+    unguided = draw_samples(generator, n, real, label_seed=seed_of(Purpose.LABELS), sample_seed=seed_of(Purpose.SAMPLES),
                             context="generator diverged before guidance")
     timesteps = generator.sampler().timesteps
-    model, info = train_guiding_classifier(spec, real, unguided, timesteps, generator.noise_scheduler, seed=seed + 13, device=device,
+    model, info = train_guiding_classifier(spec, real, unguided, timesteps, generator.noise_scheduler, seed=seed_of(Purpose.FIT), device=device,
                               progress=progress)
     return GuidedGenerator(generator, model, spec.scale), info

@@ -13,7 +13,9 @@ import torch
 
 from synthdata.data import ImageSet, concat
 from synthdata.errors import DataError
-from synthdata.generators import StageProgress, draw_samples, fit_generator
+from synthdata.fitting import StageProgress, fit_generator
+from synthdata.generators import draw_samples
+from synthdata.seeds import Purpose, stream_seed
 from synthdata.spec import GeneratorSpec, GuidanceSpec
 
 
@@ -26,9 +28,8 @@ def make_pool(generator_spec: GeneratorSpec, real: ImageSet, size: int, *, seed:
     classifier trained on the same `real` images. Returns the pool and the fit summary.
     """
     guided = guidance if guidance is not None and guidance.scale > 0 else None
-    generator, info = fit_generator(generator_spec, real, seed=seed, device=device, guidance=guided,
-                                    guidance_seed=seed + 3, progress=progress)
-    pool = draw_samples(generator, size, real, label_seed=seed + 1, sample_seed=seed + 2)
+    generator, info = fit_generator(generator_spec, real, seed=seed, device=device, guidance=guided, progress=progress)
+    pool = draw_samples(generator, size, real, label_seed=stream_seed(seed, Purpose.LABELS), sample_seed=stream_seed(seed, Purpose.SAMPLES))
     return pool, info
 
 
@@ -57,17 +58,17 @@ def synthetic_count(mode: str, ratio: float, n_real: int) -> int:
 def real_subset(real: ImageSet, real_size: int | None, *, seed: int) -> ImageSet:
     """The N real images of a seed (all of them when `real_size` is None), in the seed's fixed order.
 
-    The seed's generator trains on exactly these, and its trials mix prefixes of them:
+    The seed's generator trains on exactly these, and its arms mix prefixes of them:
     the generator never sees real data the classifier is denied.
     """
-    order = torch.randperm(len(real), generator=torch.Generator().manual_seed(seed))
+    order = torch.randperm(len(real), generator=torch.Generator().manual_seed(stream_seed(seed, Purpose.ORDER)))
     return real.subset(order[: min(real_size or len(real), len(real))])
 
 
 def mix_training_set(real: ImageSet, pool: ImageSet, mode: str, ratio: float, *, seed: int) -> ImageSet:
-    """The training set of one trial, from a seed's N real images (`real_subset`) and its pool.
+    """The training set of one arm, from a seed's N real images (`real_subset`) and its pool.
 
-    Real and synthetic images are prefixes of orders fixed per seed, so the trials of a
+    Real and synthetic images are prefixes of orders fixed per seed, so the arms of a
     seed are nested (in `augment` a larger r only adds synthetic images; in `replace` it
     keeps a subset of the real ones and a superset of the synthetic ones): differences
     between r values are the mix, not the draw.
@@ -77,6 +78,6 @@ def mix_training_set(real: ImageSet, pool: ImageSet, mode: str, ratio: float, *,
     n_real = n if mode == "augment" else n - n_syn
     if n_syn > len(pool):
         raise ValueError(f"{mode} at ratio {ratio:g} needs {n_syn} synthetic images, the pool has {len(pool)}")
-    pool_order = torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed + 1))
+    pool_order = torch.randperm(len(pool), generator=torch.Generator().manual_seed(stream_seed(seed, Purpose.POOL_ORDER)))
     parts = [s for s in (real.subset(torch.arange(n_real)), pool.subset(pool_order[:n_syn])) if len(s)]
     return concat(*parts)

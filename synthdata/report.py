@@ -8,8 +8,8 @@ self-contained: figures and sample grids are embedded as data URIs.
 from __future__ import annotations
 
 import base64
-import json
 import html
+import json
 import re
 import tempfile
 from dataclasses import dataclass, field
@@ -62,14 +62,8 @@ def build_report(uri: str, out_dir: str | Path, *, experiment: str | None = None
     report = Report(title=parent.info.run_name, meta=_meta(uri, parent, kind))
     children = sorted(child_runs(uri, parent.info.run_id), key=lambda r: _natural(r.info.run_name or ""))
     report.tables["Runs"] = _runs_table(children, kind)
-    if kind == "loop":
-        _loop_part(report, uri, parent, children, out_dir)
-    elif kind == "mix":
-        _mix_part(report, uri, parent, out_dir)
-    elif kind == "detect":
-        _detect_part(report, uri, parent, children, out_dir)
-    elif kind == "guide":
-        _guide_part(report, uri, parent, children, out_dir)
+    if kind in PARTS:
+        PARTS[kind](report, uri, parent, children, out_dir)
     else:  # a kind this page has no special layout for: each run's final metrics
         report.tables["Final metrics"] = _final_metrics(children)
     report.details["Study parameters"] = pd.DataFrame(sorted(parent.data.params.items()), columns=["parameter", "value"])
@@ -113,30 +107,45 @@ def _add_figures(report: Report, paths: list[Path]) -> None:
     report.figures += [(path.stem.replace("_", " "), path) for path in paths]
 
 
+def _summary(report: Report, table: pd.DataFrame, out_dir: Path, *, summary: pd.DataFrame | None = None,
+             title: str = "Summary", details: pd.DataFrame | None = None, details_title: str = "Every arm") -> None:
+    """What every kind's page shows of its table: the summary, every row folded, and results.csv beside the page."""
+    report.tables[title] = summary
+    report.details[details_title] = table if details is None else details
+    table.to_csv(out_dir / "results.csv", index=False)
+
+
 def _loop_part(report: Report, uri: str, parent: Any, children: list[Any], out_dir: Path) -> None:
     table = results_table(loop_rows(uri, parent.info.run_id))
     if table.empty:
         report.notes.append("No generation finished: nothing to plot.")
         return
-    report.tables["Summary (mean ± sd over seeds)"] = loop_summary(table)
+    _summary(report, table, out_dir, summary=loop_summary(table), title="Summary (mean ± sd over seeds)",
+             details=loop_display(table), details_title="Every arm and generation")
     _add_figures(report, metric_figures(table, out_dir, title=report.title))
     report.samples = _last_grids(uri, children, out_dir)
-    report.details["Every arm and generation"] = loop_display(table)
-    table.to_csv(out_dir / "results.csv", index=False)
 
 
-def _mix_part(report: Report, uri: str, parent: Any, out_dir: Path) -> None:
+def _mix_part(report: Report, uri: str, parent: Any, children: list[Any], out_dir: Path) -> None:
     table = mix_table(mix_rows(uri, parent.info.run_id))
-    done = table[table[MIX_METRIC].notna()] if not table.empty else table
-    if done.empty:
+    if table.empty or table[MIX_METRIC].isna().all():
         report.notes.append("No arm reported an accuracy: nothing to plot.")
         return
-    report.tables["Summary"] = mix_summary(table)
+    _summary(report, table, out_dir, summary=mix_summary(table))
     path = mix_figure(table, out_dir / f"{MIX_METRIC}_vs_ratio.png", f"{report.title}: augment vs replace")
     report.figures.append(("downstream accuracy against the synthetic ratio", path))
     report.samples = _artifact_images(uri, parent.info.run_id, "pools", out_dir, "synthetic pool")
-    report.details["Every arm"] = table
-    table.to_csv(out_dir / "results.csv", index=False)
+
+
+def _confusion(report: Report, uri: str, children: list[Any], out_dir: Path) -> None:
+    """The first finished multi-way detector's confusion matrix, redrawn from its confusion.json."""
+    for run in children:
+        if run.data.params.get("analysis") == "multiway" and run.info.status == "FINISHED":
+            with tempfile.TemporaryDirectory() as tmp:
+                data = json.loads(Path(mlflow_client(uri).download_artifacts(run.info.run_id, "confusion.json", tmp)).read_text())
+            path = confusion_figure(data["counts"], data["classes"], out_dir / "confusion.png", title=f"{run.info.run_name}: which source is it?")
+            report.figures.append(("confusion matrix (rows: true source)", path))
+            return
 
 
 def _detect_part(report: Report, uri: str, parent: Any, children: list[Any], out_dir: Path) -> None:
@@ -147,22 +156,13 @@ def _detect_part(report: Report, uri: str, parent: Any, children: list[Any], out
     warning = parent.data.tags.get("synthdata.warning")
     if warning:
         report.notes.append(f"WARNING: {warning}")
-    report.tables["Summary"] = detect_summary(table)
+    _summary(report, table, out_dir, summary=detect_summary(table))
     _add_figures(report, detect_figures(table, out_dir, title=report.title))
-    client = mlflow_client(uri)
-    for run in children:
-        if run.data.params.get("analysis") == "multiway" and run.info.status == "FINISHED":
-            with tempfile.TemporaryDirectory() as tmp:
-                data = json.loads(Path(client.download_artifacts(run.info.run_id, "confusion.json", tmp)).read_text())
-            path = confusion_figure(data["counts"], data["classes"], out_dir / "confusion.png", title=f"{run.info.run_name}: which source is it?")
-            report.figures.append(("confusion matrix (rows: true source)", path))
-            break
+    _confusion(report, uri, children, out_dir)
     report.samples = _artifact_images(uri, parent.info.run_id, "sources", out_dir, "source")
     for run in children:
         if run.data.params.get("analysis") == "pair" and run.data.params.get("seed") == str(table["seed"].min()):
             report.samples += _artifact_images(uri, run.info.run_id, "examples", out_dir, run.info.run_name)
-    report.details["Every detector"] = table
-    table.to_csv(out_dir / "results.csv", index=False)
 
 
 def _guide_part(report: Report, uri: str, parent: Any, children: list[Any], out_dir: Path) -> None:
@@ -170,14 +170,16 @@ def _guide_part(report: Report, uri: str, parent: Any, children: list[Any], out_
     if table.empty:
         report.notes.append("No sample set was measured: nothing to plot.")
         return
-    report.tables["Summary"] = guide_summary(table)
+    _summary(report, table, out_dir, summary=guide_summary(table))
     _add_figures(report, guide_figures(table, out_dir, title=report.title))
     lowest = str(table["seed"].min())
     for run in children:  # one grid per scale, of the lowest seed
         if run.data.params.get("seed") == lowest:
             report.samples += _artifact_images(uri, run.info.run_id, "samples", out_dir, run.info.run_name)
-    report.details["Every sample set"] = table
-    table.to_csv(out_dir / "results.csv", index=False)
+
+
+# Each kind's part of the page; a kind without one (a new kind) gets each arm's final metrics.
+PARTS = {"loop": _loop_part, "mix": _mix_part, "detect": _detect_part, "guide": _guide_part}
 
 
 def _final_metrics(children: list[Any]) -> pd.DataFrame:

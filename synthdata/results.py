@@ -27,12 +27,6 @@ def _value(v: float, name: str, ci: tuple[float, float] | None = None) -> str:
     return f"{v:{fmt}}" + (f" [{ci[0]:{fmt}}, {ci[1]:{fmt}}]" if ci is not None else "")
 
 
-def _spread(values: pd.Series, name: str) -> str:
-    """mean ± sd over seeds, in the metric's format."""
-    fmt = METRIC[name].fmt
-    return f"{values.mean():{fmt}} ± {values.std():{fmt}}"
-
-
 def results_table(rows: list[dict]) -> pd.DataFrame:
     """Rows of (arm, generation), one per generation, sorted for reading."""
     if not rows:

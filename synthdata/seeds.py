@@ -2,7 +2,8 @@
 
 A replicate's seed must reach everything random in it, and a resumed generation must draw
 exactly what it would have drawn in one go; so no code draws from a global RNG or invents
-its own offset: it asks `stream_seed` for the stream of its purpose.
+its own offset: it asks `stream_seed` for the stream of its purpose. (The real data's
+split is still drawn with seed 0 for every arm: `synthdata.data.make_splits`.)
 """
 from __future__ import annotations
 
@@ -10,25 +11,28 @@ from enum import IntEnum
 
 
 class Purpose(IntEnum):
-    """What a stream is for. The values are part of a study's results: never renumber them."""
+    """What a stream is for. The values are part of a study's results: never renumber or reuse them (6 is retired)."""
 
     DETECTOR = 1  # the detector's subsets, initialisation and batches
     DOWNSTREAM = 2  # the downstream classifier
-    FIT = 3  # the generator's initialisation and training batches
+    FIT = 3  # the generator's initialisation and training batches (the guiding classifier's, in Scope.GUIDANCE)
     LABELS = 4  # the class labels samples are drawn for
-    SAMPLES = 5  # the generator's sampling noise
-    GUIDANCE = 6  # the guiding classifier: its unguided samples and its training
+    SAMPLES = 5  # the sampling noise
     GUIDING_VERDICT = 7  # the noise under which the guiding classifier judges held-out samples
-    DETECT_ARM = 7  # a detect study's detector (another kind of study than the one above: they never meet)
     FRESH = 8  # `fresh` loops: the new real draw of each generation
-    ORDER = 9  # an arm's fixed order of the real training set
+    ORDER = 9  # a fixed order of real images: an arm's real training set, a mix seed's N real images
+    POOL_ORDER = 10  # the order in which a mix seed's arms take synthetic images from its pool
+    SPLIT = 11  # a generated source's train / eval split (detect)
+    CROPS = 12  # the random crops of the crop analysis (detect)
+    FEATURES = 13  # the study's feature extractor (trained once, on the real data)
 
 
 class Scope(IntEnum):
-    """Which family of streams: an arm's own (by generation), or a guide study's metrics (shared by its scales)."""
+    """Which family of streams: an arm's own (by generation), a guide study's shared metrics, or guidance's."""
 
     ARM = 0
     MEASURE = 100  # guide studies: every scale of a seed is measured with the same detector and classifier seeds
+    GUIDANCE = 200  # detector guidance of a generation: its unguided samples and its guiding classifier
 
 
 def stream_seed(seed: int, purpose: Purpose, generation: int = 0, scope: Scope = Scope.ARM) -> int:

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from synthdata.data import IMAGE_EXTENSIONS, ImageSet, from_uint8, quantize, read_images
 from synthdata.errors import DataError
+from synthdata.seeds import Purpose, stream_seed
 from synthdata.spec import CheckpointSource, PipelineSource, SourceSpec
 
 
@@ -76,7 +77,8 @@ def _from_checkpoint(spec: CheckpointSource, real: ImageSet, *, seed: int, devic
         generator.load_state_dict(load_file(str(spec.path)))
     except Exception as err:
         raise DataError(f"{spec.path}: not a checkpoint of this generator ({type(err).__name__}: {str(err)[:200]})") from None
-    drawn = draw_samples(generator, spec.size or len(real), real, label_seed=seed + 1, sample_seed=seed + 2, context=str(spec.path))
+    drawn = draw_samples(generator, spec.size or len(real), real, label_seed=stream_seed(seed, Purpose.LABELS),
+                         sample_seed=stream_seed(seed, Purpose.SAMPLES), context=str(spec.path))
     return to_real_format(drawn.images.cpu(), real, str(spec.path))
 
 
@@ -95,7 +97,7 @@ def _from_pipeline(spec: PipelineSource, real: ImageSet, *, seed: int, device: s
         raise DataError(f"{spec.path}: cannot load a diffusers pipeline{hint} ({type(err).__name__}: {str(err)[:200]})") from None
     pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
-    g = torch.Generator(device="cpu").manual_seed(seed)
+    g = torch.Generator(device="cpu").manual_seed(stream_seed(seed, Purpose.SAMPLES))
     batches = []
     for start in range(0, spec.size, spec.batch_size):
         n = min(spec.batch_size, spec.size - start)

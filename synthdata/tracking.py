@@ -11,7 +11,6 @@ import os
 import random
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
@@ -303,7 +302,7 @@ class StudyTracker:
     def end(self, status: str = "FINISHED") -> None:
         """End the study run and any arm run still open (a study never leaves a run RUNNING)."""
         self.flush()
-        for arm, run_id in self.arm_runs.items():
+        for run_id in self.arm_runs.values():
             if self.client.get_run(run_id).info.status == "RUNNING":
                 self.client.set_terminated(run_id, "KILLED" if status != "FINISHED" else status)
         self.client.set_terminated(self.parent_id, status)

@@ -12,8 +12,8 @@ from typing import Callable
 import numpy as np
 import pytest
 import yaml
+from helpers import tiny_study, write_png
 
-from conftest import tiny_study, write_png
 from synthdata.cli import main
 
 DIFFUSION = {"name": "diffusion", "channels": [16, 32], "train_steps": 5}

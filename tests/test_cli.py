@@ -6,8 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-
-from conftest import REPO, tiny_study, write_png
+from helpers import REPO, tiny_study, write_png
 
 SYNTHDATA = str(Path(sys.executable).parent / "synthdata")
 

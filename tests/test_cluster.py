@@ -18,9 +18,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import tiny_study
 from mlflow.tracking import MlflowClient
-
-from conftest import tiny_study
 
 pytestmark = pytest.mark.slow
 
@@ -125,7 +124,7 @@ def cluster(env):
 def _arm_tasks(dashboard: str) -> list:
     from ray.util.state import list_tasks
 
-    return list_tasks(address=dashboard, filters=[("func_or_class_name", "=", "_arm_task")], detail=True)
+    return list_tasks(address=dashboard, filters=[("func_or_class_name", "=", "arm_task")], detail=True)
 
 
 def _study_runs(client: MlflowClient, experiment: str):

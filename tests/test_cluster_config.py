@@ -3,8 +3,7 @@ import copy
 
 import pytest
 import yaml
-
-from conftest import REPO
+from helpers import REPO
 
 
 def _prepared() -> dict:

@@ -4,13 +4,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import write_png
 
 from synthdata.data import _stratified_split, class_balanced_labels, load_digits_set, make_splits, quantize
 from synthdata.errors import DataError
 from synthdata.spec import DataSpec
-
-from conftest import write_png
-
 
 
 def test_digits_splits_are_disjoint_stratified_and_seeded():

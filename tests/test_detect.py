@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import write_png
 from mlflow.tracking import MlflowClient
 
-from conftest import write_png
 from synthdata.detection import band_mask, band_names, filter_band, random_crops
 from synthdata.results import real_vs_real_warning
 

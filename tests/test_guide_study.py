@@ -11,8 +11,8 @@ import re
 import pytest
 import torch
 import yaml
+from helpers import tiny_study
 
-from conftest import tiny_study
 from synthdata.spec import parse_spec
 
 TINY_DIFFUSION = {"name": "diffusion", "channels": [8, 16], "attention": False, "train_steps": 30, "batch_size": 64,

@@ -1,13 +1,12 @@
 """The loop library in-process (no Ray): training sets per loop type, arms, events, seeding."""
 import torch
+from helpers import tiny_study
 
 from loops.autophagy import Arm, GenerationResult, ResumeState, run_arm
 from loops.loop import arms_of, share_groups
 from synthdata.autophagy import build_training_set
 from synthdata.data import ImageSet, Splits, ToyTruth, make_splits
 from synthdata.spec import parse_spec
-
-from conftest import tiny_study
 
 
 def _set(n: int, value: float) -> ImageSet:

@@ -5,13 +5,13 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from loops.study import run_study
 from loops.mix import grid_arms
+from loops.study import run_study
+from synthdata.data import ImageSet
+from synthdata.mixing import mix_training_set, real_subset
 from synthdata.report import build_report
 from synthdata.results import mix_table
 from synthdata.runs import mix_rows
-from synthdata.data import ImageSet
-from synthdata.mixing import mix_training_set, real_subset
 from synthdata.spec import parse_spec
 
 

@@ -6,9 +6,9 @@ import threading
 import time
 
 import pytest
+from helpers import tiny_study
 from mlflow.tracking import MlflowClient
 
-from conftest import tiny_study
 from loops.study import run_study
 from synthdata.spec import parse_spec
 
@@ -36,7 +36,7 @@ def _arm_workers() -> list:
     found = []
     for p in psutil.process_iter(["cmdline"]):
         cmd = " ".join(p.info["cmdline"] or [])
-        if cmd.startswith("ray::_arm_task"):
+        if cmd.startswith("ray::arm_task"):
             found.append(p)
     return found
 

@@ -42,8 +42,11 @@ def test_a_generator_checkpoint_samples_what_the_generator_would(tmp_path):
     loaded = load_source(CheckpointSource(type="checkpoint", path=tmp_path / "generator.safetensors", generator=gen_spec, size=50), real, seed=3)
     labels = loaded.labels  # the source drops labels; compare against the generator's own draw with the same seeds
     from synthdata.data import class_balanced_labels, quantize
+    from synthdata.seeds import Purpose, stream_seed
 
-    expected = quantize(generator.sample(class_balanced_labels(50, real.labels, 10, torch.Generator().manual_seed(4)), seed=5), real.levels)
+    labels_seed, noise_seed = stream_seed(3, Purpose.LABELS), stream_seed(3, Purpose.SAMPLES)
+    expected = quantize(generator.sample(class_balanced_labels(50, real.labels, 10, torch.Generator().manual_seed(labels_seed)),
+                                         seed=noise_seed), real.levels)
     assert loaded.images.shape == (50, 1, 8, 8) and labels.eq(0).all()
     assert torch.allclose(loaded.images, expected)
 

@@ -2,11 +2,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import REPO, tiny_study
 
 from synthdata.errors import SpecError
 from synthdata.spec import STUDY_KINDS, flat_params, load_spec, parse_spec
-
-from conftest import REPO, tiny_study
 
 
 def write(tmp_path: Path, data) -> Path:

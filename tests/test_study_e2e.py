@@ -3,15 +3,14 @@ import re
 
 import numpy as np
 import pytest
+from browser import rendered_images
+from helpers import tiny_study
 from mlflow.tracking import MlflowClient
 
 from loops.study import run_study
 from synthdata.report import build_report
 from synthdata.results import format_table
 from synthdata.spec import parse_spec
-
-from browser import rendered_images
-from conftest import tiny_study
 
 pytestmark = pytest.mark.slow
 
@@ -52,7 +51,7 @@ def test_tiny_study_logs_every_generation_exactly_once(local_ray, tracking_uri, 
         pngs = [a.path for a in c.list_artifacts(run.info.run_id, "samples")]
         assert pngs == [f"samples/generation_{g:03d}.png" for g in range(T + 1)]
     # Generations 0-1 do not depend on the loop type: computed once (one fit, one timing) and logged in both arms.
-    for name, run in arms.items():
+    for run in arms.values():
         assert run.data.tags["synthdata.shared_generations"] == "0-1 computed once for replace/seed0, augment/seed0"
     fits = {name: {m.step: m.value for m in c.get_metric_history(run.info.run_id, "time_fit_s")} for name, run in arms.items()}
     assert fits["replace/seed0"][1] == fits["augment/seed0"][1]
@@ -128,8 +127,8 @@ def test_sigkilled_study_resumes_with_every_metric_once(local_ray, tmp_path, mon
     import yaml
 
     T = 3
-    # A tiny diffusion model: generations of a few seconds, so the kill lands mid-study.
-    generator = {"name": "diffusion", "channels": [16, 32], "train_steps": 15, "batch_size": 64, "warmup_steps": 5, "sampling_steps": 4}
+    # A tiny diffusion model: generations of a few seconds, so the kill lands mid-study (on a fast machine too).
+    generator = {"name": "diffusion", "channels": [16, 32], "train_steps": 40, "batch_size": 64, "warmup_steps": 5, "sampling_steps": 4}
     study = tiny_study(generator=generator, loop={"types": ["replace", "accumulate"], "generations": T, "samples_per_generation": 200},
                        metrics=["detectability"], detector={"epochs": 2})
     path = tmp_path / "study.yaml"
@@ -158,7 +157,8 @@ def test_sigkilled_study_resumes_with_every_metric_once(local_ray, tmp_path, mon
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
     proc.wait()
     before = finished_generations()
-    assert all(1 <= g < T for g in before.values()), before
+    # Killed mid-study: every arm past its shared first generations, at least one not finished.
+    assert min(before.values()) >= 1 and min(before.values()) < T, before
 
     # The resume runs in this process (on the session's Ray): what it needs is all in MLflow.
     from synthdata.cli import main

@@ -6,13 +6,12 @@ Every generator is class-conditional and has the same two methods:
 """
 from __future__ import annotations
 
-import time
 from typing import Callable, Protocol
 
 import torch
 
 from synthdata.data import ImageSet
-from synthdata.spec import GeneratorSpec, GuidanceSpec
+from synthdata.spec import GeneratorSpec
 
 Progress = Callable[[float], None]
 
@@ -72,35 +71,3 @@ def check_generator(spec: GeneratorSpec, shape: tuple[int, int, int]) -> None:
                 f"generator.channels: {len(spec.channels)} UNet levels need an image size divisible by {factor}, "
                 f"the data is {shape[1]}x{shape[2]} (set data.image_size or use fewer channels)"
             )
-
-
-StageProgress = Callable[[str, float], None]  # (stage, fraction done)
-
-
-def fit_generator(spec: GeneratorSpec, train: ImageSet, *, seed: int, device: str = "cpu",
-                  guidance: GuidanceSpec | None = None, guidance_seed: int | None = None, real: ImageSet | None = None,
-                  progress: StageProgress | None = None) -> tuple[Generator, dict[str, float]]:
-    """Create and train a generator on `train`; with `guidance`, then train its guiding classifier too.
-
-    The guiding classifier learns `real` (default: `train`) against the generator's unguided
-    samples: in a loop, `train` may be all synthetic while `real` stays the real training set.
-
-    The one "fit, then guide" of the project (loops, mix pools, guide studies). Returns the
-    generator (a `GuidedGenerator` at `guidance.scale` when guided) and its figures: the fit's
-    own (final loss, ...), `time_fit_s`, and when guided the guiding classifier's and
-    `time_guidance_s`.
-    """
-    generator = create_generator(spec, train.shape, train.num_classes, device)
-    start = time.perf_counter()
-    info = {k: float(v) for k, v in generator.fit(train, seed=seed, progress=progress and (
-        lambda f: progress("training generator", f))).items()}
-    info["time_fit_s"] = time.perf_counter() - start
-    if guidance is not None:
-        from synthdata.guidance import with_guidance
-
-        start = time.perf_counter()
-        generator, guidance_info = with_guidance(generator, guidance, real if real is not None else train, seed=guidance_seed if guidance_seed is not None else seed,
-                                                 device=device, progress=progress and (
-                                                     lambda f: progress("training guiding classifier", f)))
-        info.update(guidance_info, time_guidance_s=time.perf_counter() - start)
-    return generator, info

@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
 from synthdata.classifiers import predict_logits, train_classifier
-from synthdata.spec import ClassifierSpec
 from synthdata.metrics.stats import accuracy_with_ci, p_value_above_chance
+from synthdata.spec import ClassifierSpec
 
 REAL, GENERATED = 0, 1
 

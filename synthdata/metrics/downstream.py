@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from synthdata.classifiers import predict_logits, train_classifier
-from synthdata.spec import ClassifierSpec
 from synthdata.metrics.stats import Accuracy, accuracy_with_ci
+from synthdata.spec import ClassifierSpec
 
 
 def downstream_accuracy(

@@ -1,0 +1,32 @@
+"""Helpers the tests share (fixtures live in conftest.py): a tiny study, the repo root, a PNG writer."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_study(**overrides) -> dict:
+    """A study that runs in seconds: the toy Gaussian generator, short classifier training."""
+    study = {
+        "name": "tiny",
+        "generator": {"name": "gaussian", "covariance": "diag"},
+        "detector": {"epochs": 3, "batch_size": 64},
+        "downstream": {"epochs": 3, "batch_size": 64},
+        "loop": {"types": ["replace", "augment"], "generations": 2, "samples_per_generation": 300},
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(study.get(key), dict) and key != "generator":
+            study[key] = {**study[key], **value}
+        else:
+            study[key] = value
+    return study
+
+
+def write_png(path: Path, array: np.ndarray) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array.astype(np.uint8)).save(path)

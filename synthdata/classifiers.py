@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from synthdata.compute import autocast
-from synthdata.spec import ClassifierSpec
+from synthdata.spec import AugmentSpec, ClassifierSpec
 
 
 class SmallCNN(nn.Module):
@@ -98,6 +98,26 @@ def _validation_split(n: int, fraction: float, labels: torch.Tensor, g: torch.Ge
     return torch.cat(train), torch.cat(val)
 
 
+def _pass(model: nn.Module, opt: torch.optim.Optimizer, sched, images: torch.Tensor, labels: torch.Tensor, order: torch.Tensor,
+          steps: int, batch: int, augment: AugmentSpec, g: torch.Generator, device: str) -> torch.Tensor:
+    """One pass of `steps` batches in `order`; returns the summed loss (on the device, read once per epoch)."""
+    total = torch.zeros((), device=device)
+    for i in range(steps):
+        idx = order[i * batch : (i + 1) * batch]
+        x = images[idx]
+        if augment.crop_padding or augment.flip:
+            x = augment_batch(x, augment.crop_padding, augment.flip, g)
+        with autocast(device):  # bf16 where the hardware gains from it (synthdata.compute); a no-op in fp32
+            logits = model(x)
+        loss = F.cross_entropy(logits.float(), labels[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        total += loss.detach()
+    return total
+
+
 def train_classifier(
     spec: ClassifierSpec,
     images: torch.Tensor,
@@ -124,7 +144,6 @@ def train_classifier(
         tr, va = _validation_split(len(labels), val_fraction, labels, g)
         x_val, y_val = images[va].to(device), labels[va].to(device)
         images, labels = images[tr], labels[tr]
-    augment = spec.augment
     n = len(labels)
     batch = min(spec.batch_size, n)
     steps_per_epoch = max(1, n // batch)
@@ -144,21 +163,8 @@ def train_classifier(
     model.train()
     for epoch in range(1, epochs + 1):
         order = torch.randperm(n, generator=g).to(device)
-        total = torch.zeros((), device=device)
         steps = min(steps_per_epoch, total_steps - (epoch - 1) * steps_per_epoch)  # the last pass may be partial
-        for i in range(steps):
-            idx = order[i * batch : (i + 1) * batch]
-            x = images[idx]
-            if augment is not None and (augment.crop_padding or augment.flip):
-                x = augment_batch(x, augment.crop_padding, augment.flip, g)
-            with autocast(device):  # bf16 where the hardware gains from it (synthdata.compute); a no-op in fp32
-                logits = model(x)
-            loss = F.cross_entropy(logits.float(), labels[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += loss.detach()
+        total = _pass(model, opt, sched, images, labels, order, steps, batch, spec.augment, g, device)
         if on_epoch is not None:
             on_epoch(epoch, model.eval(), float(total) / steps)
         done += steps

@@ -67,7 +67,8 @@ def _validate(args: argparse.Namespace) -> int:
     spec = load_spec(args.study)
     if not args.quiet:
         print(f"{args.study}: valid {spec.kind} study '{spec.name}'")
-        print(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False).rstrip())
+        dump = spec.model_dump(mode="json")
+        print(yaml.safe_dump({"name": dump["name"], "kind": dump["kind"], **dump}, sort_keys=False).rstrip())
     return 0
 
 

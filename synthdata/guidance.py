@@ -27,7 +27,7 @@ from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from diffusers.optimization import get_cosine_schedule_with_warmup
 
 from synthdata.data import ImageSet
-from synthdata.generators import Progress, draw_samples
+from synthdata.generators import ProgressFn, draw_samples
 from synthdata.generators.diffusion import Correction, DiffusionGenerator
 from synthdata.seeds import Purpose, Scope, stream_seed
 from synthdata.spec import GuidanceSpec
@@ -87,8 +87,38 @@ def create_guiding_classifier(spec: GuidanceSpec, shape: tuple[int, int, int], n
     return GuidingClassifier(shape[0], shape[1], num_classes if spec.class_conditional else None, spec.width)
 
 
-def train_guiding_classifier(spec: GuidanceSpec, real: ImageSet, generated: ImageSet, timesteps: torch.Tensor, noise_scheduler, *, seed: int,
-                device: str = "cpu", progress: Progress | None = None) -> tuple[GuidingClassifier, dict[str, float]]:
+Held = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # noised images, timesteps, labels, truth (1 = real)
+
+
+def _held_out(spec: GuidanceSpec, real: ImageSet, generated: ImageSet, timesteps: torch.Tensor, noise_scheduler,
+              g: torch.Generator, device: str) -> tuple[ImageSet, ImageSet, Held | None]:
+    """`spec.val_fraction` of both kinds held out, noised once at fixed timesteps; the rest to train on."""
+
+    def split(s: ImageSet) -> tuple[ImageSet, ImageSet]:
+        order = torch.randperm(len(s), generator=g)
+        k = round(len(s) * spec.val_fraction) if len(s) > 10 else 0
+        return s.subset(order[k:]), s.subset(order[:k])
+
+    real, real_val = split(real)
+    generated, gen_val = split(generated)
+    if not (len(real_val) and len(gen_val)):
+        return real, generated, None
+    x0 = torch.cat([real_val.images, gen_val.images])
+    t = timesteps[torch.randint(0, len(timesteps), (len(x0),), generator=g)]
+    xt = noise_scheduler.add_noise(x0, torch.randn(x0.shape, generator=g), t)
+    truth = torch.cat([torch.ones(len(real_val)), torch.zeros(len(gen_val))])
+    return real, generated, (xt.to(device), t.to(device), torch.cat([real_val.labels, gen_val.labels]).to(device), truth.to(device))
+
+
+@torch.no_grad()
+def _val_loss(model: GuidingClassifier, val: Held) -> float:
+    return float(torch.cat([F.binary_cross_entropy_with_logits(model(xv, tv, yv), zv, reduction="none")
+                            for xv, tv, yv, zv in zip(*(v.split(1024) for v in val))]).mean())
+
+
+def train_guiding_classifier(spec: GuidanceSpec, real: ImageSet, generated: ImageSet, timesteps: torch.Tensor, noise_scheduler,
+                             *, seed: int, device: str = "cpu", progress: ProgressFn | None = None
+                             ) -> tuple[GuidingClassifier, dict[str, float]]:
     """Train a GuidingClassifier on real vs generated images noised at `timesteps` (the sampler's); return it and its figures.
 
     Every step sees `spec.batch_size` images of each kind, each at a timestep drawn
@@ -103,22 +133,9 @@ def train_guiding_classifier(spec: GuidanceSpec, real: ImageSet, generated: Imag
     opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=1e-4)
     sched = get_cosine_schedule_with_warmup(opt, min(100, spec.train_steps // 10), spec.train_steps)
 
-    def split(s: ImageSet) -> tuple[ImageSet, ImageSet]:
-        order = torch.randperm(len(s), generator=g)
-        k = round(len(s) * spec.val_fraction) if len(s) > 10 else 0
-        return s.subset(order[k:]), s.subset(order[:k])
-
-    real, real_val = split(real)
-    generated, gen_val = split(generated)
+    real, generated, val = _held_out(spec, real, generated, timesteps, noise_scheduler, g, device)
     x_real, y_real = real.images.to(device), real.labels.to(device)
     x_gen, y_gen = generated.images.to(device), generated.labels.to(device)
-    val = None
-    if len(real_val) and len(gen_val):
-        x0 = torch.cat([real_val.images, gen_val.images])
-        t = timesteps[torch.randint(0, len(timesteps), (len(x0),), generator=g)]
-        xt = noise_scheduler.add_noise(x0, torch.randn(x0.shape, generator=g), t)
-        truth = torch.cat([torch.ones(len(real_val)), torch.zeros(len(gen_val))])
-        val = (xt.to(device), t.to(device), torch.cat([real_val.labels, gen_val.labels]).to(device), truth.to(device))
     check_every = max(25, spec.train_steps // 20)
     best = {"guiding_val_loss": float("inf"), "guiding_best_step": float(spec.train_steps)}
     best_state = None
@@ -139,9 +156,7 @@ def train_guiding_classifier(spec: GuidanceSpec, real: ImageSet, generated: Imag
         sched.step()
         running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
         if val is not None and (step % check_every == 0 or step == spec.train_steps):
-            with torch.no_grad():
-                val_loss = float(torch.cat([F.binary_cross_entropy_with_logits(model(xv, tv, yv), zv, reduction="none")
-                                            for xv, tv, yv, zv in zip(*(v.split(1024) for v in val))]).mean())
+            val_loss = _val_loss(model, val)
             if val_loss < best["guiding_val_loss"]:
                 best = {"guiding_val_loss": val_loss, "guiding_best_step": float(step)}
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -210,7 +225,7 @@ class GuidedGenerator:
 
 
 def with_guidance(generator: DiffusionGenerator, spec: GuidanceSpec, real: ImageSet, *, seed: int, generation: int = 0,
-                  device: str = "cpu", progress: Progress | None = None) -> tuple[GuidedGenerator, dict[str, float]]:
+                  device: str = "cpu", progress: ProgressFn | None = None) -> tuple[GuidedGenerator, dict[str, float]]:
     """Train the guiding classifier for a fitted generator: `real` against its unguided samples.
 
     Returns the generator wrapped to sample at `spec.scale`, and the classifier's training

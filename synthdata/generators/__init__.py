@@ -13,11 +13,11 @@ import torch
 from synthdata.data import ImageSet
 from synthdata.spec import GeneratorSpec
 
-Progress = Callable[[float], None]
+ProgressFn = Callable[[float], None]  # called with the fraction done (0..1); loops turn it into progress events
 
 
 class Generator(Protocol):
-    def fit(self, data: ImageSet, *, seed: int, progress: Progress | None = None) -> dict[str, float]:
+    def fit(self, data: ImageSet, *, seed: int, progress: ProgressFn | None = None) -> dict[str, float]:
         """Train from scratch; return summary figures (final loss, ...)."""
 
     def sample(self, labels: torch.Tensor, *, seed: int) -> torch.Tensor:

@@ -17,7 +17,7 @@ from diffusers.training_utils import EMAModel
 
 from synthdata.compute import autocast
 from synthdata.data import ImageSet
-from synthdata.generators import Progress
+from synthdata.generators import ProgressFn
 from synthdata.spec import DiffusionSpec
 
 
@@ -76,7 +76,7 @@ class DiffusionGenerator:
             num_train_timesteps=spec.train_timesteps, beta_schedule=spec.beta_schedule, clip_sample=True
         )
 
-    def fit(self, data: ImageSet, *, seed: int, progress: Progress | None = None) -> dict[str, float]:
+    def fit(self, data: ImageSet, *, seed: int, progress: ProgressFn | None = None) -> dict[str, float]:
         """Train the UNet from scratch on `data` (noise prediction, MSE), keeping an EMA of the weights."""
         spec, model, device = self.spec, self.model, self.device
         g = torch.Generator().manual_seed(seed)

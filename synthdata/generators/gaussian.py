@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from synthdata.data import ImageSet
-from synthdata.generators import Progress
+from synthdata.generators import ProgressFn
 from synthdata.spec import GaussianSpec, GMMSpec
 
 
@@ -26,7 +26,7 @@ class GaussianGenerator:
         self.means: torch.Tensor | None = None  # (K, D) float64
         self.covs: torch.Tensor | None = None  # (K, D, D) float64, ridge included
 
-    def fit(self, data: ImageSet, *, seed: int, progress: Progress | None = None) -> dict[str, float]:
+    def fit(self, data: ImageSet, *, seed: int, progress: ProgressFn | None = None) -> dict[str, float]:
         """Maximum-likelihood mean and covariance per class (the (n-1) covariance if `unbiased`)."""
         x = data.images.reshape(len(data), -1).double()
         d = x.shape[1]
@@ -79,7 +79,7 @@ class GMMGenerator:
         self.means: list[torch.Tensor] = []  # per class (C, D)
         self.covs: list[torch.Tensor] = []  # per class (C, D, D)
 
-    def fit(self, data: ImageSet, *, seed: int, progress: Progress | None = None) -> dict[str, float]:
+    def fit(self, data: ImageSet, *, seed: int, progress: ProgressFn | None = None) -> dict[str, float]:
         from sklearn.mixture import GaussianMixture
 
         x = data.images.reshape(len(data), -1).double().numpy()

@@ -143,7 +143,8 @@ def _progress_callback(total: int, enabled: bool):
     return Bar()
 
 
-def _tuner(spec: MixStudy, splits: Splits, pools: dict[int, ImageSet], uri: str, parent_id: str, storage: Path, show_progress: bool):
+def _tuner(spec: MixStudy, splits: Splits, pools: dict[int, ImageSet], uri: str, parent_id: str, storage: Path, show_progress: bool,
+           run_tags: dict[str, str]):
     from ray import tune
     from ray.air.integrations.mlflow import MLflowLoggerCallback
     from ray.tune.search.basic_variant import BasicVariantGenerator
@@ -166,7 +167,7 @@ def _tuner(spec: MixStudy, splits: Splits, pools: dict[int, ImageSet], uri: str,
     mlflow_cb = MLflowLoggerCallback(
         tracking_uri=uri,
         experiment_name=spec.experiment_name,
-        tags={"mlflow.parentRunId": parent_id, "synthdata.study": spec.name, "synthdata.role": "arm"},
+        tags={**run_tags, "mlflow.parentRunId": parent_id, "synthdata.study": spec.name, "synthdata.role": "arm"},
     )
     return tune.Tuner(
         trainable,
@@ -196,7 +197,7 @@ def schedule(study: Study) -> None:
         if spec.tracking.sample_grid and pool.images.shape[-1] > 1:
             tracker.log_image(sample_grid(pool.images[:64]), f"pools/seed{seed}.png")
     storage = (study.out_dir / "tune").resolve()
-    results = _tuner(spec, study.splits, pools, study.uri, tracker.parent_id, storage, study.show_progress).fit()
+    results = _tuner(spec, study.splits, pools, study.uri, tracker.parent_id, storage, study.show_progress, tracker.run_tags).fit()
     for result in results:
         if result.error is not None:
             study.failed[arm_name(result.config)] = str(result.error).strip().splitlines()[-1]

@@ -21,8 +21,9 @@ import pandas as pd
 
 from synthdata.data import Splits, make_splits
 from synthdata.errors import UserError
+from synthdata.provenance import provenance_tags
 from synthdata.runs import Resumable
-from synthdata.spec import StudySpec, flat_params, spec_hash
+from synthdata.spec import StudySpec, flat_params, spec_hash, spec_yaml
 from synthdata.tracking import StudyTracker, resolve_tracking_uri
 
 
@@ -69,8 +70,12 @@ class Prepared:
 
 
 def run_study(spec: StudySpec, runner: ModuleType | None = None, *, address: str | None = None,
-              tracking_uri: str | None = None, show_progress: bool = True, resume: bool = False) -> StudyResult:
-    """Run a validated study with its kind's runner (`loops.RUNNERS`) and log it to MLflow; return its table."""
+              tracking_uri: str | None = None, show_progress: bool = True, resume: bool = False,
+              source: str = "<python>") -> StudyResult:
+    """Run a validated study with its kind's runner (`loops.RUNNERS`) and log it to MLflow; return its table.
+
+    `source` (the study file's path, or the command that built the spec) is recorded on every run.
+    """
     from loops import runner_for
     from loops.ray_tools import init_ray
 
@@ -85,7 +90,10 @@ def run_study(spec: StudySpec, runner: ModuleType | None = None, *, address: str
     if hasattr(runner, "launch"):  # work on Ray that can still refuse bad input, before any run opens
         prepared = runner.launch(spec, splits, prepared, show_progress)
     tracker = StudyTracker(uri, spec.experiment_name, spec.name, flat_params(spec), description=spec.description,
-                           tags={"synthdata.kind": spec.kind, "synthdata.spec_hash": spec_hash(spec)}, resume=prepared.resume)
+                           tags={"synthdata.kind": spec.kind, "synthdata.spec_hash": spec_hash(spec)}, resume=prepared.resume,
+                           run_tags=provenance_tags(source))
+    if prepared.resume is None:  # the validated study file, runnable again as it is
+        tracker.log_table("study.yaml", spec_yaml(spec))
     study = Study(spec, splits, uri, tracker, prepared.state, show_progress)
     status, table, figures = "FAILED", pd.DataFrame(), []
     try:

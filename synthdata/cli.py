@@ -60,32 +60,29 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    import yaml
-
-    from synthdata.spec import load_spec
+    from synthdata.spec import load_spec, spec_yaml
 
     spec = load_spec(args.study)
     if not args.quiet:
         print(f"{args.study}: valid {spec.kind} study '{spec.name}'")
-        dump = spec.model_dump(mode="json")
-        print(yaml.safe_dump({"name": dump["name"], "kind": dump["kind"], **dump}, sort_keys=False).rstrip())
+        print(spec_yaml(spec).rstrip())
     return 0
 
 
 def _run(args: argparse.Namespace) -> int:
     from synthdata.spec import load_spec
 
-    return _run_spec(load_spec(args.study), args)  # validated before importing Ray or touching MLflow
+    return _run_spec(load_spec(args.study), args, source=str(Path(args.study).resolve()))  # validated before Ray or MLflow
 
 
-def _run_spec(spec: StudySpec, args: argparse.Namespace) -> int:
+def _run_spec(spec: StudySpec, args: argparse.Namespace, source: str = "synthdata detect") -> int:
     """Run a validated study of any kind, print its table, and exit 1 if any arm failed."""
     from loops import runner_for
     from loops.study import run_study
 
     runner = runner_for(spec.kind)
     result = run_study(spec, runner, address=args.address, tracking_uri=args.tracking_uri, show_progress=not args.no_progress,
-                       resume=getattr(args, "resume", False))  # `synthdata detect` has no --resume
+                       resume=getattr(args, "resume", False), source=source)  # `synthdata detect` has no --resume
     table = runner.format_table(result.table) if not result.table.empty else "(no arm finished)"
     print()
     print(f"study '{spec.name}': {len(result.table)} {'rows' if spec.kind == 'loop' else 'arms'} in {result.seconds:.0f}s  "
@@ -132,7 +129,7 @@ def _detect(args: argparse.Namespace) -> int:
         spec = load_spec(args.study)
         if spec.kind != "detect":
             raise UserError(f"{args.study}: kind: {spec.kind}; `synthdata detect` runs detect studies")
-        return _run_spec(spec, args)
+        return _run_spec(spec, args, source=str(Path(args.study).resolve()))
     if not args.generated:
         raise UserError("detect: give a study file, or --generated NAME=PATH (one or more)")
     sources = dict(_source_of(g, "--generated") for g in args.generated)

@@ -39,11 +39,22 @@ def study_run(uri: str, *, experiment: str | None = None, run_id: str | None = N
     return runs[0]
 
 
+def search_all(client: Any, experiment_ids: list[str], filter_string: str, page_size: int = 1000) -> list[Any]:
+    """Every run that matches: `search_runs` returns at most `max_results` (1,000 at most) a call, so page on."""
+    runs, token = [], None
+    while True:
+        page = client.search_runs(experiment_ids, filter_string, max_results=page_size, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
 def child_runs(uri: str, parent_id: str) -> list[Any]:
-    """The arm (loop) or trial (mix) runs of a study run, by name."""
+    """The arm runs of a study run (all of them, however many), by name."""
     client = mlflow_client(uri)
     parent = client.get_run(parent_id)
-    runs = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'")
+    runs = search_all(client, [parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'")
     return sorted(runs, key=lambda r: r.info.run_name or "")
 
 
@@ -112,8 +123,7 @@ def find_resumable(uri: str, experiment: str, study: str) -> tuple[Resumable | N
         return None, None
     parent = parents[0]
     found = Resumable(parent.info.run_id, parent.info.status)
-    children = client.search_runs([exp.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
-    for run in children:
+    for run in child_runs(uri, parent.info.run_id):
         arm = run.data.tags.get("synthdata.arm", run.info.run_name)
         found.arm_runs[arm] = run.info.run_id
         history = client.get_metric_history(run.info.run_id, DONE_METRIC)

@@ -124,14 +124,19 @@ class StudyTracker:
         tags: dict[str, str] | None = None,
         resume: Any = None,
         description: str = "",
+        run_tags: dict[str, str] | None = None,
     ) -> None:
-        """Open the study run (or, with `resume` from `synthdata.runs.find_resumable`, reopen it and its arms' runs)."""
+        """Open the study run (or, with `resume` from `synthdata.runs.find_resumable`, reopen it and its arms' runs).
+
+        `run_tags` (provenance: source, user, code version) go on the study run and on every arm's run.
+        """
         self.uri = uri
         self.client = mlflow_client(uri)
         self.experiment_id = get_or_create_experiment(uri, experiment)
         self.study = study
         self.params = params
         self.resumed = resume
+        self.run_tags = dict(run_tags or {})
         self.arm_runs: dict[str, str] = {}
         self.flush_every_s = 2.0
         self._pending: dict[str, list] = {}
@@ -144,7 +149,7 @@ class StudyTracker:
                 self.arm_runs[arm] = run_id
                 self.client.update_run(run_id, status="RUNNING")
             return
-        base_tags = {"synthdata.study": study, "synthdata.role": "study", **(tags or {})}
+        base_tags = {**self.run_tags, "synthdata.study": study, "synthdata.role": "study", **(tags or {})}
         if description:
             base_tags["mlflow.note.content"] = description  # shown as the run's description in the MLflow UI
         run = self.client.create_run(self.experiment_id, run_name=study, tags=base_tags)
@@ -165,7 +170,8 @@ class StudyTracker:
         run = self.client.create_run(
             self.experiment_id,
             run_name=arm,
-            tags={"mlflow.parentRunId": self.parent_id, "synthdata.study": self.study, "synthdata.role": "arm", "synthdata.arm": arm},
+            tags={**self.run_tags, "mlflow.parentRunId": self.parent_id, "synthdata.study": self.study, "synthdata.role": "arm",
+                  "synthdata.arm": arm},
         )
         self._log_params(run.info.run_id, {**self.params, **params})
         self.arm_runs[arm] = run.info.run_id

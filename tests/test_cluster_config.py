@@ -23,6 +23,9 @@ def test_ray_cluster_yaml_validates_against_rays_schema():
     # Services on the head bind loopback only.
     head = " ".join(config["head_start_ray_commands"] + config["head_setup_commands"])
     assert "--dashboard-host=127.0.0.1" in head and "--host 127.0.0.1" in head
+    # The head takes no arms (Ray's advice for multi-node clusters): it advertises, and starts with, no CPUs.
+    assert config["available_node_types"][config["head_node_type"]]["resources"]["CPU"] == 0
+    assert "--num-cpus=0" in " ".join(config["head_start_ray_commands"])
 
 
 def test_the_validation_would_catch_a_broken_config():

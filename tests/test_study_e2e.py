@@ -130,7 +130,7 @@ def test_sigkilled_study_resumes_with_every_metric_once(local_ray, tmp_path, mon
     # A tiny diffusion model: generations of a few seconds, so the kill lands mid-study (on a fast machine too).
     generator = {"name": "diffusion", "channels": [16, 32], "train_steps": 40, "batch_size": 64, "warmup_steps": 5, "sampling_steps": 4}
     study = tiny_study(generator=generator, loop={"types": ["replace", "accumulate"], "generations": T, "samples_per_generation": 200},
-                       metrics=["detectability"], detector={"epochs": 2})
+                       metrics=["detectability"], detector={"epochs": 2}, description="killed, then resumed")
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(study))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -179,3 +179,14 @@ def test_sigkilled_study_resumes_with_every_metric_once(local_ray, tmp_path, mon
     assert f"study 'tiny': {2 * (T + 1)} rows" in out
     assert "accumulate/seed0" in out and "detectability (95% CI)" in out
     assert (tmp_path / "runs" / "tiny" / "figures" / "detectability.png").stat().st_size > 10_000
+    # Provenance on every run: the study file, the user, the code version; the description as the study run's note;
+    # the validated study file on the study run, runnable again as it is (same fingerprint).
+    for run in (parent, *arms.values()):
+        tags = run.data.tags
+        assert tags["mlflow.source.name"] == str(path.resolve()) and tags["mlflow.user"] and tags["synthdata.version"]
+        assert len(tags["mlflow.source.git.commit"]) == 40  # the tests run in a git checkout
+    assert parent.data.tags["mlflow.note.content"] == "killed, then resumed"
+    from synthdata.spec import load_spec, spec_hash
+
+    kept = Path(c.download_artifacts(parent.info.run_id, "study.yaml", str(tmp_path)))
+    assert spec_hash(load_spec(kept)) == parent.data.tags["synthdata.spec_hash"] == spec_hash(load_spec(path))

@@ -68,7 +68,7 @@ __all__ = [
     "GuidanceSpec", "GuideSpec", "GuideStudy", "KINDS", "LoopSpec", "LoopStudy", "LoopType", "METRICS", "MeasuredStudy",
     "Metric", "MixMode", "MixSpec", "MixStudy", "ResourcesSpec", "SOURCE_TYPES", "STUDY_KINDS", "SWEEPABLE", "SearchSpec",
     "SourceSpec", "SplitSpec", "Strict", "StudyBase", "StudySpec", "ToyDataSpec", "TrackingSpec", "flat_params",
-    "load_spec", "parse_spec", "spec_hash", "with_value",
+    "load_spec", "parse_spec", "spec_hash", "spec_yaml", "with_value",
 ]
 
 
@@ -143,6 +143,12 @@ def spec_hash(spec: StudySpec) -> str:
     """A short fingerprint of what the study computes (tracking and resources excluded), to match a resume."""
     data = spec.model_dump(mode="json", exclude={"tracking", "resources", "description"})
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def spec_yaml(spec: StudySpec) -> str:
+    """The validated spec as a study file, every default filled in (`synthdata validate` prints it; runs keep it)."""
+    dump = spec.model_dump(mode="json")
+    return yaml.safe_dump({"name": dump["name"], "kind": dump["kind"], **dump}, sort_keys=False)
 
 
 def flat_params(spec: StudySpec) -> dict[str, str]:

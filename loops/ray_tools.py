@@ -6,17 +6,18 @@ import sys
 from typing import Any, Callable
 
 
-def init_ray(address: str | None, num_cpus: int | None = None) -> None:
-    """Connect to a running cluster (address or $RAY_ADDRESS), else start a local Ray."""
+def init_ray(address: str | None, num_cpus: int | None = None) -> bool:
+    """Connect to a running cluster (address or $RAY_ADDRESS), else start a local Ray; True when a local Ray was started here."""
     import ray
 
     if ray.is_initialized():
-        return
+        return False
     address = address or os.environ.get("RAY_ADDRESS")
     kwargs = dict(include_dashboard=False, log_to_driver=True, configure_logging=True, logging_level="ERROR")
     # "local" always starts a new Ray here; without it, ray.init() would join whatever
     # cluster `ray start` last left running on this machine.
     ray.init(address=address or "local", num_cpus=None if address else num_cpus, **kwargs)
+    return not address
 
 
 def widest_node_cpus() -> float:

@@ -10,7 +10,10 @@ Ray, logged through the study's tracker), `table`, `format_table` and `figures`.
 """
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +28,36 @@ from synthdata.provenance import provenance_tags
 from synthdata.runs import Resumable
 from synthdata.spec import StudySpec, flat_params, spec_hash, spec_yaml
 from synthdata.tracking import StudyTracker, resolve_tracking_uri
+
+
+class StudyStopped(KeyboardInterrupt):
+    """A study stopped from outside (Ctrl-C, or SIGTERM from a scheduler or `timeout`): its runs are KILLED."""
+
+    def __init__(self, message: str, exit_code: int = 130) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code  # 130 for Ctrl-C, 143 for SIGTERM, as shells report them
+
+
+def _raise_stopped(signum: int, frame: Any) -> None:
+    raise StudyStopped(signal.Signals(signum).name, 128 + signum)
+
+
+@contextlib.contextmanager
+def _on_sigterm(action: Any):
+    """SIGTERM's handler for the block: `_raise_stopped` while the study runs (as Ctrl-C raises
+    KeyboardInterrupt), SIG_IGN while a stopped study writes its last table and ends its runs.
+
+    Set after Ray starts: Ray's own fatal-signal handler would otherwise print a native stack
+    dump and kill the driver before any run could be marked. Signals reach the main thread only.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, action)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @dataclass
@@ -86,15 +119,38 @@ def run_study(spec: StudySpec, runner: ModuleType | None = None, *, address: str
     splits = make_splits(spec.data, seed=0)  # data errors surface here, before Ray or MLflow
     uri = resolve_tracking_uri(tracking_uri or spec.tracking.uri)
     prepared: Prepared = runner.prepare(spec, splits, uri, resume)  # bad input stops the study here too
-    init_ray(address or spec.resources.address)
-    if hasattr(runner, "launch"):  # work on Ray that can still refuse bad input, before any run opens
-        prepared = runner.launch(spec, splits, prepared, show_progress)
-    tracker = StudyTracker(uri, spec.experiment_name, spec.name, flat_params(spec), description=spec.description,
-                           tags={"synthdata.kind": spec.kind, "synthdata.spec_hash": spec_hash(spec)}, resume=prepared.resume,
-                           run_tags=provenance_tags(source))
-    if prepared.resume is None:  # the validated study file, runnable again as it is
-        tracker.log_table("study.yaml", spec_yaml(spec))
-    study = Study(spec, splits, uri, tracker, prepared.state, show_progress)
+    started_ray = init_ray(address or spec.resources.address)
+    try:
+        with _on_sigterm(_raise_stopped):
+            if hasattr(runner, "launch"):  # work on Ray that can still refuse bad input, before any run opens
+                prepared = runner.launch(spec, splits, prepared, show_progress)
+            tracker = StudyTracker(uri, spec.experiment_name, spec.name, flat_params(spec), description=spec.description,
+                                   tags={"synthdata.kind": spec.kind, "synthdata.spec_hash": spec_hash(spec)},
+                                   resume=prepared.resume, run_tags=provenance_tags(source))
+            if prepared.resume is None:  # the validated study file, runnable again as it is
+                tracker.log_table("study.yaml", spec_yaml(spec))
+            study = Study(spec, splits, uri, tracker, prepared.state, show_progress)
+            table, figures = _schedule(runner, study)
+    except KeyboardInterrupt as stop:
+        if started_ray:  # a stopped study leaves no Ray process of its own behind
+            import ray
+
+            ray.shutdown()
+        how, code = (str(stop), stop.exit_code) if isinstance(stop, StudyStopped) else ("interrupted", 130)
+        if not getattr(runner, "RESUMABLE", False):
+            again = "run it again to redo it"
+        elif source.endswith((".yaml", ".yml")):
+            again = f"continue it with `synthdata run {source} --resume`"
+        else:
+            again = "continue it with run_study(..., resume=True)"
+        raise StudyStopped(f"study '{spec.name}' stopped ({how}); its runs are marked KILLED in MLflow ({uri}); {again}",
+                           code) from None
+    return StudyResult(table, tracker.parent_id, study.failed, time.perf_counter() - start, figures)
+
+
+def _schedule(runner: ModuleType, study: Study) -> tuple[pd.DataFrame, list[Path]]:
+    """Run the runner's arms; whatever happens, write the table (and, unless stopped, the figures) and end every run."""
+    tracker = study.tracker
     status, table, figures = "FAILED", pd.DataFrame(), []
     try:
         runner.schedule(study)
@@ -103,13 +159,14 @@ def run_study(spec: StudySpec, runner: ModuleType | None = None, *, address: str
         status = "KILLED"
         raise
     finally:
-        try:
-            table = runner.table(study)
-            if not table.empty:
-                tracker.save_results(study.out_dir, table, runner.format_table(table))
-                if status != "KILLED":
-                    figures = runner.figures(study, table)
-                    tracker.log_figures(figures)
-        finally:
-            tracker.end(status)
-    return StudyResult(table, tracker.parent_id, study.failed, time.perf_counter() - start, figures)
+        with _on_sigterm(signal.SIG_IGN):
+            try:
+                table = runner.table(study)
+                if not table.empty:
+                    tracker.save_results(study.out_dir, table, runner.format_table(table))
+                    if status != "KILLED":
+                        figures = runner.figures(study, table)
+                        tracker.log_figures(figures)
+            finally:
+                tracker.end(status)
+    return table, figures

@@ -5,6 +5,9 @@ import os
 import sys
 from typing import Any, Callable
 
+from synthdata.errors import UserError
+from synthdata.spec import ResourcesSpec
+
 
 def init_ray(address: str | None, num_cpus: int | None = None) -> bool:
     """Connect to a running cluster (address or $RAY_ADDRESS), else start a local Ray; True when a local Ray was started here."""
@@ -25,6 +28,27 @@ def widest_node_cpus() -> float:
     import ray
 
     return max((n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")), default=1.0)
+
+
+def check_resources(resources: ResourcesSpec, local: bool) -> None:
+    """Refuse an arm no node can ever hold, on a Ray this command started itself (UserError, exit 2).
+
+    On a cluster the autoscaler may still add a node that fits: the study then waits, and
+    says so once, instead of looping on Ray's "no available node types" line in silence.
+    """
+    import ray
+
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    for key, field, what in (("CPU", "cpus_per_arm", "CPUs"), ("GPU", "gpus_per_arm", "GPUs")):
+        asked = getattr(resources, field)
+        most = max((n.get(key, 0.0) for n in nodes), default=0.0)
+        if asked <= most:
+            continue
+        if local:
+            hint = f"at most {most:g}" if most else "0 (none is visible)"
+            raise UserError(f"resources.{field}: {asked:g} {what} per arm, but this machine's Ray has {most:g}; set {hint}")
+        print(f"waiting: no node of the cluster has {asked:g} {what} for an arm yet (resources.{field}); "
+              "the autoscaler may add one", file=sys.stderr, flush=True)
 
 
 def short_reason(err: Exception) -> str:

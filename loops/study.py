@@ -110,7 +110,7 @@ def run_study(spec: StudySpec, runner: ModuleType | None = None, *, address: str
     `source` (the study file's path, or the command that built the spec) is recorded on every run.
     """
     from loops import runner_for
-    from loops.ray_tools import init_ray
+    from loops.ray_tools import check_resources, init_ray
 
     runner = runner or runner_for(spec.kind)
     start = time.perf_counter()
@@ -120,6 +120,14 @@ def run_study(spec: StudySpec, runner: ModuleType | None = None, *, address: str
     uri = resolve_tracking_uri(tracking_uri or spec.tracking.uri)
     prepared: Prepared = runner.prepare(spec, splits, uri, resume)  # bad input stops the study here too
     started_ray = init_ray(address or spec.resources.address)
+    try:
+        check_resources(spec.resources, local=started_ray)  # an arm no node can hold: refused here, before any run opens
+    except UserError:
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+        raise
     try:
         with _on_sigterm(_raise_stopped):
             if hasattr(runner, "launch"):  # work on Ray that can still refuse bad input, before any run opens

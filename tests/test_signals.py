@@ -64,3 +64,25 @@ def test_sigterm_stops_the_study_with_one_line_and_leaves_no_ray_behind(tmp_path
     assert study.info.status == "KILLED" and {r.info.status for r in arms.values()} == {"KILLED"}
     gone, alive = psutil.wait_procs(ray_processes, timeout=30)
     assert not alive, [p.info if hasattr(p, "info") else p.pid for p in alive]
+
+
+def test_an_arm_no_node_can_hold_is_refused_before_any_run_opens(tmp_path):
+    """64 CPUs (or a GPU) per arm on the Ray this command starts: exit 2, one line, nothing tracked; not a silent wait."""
+    for resources, needle in (({"cpus_per_arm": 64}, "resources.cpus_per_arm: 64 CPUs per arm, but this machine's Ray has"),
+                              ({"gpus_per_arm": 1}, "resources.gpus_per_arm: 1 GPUs per arm, but this machine's Ray has 0")):
+        if needle.endswith("has 0"):
+            import torch
+
+            if torch.cuda.is_available():
+                continue  # a machine with a GPU can hold this arm
+        study = yaml.safe_load(_study(tmp_path).read_text())
+        study["resources"] = resources
+        path = tmp_path / "big.yaml"
+        path.write_text(yaml.safe_dump(study))
+        uri = f"sqlite:///{tmp_path / 'big.db'}"
+        proc = subprocess.run([str(Path(sys.executable).parent / "synthdata"), "run", str(path), "--no-progress",
+                               "--tracking-uri", uri], cwd=tmp_path, env={**os.environ, "RAY_ADDRESS": ""},
+                              capture_output=True, text=True, timeout=180)
+        lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+        assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: " + needle), proc.stderr[-2000:]
+        assert not (tmp_path / "big.db").exists()  # no run was opened

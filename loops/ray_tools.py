@@ -1,9 +1,13 @@
 """What every runner needs from Ray: starting or joining it, waiting on arm tasks, and a worker's error in one line."""
 from __future__ import annotations
 
+import _thread
+import ast
+import contextlib
 import os
+import re
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from synthdata.errors import UserError
 from synthdata.spec import ResourcesSpec
@@ -49,6 +53,54 @@ def check_resources(resources: ResourcesSpec, local: bool) -> None:
             raise UserError(f"resources.{field}: {asked:g} {what} per arm, but this machine's Ray has {most:g}; set {hint}")
         print(f"waiting: no node of the cluster has {asked:g} {what} for an arm yet (resources.{field}); "
               "the autoscaler may add one", file=sys.stderr, flush=True)
+
+
+class InfeasibleWatch:
+    """Listens to the cluster's autoscaler (its lines reach the driver's log stream) for an arm's request
+    reported infeasible for every node type; then stops the driver, which fails the study with the reason.
+    """
+
+    PHRASE = "No available node types can fulfill resource request"
+
+    def __init__(self, resources: ResourcesSpec) -> None:
+        self.request = {"CPU": float(resources.cpus_per_arm), **({"GPU": float(resources.gpus_per_arm)} if resources.gpus_per_arm else {})}
+        self.message: str | None = None
+
+    def __call__(self, data: dict) -> None:
+        if str(data.get("pid")) != "autoscaler" or self.message is not None:
+            return
+        for line in data.get("lines") or []:
+            found = re.search(r"(\{[^{}]*\})", line) if self.PHRASE in line else None
+            if found and _literal(found.group(1)) == self.request:
+                self.message = line.split(":event_summary:")[-1].strip().removeprefix("Error: ")
+                _thread.interrupt_main()  # the driver waits in ray.wait/ray.get, which see it as Ctrl-C
+                return
+
+
+def _literal(text: str) -> Any:
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return None
+
+
+@contextlib.contextmanager
+def watch_infeasible(resources: ResourcesSpec, enabled: bool) -> Iterator[InfeasibleWatch]:
+    """An InfeasibleWatch on Ray's driver log stream for the block (a Ray-internal hook: without it, nothing is watched)."""
+    watch = InfeasibleWatch(resources)
+    dispatcher = None
+    if enabled:
+        try:
+            from ray._private.worker import global_worker_stdstream_dispatcher as dispatcher
+
+            dispatcher.add_handler("synthdata_infeasible", watch)
+        except (ImportError, AttributeError):
+            dispatcher = None
+    try:
+        yield watch
+    finally:
+        if dispatcher is not None:
+            dispatcher.remove_handler("synthdata_infeasible")
 
 
 def short_reason(err: Exception) -> str:

@@ -110,7 +110,7 @@ def run_study(spec: StudySpec, runner: ModuleType | None = None, *, address: str
     `source` (the study file's path, or the command that built the spec) is recorded on every run.
     """
     from loops import runner_for
-    from loops.ray_tools import check_resources, init_ray
+    from loops.ray_tools import check_resources, init_ray, watch_infeasible
 
     runner = runner or runner_for(spec.kind)
     start = time.perf_counter()
@@ -129,7 +129,7 @@ def run_study(spec: StudySpec, runner: ModuleType | None = None, *, address: str
             ray.shutdown()
         raise
     try:
-        with _on_sigterm(_raise_stopped):
+        with _on_sigterm(_raise_stopped), watch_infeasible(spec.resources, enabled=not started_ray) as watch:
             if hasattr(runner, "launch"):  # work on Ray that can still refuse bad input, before any run opens
                 prepared = runner.launch(spec, splits, prepared, show_progress)
             tracker = StudyTracker(uri, spec.experiment_name, spec.name, flat_params(spec), description=spec.description,
@@ -138,8 +138,10 @@ def run_study(spec: StudySpec, runner: ModuleType | None = None, *, address: str
             if prepared.resume is None:  # the validated study file, runnable again as it is
                 tracker.log_table("study.yaml", spec_yaml(spec))
             study = Study(spec, splits, uri, tracker, prepared.state, show_progress)
-            table, figures = _schedule(runner, study)
+            table, figures = _schedule(runner, study, watch)
     except KeyboardInterrupt as stop:
+        if watch.message:  # the cluster can never hold an arm: the study failed, for a reason the user can fix
+            raise UserError(f"resources: no node type of the cluster can hold an arm ({watch.message.split('. ')[0]})") from None
         if started_ray:  # a stopped study leaves no Ray process of its own behind
             import ray
 
@@ -156,7 +158,7 @@ def run_study(spec: StudySpec, runner: ModuleType | None = None, *, address: str
     return StudyResult(table, tracker.parent_id, study.failed, time.perf_counter() - start, figures)
 
 
-def _schedule(runner: ModuleType, study: Study) -> tuple[pd.DataFrame, list[Path]]:
+def _schedule(runner: ModuleType, study: Study, watch: Any) -> tuple[pd.DataFrame, list[Path]]:
     """Run the runner's arms; whatever happens, write the table (and, unless stopped, the figures) and end every run."""
     tracker = study.tracker
     status, table, figures = "FAILED", pd.DataFrame(), []
@@ -164,7 +166,9 @@ def _schedule(runner: ModuleType, study: Study) -> tuple[pd.DataFrame, list[Path
         runner.schedule(study)
         status = "FAILED" if study.failed else "FINISHED"
     except KeyboardInterrupt:
-        status = "KILLED"
+        status = "FAILED" if watch.message else "KILLED"
+        if watch.message:
+            tracker.set_tag("synthdata.failure", watch.message)
         raise
     finally:
         with _on_sigterm(signal.SIG_IGN):

@@ -1,4 +1,5 @@
-"""The driver under signals: SIGTERM (a scheduler, `timeout`) stops a study as Ctrl-C does."""
+"""The driver under signals and impossible requests: SIGTERM (a scheduler, `timeout`) stops a study as Ctrl-C
+does; an arm no node can hold is refused (a local Ray) or fails the study once the autoscaler calls it infeasible."""
 from __future__ import annotations
 
 import os
@@ -86,3 +87,61 @@ def test_an_arm_no_node_can_hold_is_refused_before_any_run_opens(tmp_path):
         lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
         assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: " + needle), proc.stderr[-2000:]
         assert not (tmp_path / "big.db").exists()  # no run was opened
+
+
+def test_a_cluster_whose_autoscaler_calls_an_arm_infeasible_fails_the_study(tmp_path):
+    """A real autoscaler (Ray's fake multi-node provider: node types of 1 and 2 CPUs) reports 64 CPUs infeasible for
+    every node type: the study, waiting on the cluster, fails with that reason instead of waiting forever."""
+    import json
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    config = {
+        "cluster_name": "fake", "max_workers": 1, "head_node_type": "ray.head.default", "upscaling_speed": 1.0,
+        "idle_timeout_minutes": 0.1, "docker": {}, "auth": {"ssh_user": "ubuntu"}, "file_mounts": {}, "cluster_synced_files": [],
+        "file_mounts_sync_continuously": False, "initialization_commands": [], "setup_commands": [], "head_setup_commands": [],
+        "worker_setup_commands": [], "head_start_ray_commands": [], "worker_start_ray_commands": [],
+        "provider": {"type": "fake_multinode", "use_node_id_as_ip": True, "disable_node_updaters": True,
+                     "disable_launch_config_check": True},
+        "available_node_types": {"ray.head.default": {"resources": {"CPU": 1}, "node_config": {}, "max_workers": 0},
+                                 "cpu_node": {"resources": {"CPU": 2}, "node_config": {}, "min_workers": 0, "max_workers": 1}},
+    }
+    root = Path(f"/tmp/sdf{port}")  # short: Ray's socket paths must stay under 107 characters
+    root.mkdir()
+    (root / "autoscaling.json").write_text(json.dumps(config))
+    env = {**os.environ, "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1", "RAY_ADDRESS": ""}
+    head = subprocess.Popen([str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", f"--port={port}", "--num-cpus=1",
+                             "--node-ip-address=127.0.0.1", "--disable-usage-stats", "--include-dashboard=false",
+                             f"--temp-dir={root / 't'}", f"--autoscaling-config={root / 'autoscaling.json'}"],
+                            env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.3)
+        study = yaml.safe_load(_study(tmp_path).read_text())
+        study["resources"] = {"cpus_per_arm": 64}
+        path = tmp_path / "big.yaml"
+        path.write_text(yaml.safe_dump(study))
+        uri = f"sqlite:///{tmp_path / 'big.db'}"
+        proc = subprocess.run([str(Path(sys.executable).parent / "synthdata"), "run", str(path), "--no-progress",
+                               "--tracking-uri", uri, "--address", f"127.0.0.1:{port}"], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=180)
+        last = [ln for ln in proc.stderr.splitlines() if ln.strip()][-1]
+        assert proc.returncode == 2, proc.stderr[-3000:]
+        assert last.startswith("error: resources: no node type of the cluster can hold an arm") and "64" in last, last
+        assert "Traceback" not in proc.stderr
+        c = MlflowClient(uri)
+        runs = c.search_runs([c.get_experiment_by_name("term").experiment_id])
+        study_run = next(r for r in runs if r.data.tags.get("synthdata.role") == "study")
+        assert study_run.info.status == "FAILED" and "No available node types" in study_run.data.tags["synthdata.failure"]
+        assert all(r.info.status != "RUNNING" for r in runs)
+    finally:
+        os.killpg(head.pid, signal.SIGKILL)
+        for p in psutil.process_iter(["cmdline"]):
+            if any(str(root) in arg for arg in (p.info["cmdline"] or [])):
+                p.kill()

@@ -197,7 +197,8 @@ class StudyTracker:
 
         run_id = self.arm_runs[arm]
         if grid is not None:
-            self.client.log_image(run_id, grid, artifact_file=f"samples/generation_{generation:03d}.png")
+            self.client.log_image(run_id, grid, artifact_file=f"samples/generation_{generation:03d}.png")  # the report's
+            self.client.log_image(run_id, grid, key="samples", step=generation, synchronous=True)  # the UI's step slider
         samples = samples if keep_samples else None
         if samples is not None or generator_state is not None:
             with tempfile.TemporaryDirectory() as tmp:

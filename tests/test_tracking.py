@@ -46,6 +46,9 @@ def test_parent_and_arm_runs_with_stepped_metrics(tracking_uri, tmp_path):
     assert [a.path for a in c.list_artifacts(rep.info.run_id, "samples")] == [
         f"samples/generation_{g:03d}.png" for g in range(3)
     ]
+    # The same grids as MLflow's stepped images (key "samples", step = generation): the UI's step slider shows them.
+    stepped = [a.path.split("/")[-1] for a in c.list_artifacts(rep.info.run_id, "images") if a.path.endswith(".png")]
+    assert sorted(int(p.split("+step+")[1].split("+")[0]) for p in stepped if p.startswith("samples+step+")) == [0, 1, 2]
     assert runs["augment/seed0"].info.status == "FAILED"
     assert runs["augment/seed0"].data.tags["synthdata.failure"] == "ValueError: boom"
 

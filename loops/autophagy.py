@@ -22,7 +22,7 @@ import torch
 from synthdata.autophagy import StudyContext, build_training_set, grid_subset, measure_samples
 from synthdata.data import ImageSet, Splits
 from synthdata.fitting import fit_generator
-from synthdata.generators import draw_samples
+from synthdata.generators import checkpoint_files, draw_samples
 from synthdata.metrics.toy import toy_metrics
 from synthdata.seeds import Purpose, stream_seed
 from synthdata.spec import LoopStudy, with_value
@@ -81,7 +81,7 @@ class GenerationResult:
     metrics: dict[str, float]
     grid: tuple[torch.Tensor, torch.Tensor] | None = None  # a few (images, labels) for the sample grid
     samples: ImageSet | None = None  # S_t, what later generations train on (the checkpoint)
-    generator_state: dict[str, torch.Tensor] | None = None
+    checkpoint: dict[str, bytes] | None = None  # the generator's files (synthdata.generators.checkpoint_files)
 
 
 @dataclass
@@ -184,6 +184,6 @@ def run_arm(
             metrics.update(toy_metrics(splits.truth, *generator.moments()))
         metrics["time_metrics_s"] = time.perf_counter() - start
 
-        state = generator.state_dict() if spec.tracking.checkpoints else None
-        yield GenerationResult(arm.name, t, metrics, grid_subset(samples.images, samples.labels), samples, state)
+        files = checkpoint_files(generator) if spec.tracking.checkpoints else None
+        yield GenerationResult(arm.name, t, metrics, grid_subset(samples.images, samples.labels), samples, files)
         history = history + [samples] if arm.loop_type == "accumulate" else [samples]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -222,6 +223,10 @@ class GuidedGenerator:
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.generator.load_state_dict(state)
+
+    def save_pretrained(self, directory: Path) -> None:
+        """The generator's checkpoint (the guiding classifier is retrained from it)."""
+        self.generator.save_pretrained(directory)
 
 
 def with_guidance(generator: DiffusionGenerator, spec: GuidanceSpec, real: ImageSet, *, seed: int, generation: int = 0,

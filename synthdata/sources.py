@@ -68,15 +68,23 @@ def load_source(spec: SourceSpec, real: ImageSet, *, seed: int, device: str = "c
 
 
 def _from_checkpoint(spec: CheckpointSource, real: ImageSet, *, seed: int, device: str) -> ImageSet:
-    from safetensors.torch import load_file
-
+    """Sample a generator checkpoint: a diffusers-format directory as it is, a .safetensors file into `spec.generator`."""
     from synthdata.generators import create_generator, draw_samples
 
-    generator = create_generator(spec.generator, real.shape, real.num_classes, device)
     try:
-        generator.load_state_dict(load_file(str(spec.path)))
+        if spec.path.is_dir():
+            from synthdata.generators.diffusion import DiffusionGenerator
+
+            generator = DiffusionGenerator.from_pretrained(spec.path, device)
+        else:
+            from safetensors.torch import load_file
+
+            generator = create_generator(spec.generator, real.shape, real.num_classes, device)
+            generator.load_state_dict(load_file(str(spec.path)))
     except Exception as err:
         raise DataError(f"{spec.path}: not a checkpoint of this generator ({type(err).__name__}: {str(err)[:200]})") from None
+    if generator.num_classes != real.num_classes:
+        raise DataError(f"{spec.path}: a generator of {generator.num_classes} classes, the real data has {real.num_classes}")
     drawn = draw_samples(generator, spec.size or len(real), real, label_seed=stream_seed(seed, Purpose.LABELS),
                          sample_seed=stream_seed(seed, Purpose.SAMPLES), context=str(spec.path))
     return to_real_format(drawn.images.cpu(), real, str(spec.path))

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 import numpy as np
-import torch
 
 from synthdata.data import ImageSet, save_samples
 
@@ -184,8 +183,8 @@ class StudyTracker:
         metrics: dict[str, float],
         grid: np.ndarray | None = None,
         samples: ImageSet | None = None,
-        generator_state: dict[str, torch.Tensor] | None = None,
-        keep_samples: bool = True,
+        checkpoint: dict[str, bytes] | None = None,
+        keep_checkpoint: bool = True,
     ) -> None:
         """Artifacts first (sample grid, checkpoint), then all metrics at step=generation in one batch.
 
@@ -199,15 +198,15 @@ class StudyTracker:
         if grid is not None:
             self.client.log_image(run_id, grid, artifact_file=f"samples/generation_{generation:03d}.png")  # the report's
             self.client.log_image(run_id, grid, key="samples", step=generation, synchronous=True)  # the UI's step slider
-        samples = samples if keep_samples else None
-        if samples is not None or generator_state is not None:
+        samples = samples if keep_checkpoint else None
+        checkpoint = checkpoint if keep_checkpoint else None
+        if samples is not None or checkpoint:
             with tempfile.TemporaryDirectory() as tmp:
                 if samples is not None:
                     save_samples(samples, Path(tmp) / "samples.safetensors")
-                if generator_state is not None:
-                    from safetensors.torch import save_file
-
-                    save_file(generator_state, str(Path(tmp) / "generator.safetensors"))
+                for name, data in (checkpoint or {}).items():
+                    (Path(tmp) / name).parent.mkdir(parents=True, exist_ok=True)
+                    (Path(tmp) / name).write_bytes(data)
                 self.client.log_artifacts(run_id, tmp, artifact_path=checkpoint_dir(generation))
         ts = int(time.time() * 1000)
         items = [Metric(k, float(v), ts, generation) for k, v in metrics.items() if np.isfinite(v)]

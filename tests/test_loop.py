@@ -74,7 +74,7 @@ def test_run_arm_yields_each_generation_once_and_is_deterministic():
     assert [r.generation for r in res] == [0, 1, 2, 3]
     assert res[1].metrics["train_set_size"] == len(splits.train)
     assert res[2].metrics["train_set_size"] == 300  # replace: only generation 1's samples
-    assert res[0].samples is None and len(res[1].samples) == 300 and res[1].generator_state is not None
+    assert res[0].samples is None and len(res[1].samples) == 300 and res[1].checkpoint is not None
     for r in res:
         assert 0 <= r.metrics["detectability"] <= 1 and 0 <= r.metrics["downstream_accuracy"] <= 1
         assert r.metrics["detectability_ci_low"] <= r.metrics["detectability"] <= r.metrics["detectability_ci_high"]

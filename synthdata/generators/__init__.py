@@ -29,6 +29,9 @@ class Generator(Protocol):
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Restore from `state_dict()`."""
 
+    # Optional: `save_pretrained(directory)` writes a checkpoint that loads on its own (the diffusion
+    # generator writes diffusers' format); without it a checkpoint is `state_dict()` as safetensors.
+
 
 def create_generator(spec: GeneratorSpec, shape: tuple[int, int, int], num_classes: int, device: str = "cpu") -> Generator:
     """Build the generator named by `spec.name` for images of `shape` with `num_classes` classes."""
@@ -71,3 +74,22 @@ def check_generator(spec: GeneratorSpec, shape: tuple[int, int, int]) -> None:
                 f"generator.channels: {len(spec.channels)} UNet levels need an image size divisible by {factor}, "
                 f"the data is {shape[1]}x{shape[2]} (set data.image_size or use fewer channels)"
             )
+
+
+def checkpoint_files(generator: Generator) -> dict[str, bytes]:
+    """A fitted generator's checkpoint as files (relative path -> bytes), to travel from a worker to the driver.
+
+    `generator/...` from its `save_pretrained` when it has one (the diffusion generator: diffusers'
+    format, loadable by `UNet2DModel.from_pretrained` and by a detect study's checkpoint source
+    without a `generator:` section), else `generator.safetensors` from its `state_dict()`.
+    """
+    import tempfile
+    from pathlib import Path
+
+    if hasattr(generator, "save_pretrained"):
+        with tempfile.TemporaryDirectory() as tmp:
+            generator.save_pretrained(Path(tmp))
+            return {f"generator/{p.relative_to(tmp)}": p.read_bytes() for p in sorted(Path(tmp).rglob("*")) if p.is_file()}
+    from safetensors.torch import save
+
+    return {"generator.safetensors": save(generator.state_dict())}

@@ -6,7 +6,9 @@ here in the style of the diffusers training examples: `num_class_embeds` on the 
 """
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -164,3 +166,19 @@ class DiffusionGenerator:
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.model.load_state_dict(state)
         self.model.eval()
+
+    def save_pretrained(self, directory: Path) -> None:
+        """diffusers' format: `unet/` (the sampled, EMA, weights) and `scheduler/`, plus `synthdata.json` (the spec and data shape)."""
+        self.model.save_pretrained(directory / "unet")
+        self.noise_scheduler.save_pretrained(directory / "scheduler")
+        meta = {"generator": self.spec.model_dump(mode="json"), "shape": list(self.shape), "num_classes": self.num_classes}
+        (directory / "synthdata.json").write_text(json.dumps(meta, indent=2))
+
+    @classmethod
+    def from_pretrained(cls, directory: Path, device: str = "cpu") -> "DiffusionGenerator":
+        """A generator saved by `save_pretrained`, ready to sample."""
+        meta = json.loads((Path(directory) / "synthdata.json").read_text())
+        generator = cls(DiffusionSpec.model_validate(meta["generator"]), tuple(meta["shape"]), meta["num_classes"], device)
+        generator.model = UNet2DModel.from_pretrained(Path(directory) / "unet").to(device).eval()
+        generator.noise_scheduler = DDPMScheduler.from_pretrained(Path(directory) / "scheduler")
+        return generator

@@ -63,12 +63,26 @@ class PipelineSource(Strict):
 
 
 class CheckpointSource(Strict):
-    """A generator checkpoint of this project (generator.safetensors from a loop study's artifacts)."""
+    """A generator checkpoint of this project from a loop study's artifacts: a diffusion generator's directory
+    (`checkpoints/generation_XXX/generator/`, diffusers' format: it says what it is), or a `generator.safetensors`
+    file with the `generator:` section of the study that saved it."""
 
     type: Literal["checkpoint"]
-    path: ExistingFile
-    generator: GeneratorSpec = Field(..., description="The generator section of the study that saved it.")
+    path: Path
+    generator: GeneratorSpec | None = Field(None, description="The generator section of the study that saved it "
+                                            "(needed for a .safetensors file).")
     size: int | None = Field(None, ge=10, description="Images to draw (default: as many as the real training split).")
+
+    @model_validator(mode="after")
+    def _loadable(self) -> "CheckpointSource":
+        if self.path.is_dir():
+            if not (self.path / "synthdata.json").is_file():
+                raise ValueError(f"path: {self.path} is not a generator checkpoint directory (no synthdata.json)")
+        elif not self.path.is_file():
+            raise ValueError(f"path: does not exist: {self.path}")
+        elif self.generator is None:
+            raise ValueError("generator: required for a .safetensors checkpoint (the generator section that saved it)")
+        return self
 
 
 SOURCE_SPECS = (GeneratorSource, SamplesSource, FolderSource, PipelineSource, CheckpointSource)

@@ -68,25 +68,33 @@ def test_sigterm_stops_the_study_with_one_line_and_leaves_no_ray_behind(tmp_path
 
 
 def test_an_arm_no_node_can_hold_is_refused_before_any_run_opens(tmp_path):
-    """64 CPUs (or a GPU) per arm on the Ray this command starts: exit 2, one line, nothing tracked; not a silent wait."""
-    for resources, needle in (({"cpus_per_arm": 64}, "resources.cpus_per_arm: 64 CPUs per arm, but this machine's Ray has"),
-                              ({"gpus_per_arm": 1}, "resources.gpus_per_arm: 1 GPUs per arm, but this machine's Ray has 0")):
-        if needle.endswith("has 0"):
-            import torch
+    """64 CPUs per arm on the Ray this command starts: exit 2, one line, nothing tracked; not a silent wait."""
+    study = yaml.safe_load(_study(tmp_path).read_text())
+    study["resources"] = {"cpus_per_arm": 64}
+    path = tmp_path / "big.yaml"
+    path.write_text(yaml.safe_dump(study))
+    uri = f"sqlite:///{tmp_path / 'big.db'}"
+    proc = subprocess.run([str(Path(sys.executable).parent / "synthdata"), "run", str(path), "--no-progress", "--tracking-uri", uri],
+                          cwd=tmp_path, env={**os.environ, "RAY_ADDRESS": ""}, capture_output=True, text=True, timeout=180)
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    needle = "error: resources.cpus_per_arm: 64 CPUs per arm, but this machine's Ray has"
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith(needle), proc.stderr[-2000:]
+    assert not (tmp_path / "big.db").exists()  # no run was opened
 
-            if torch.cuda.is_available():
-                continue  # a machine with a GPU can hold this arm
-        study = yaml.safe_load(_study(tmp_path).read_text())
-        study["resources"] = resources
-        path = tmp_path / "big.yaml"
-        path.write_text(yaml.safe_dump(study))
-        uri = f"sqlite:///{tmp_path / 'big.db'}"
-        proc = subprocess.run([str(Path(sys.executable).parent / "synthdata"), "run", str(path), "--no-progress",
-                               "--tracking-uri", uri], cwd=tmp_path, env={**os.environ, "RAY_ADDRESS": ""},
-                              capture_output=True, text=True, timeout=180)
-        lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-        assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: " + needle), proc.stderr[-2000:]
-        assert not (tmp_path / "big.db").exists()  # no run was opened
+
+def test_a_gpu_per_arm_on_a_ray_without_one_is_refused(local_ray):
+    import pytest
+    import torch
+
+    from loops.ray_tools import check_resources
+    from synthdata.errors import UserError
+    from synthdata.spec import ResourcesSpec
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine's Ray has a GPU")
+    with pytest.raises(UserError, match=r"resources.gpus_per_arm: 1 GPUs per arm, but this machine's Ray has 0; set 0"):
+        check_resources(ResourcesSpec(gpus_per_arm=1), local=True)
+    check_resources(ResourcesSpec(cpus_per_arm=2), local=True)  # what the machine has is fine
 
 
 def test_a_cluster_whose_autoscaler_calls_an_arm_infeasible_fails_the_study(tmp_path):

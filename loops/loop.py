@@ -21,13 +21,12 @@ from loops.ray_tools import short_reason, widest_node_cpus
 from loops.study import Prepared, Study
 from synthdata.autophagy import StudyContext, study_context
 from synthdata.data import Splits
-from synthdata.errors import UserError
 from synthdata.figures import metric_figures, sample_grid
 from synthdata.generators import check_generator
 from synthdata.metrics.registry import progress_metrics
 from synthdata.results import format_table, results_table  # noqa: F401  format_table: this runner's text form
-from synthdata.runs import download_samples, find_resumable, loop_rows
-from synthdata.spec import LoopStudy, spec_hash
+from synthdata.runs import download_samples, loop_rows, study_to_resume
+from synthdata.spec import LoopStudy
 
 RESUMABLE = True
 # Generations 0 (the real reference) and 1 (trained on the real training set alone) do not
@@ -141,14 +140,7 @@ class _Bars:
 
 def _resume_states(spec: LoopStudy, uri: str, arms: list[Arm]) -> Prepared:
     """The run to continue and each arm's ResumeState; UserError when there is nothing that matches."""
-    found, fingerprint = find_resumable(uri, spec.experiment_name, spec.name)
-    if found is None:
-        raise UserError(f"--resume: no earlier run of study '{spec.name}' in experiment '{spec.experiment_name}' at {uri}")
-    if fingerprint != spec_hash(spec):
-        raise UserError(
-            f"--resume: the latest run of study '{spec.name}' ({found.parent_id}) was made from a different study file; "
-            "run without --resume, or give the study another name"
-        )
+    found = study_to_resume(spec, uri)
     states: dict[str, ResumeState | None] = {}
     for arm in arms:
         done = found.done.get(arm.name, -1)

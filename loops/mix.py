@@ -2,16 +2,20 @@
 
 spec -> real data -> one synthetic pool per seed (a generator trained once, as Ray tasks;
 or a saved sample set) -> Tune trials, one per arm (mode x ratio x seed), each training
-the downstream classifier and reporting downstream accuracy per epoch -> MLflow (Tune's
-MLflowLoggerCallback, in the driver) -> a table and a figure built from the MLflow runs.
+the downstream classifier and reporting downstream accuracy per epoch -> MLflow (a Tune
+callback in the driver: each epoch once, through retries and resumes) -> a table and a
+figure built from the MLflow runs.
 """
 from __future__ import annotations
 
 import os
 import sys
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from loops.study import Prepared, Study
@@ -22,9 +26,11 @@ from synthdata.generators import check_generator
 from synthdata.mixing import load_pool, make_pool, mix_training_set, real_subset, synthetic_count
 from synthdata.results import MIX_METRIC, mix_table
 from synthdata.results import format_mix_table as format_table  # noqa: F401  this runner's text form
-from synthdata.runs import mix_rows
+from synthdata.runs import download_sample_set, mix_rows, study_to_resume
 from synthdata.seeds import Purpose, stream_seed
 from synthdata.spec import MixStudy
+
+RESUMABLE = True  # `synthdata run --resume` continues a stopped sweep (see prepare)
 
 
 def arm_name(config: dict[str, Any]) -> str:
@@ -44,6 +50,18 @@ def grid_arms(spec: MixStudy) -> list[dict[str, Any]]:
     ]
 
 
+def planned_arms(spec: MixStudy) -> list[dict[str, Any]]:
+    """Every arm the sweep runs, fixed before it starts: the grid, or `num_samples` random draws (mode and seed
+    uniform, r ~ U(ratio_range)) from the search's own stream, so a resumed sweep plans the same arms."""
+    mix = spec.mix
+    if mix.search.type == "grid":
+        return grid_arms(spec)
+    rng = np.random.default_rng(stream_seed(0, Purpose.SEARCH))
+    lo, hi = mix.search.ratio_range  # the spec refuses high > 1 when replace is swept
+    return [{"mode": str(rng.choice(mix.modes)), "ratio": float(rng.uniform(lo, hi)), "seed": int(rng.choice(mix.seeds))}
+            for _ in range(mix.search.num_samples)]
+
+
 def pool_size(spec: MixStudy, n_train: int) -> int:
     """Synthetic images per seed: the study's `pool_size`, else what the largest ratio needs."""
     n = min(spec.mix.real_size or n_train, n_train)
@@ -56,22 +74,23 @@ def _pool_task(spec: MixStudy, real: ImageSet, size: int, seed: int) -> tuple[Im
     return make_pool(spec.generator, real, size, seed=seed, device=configure_worker(spec.resources), guidance=spec.guidance)
 
 
-def make_pools(spec: MixStudy, splits: Splits, show_progress: bool, saved: ImageSet | None = None) -> dict[int, ImageSet]:
-    """One pool per seed: a generator trained once on the real training set, in parallel on Ray.
+def make_pools(spec: MixStudy, splits: Splits, show_progress: bool, saved: ImageSet | None = None,
+               seeds: tuple[int, ...] | None = None) -> dict[int, ImageSet]:
+    """One pool per seed (of `seeds`, default all): a generator trained once on the real training set, in parallel on Ray.
 
     With `mix.samples`, the saved set (`saved`, if the caller has read it already) is every seed's pool.
     """
     import ray
 
+    seeds = spec.mix.seeds if seeds is None else seeds
     size = pool_size(spec, len(splits.train))
     if spec.mix.samples is not None:
         pool = saved if saved is not None else load_pool(spec.mix.samples, splits.train)
         if len(pool) < size:
             raise DataError(f"{spec.mix.samples}: has {len(pool)} samples, the largest ratio needs {size}")
-        return {seed: pool for seed in spec.mix.seeds}
+        return {seed: pool for seed in seeds}
     task = ray.remote(_pool_task).options(num_cpus=spec.resources.cpus_per_arm, num_gpus=spec.resources.gpus_per_arm)
-    refs = {seed: task.remote(spec, real_subset(splits.train, spec.mix.real_size, seed=seed), size, seed)
-            for seed in spec.mix.seeds}
+    refs = {seed: task.remote(spec, real_subset(splits.train, spec.mix.real_size, seed=seed), size, seed) for seed in seeds}
     if show_progress:
         guided = f", guided at scale {spec.guidance.scale:g}" if spec.guidance.scale > 0 else ""
         print(f"training {len(refs)} generator(s), one per seed, for pools of {size} samples{guided}", file=sys.stderr, flush=True)
@@ -110,6 +129,42 @@ def _arm_trial(config: dict[str, Any], spec: MixStudy, splits: Splits, pools: di
                      device=device, on_epoch=on_epoch)
 
 
+REPORTED = ("epoch", MIX_METRIC, f"{MIX_METRIC}_ci_low", f"{MIX_METRIC}_ci_high", "train_loss", "n_real", "n_synthetic")
+
+
+def _arm_logger(tracker, logged: dict[str, int]):
+    """A Tune callback (in the driver) that makes each arm an MLflow child run of the study run and logs each epoch
+    once, at step = epoch: a retried or resumed arm redoes its epochs (seeded alike) but logs only those not yet in."""
+    from ray import tune
+
+    class ArmLogger(tune.Callback):
+        def __init__(self) -> None:
+            self.retries: dict[str, int] = {}
+
+        def on_trial_start(self, iteration, trials, trial, **info):
+            c = trial.config
+            tracker.start_arm(arm_name(c), {"mode": c["mode"], "ratio": str(c["ratio"]), "seed": str(c["seed"])})
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            name, epoch = arm_name(trial.config), int(result["epoch"])
+            if epoch > logged.get(name, 0):
+                tracker.log_metrics(name, {k: float(result[k]) for k in REPORTED if k in result}, step=epoch)
+                logged[name] = epoch
+
+        def on_trial_recover(self, iteration, trials, trial, **info):
+            name = arm_name(trial.config)
+            self.retries[name] = self.retries.get(name, 0) + 1
+            tracker.note_retry(name, self.retries[name], "the arm's trial failed; Tune restarted it")
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            tracker.end_arm(arm_name(trial.config), "FINISHED")
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            tracker.end_arm(arm_name(trial.config), "FAILED")  # the reason is tagged once Tune returns its error
+
+    return ArmLogger()
+
+
 def _progress_callback(total: int, enabled: bool):
     """A Tune callback that draws one bar over the arms (a line per finished arm off a terminal)."""
     from ray import tune
@@ -143,64 +198,82 @@ def _progress_callback(total: int, enabled: bool):
     return Bar()
 
 
-def _tuner(spec: MixStudy, splits: Splits, pools: dict[int, ImageSet], uri: str, parent_id: str, storage: Path, show_progress: bool,
-           run_tags: dict[str, str]):
+def _tuner(study: Study, arms: list[dict[str, Any]], pools: dict[int, ImageSet], logged: dict[str, int]):
+    """A Tune run of exactly `arms` (given to the basic search as its points, one trial each), retried on failure."""
     from ray import tune
-    from ray.air.integrations.mlflow import MLflowLoggerCallback
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    mix = spec.mix
-    if mix.search.type == "grid":
-        points = grid_arms(spec)
-        # Tune's grid_search is a full product; the grid here skips replace at r > 1, so its
-        # points are given to the basic search as the trials to run, one each.
-        param_space = {"mode": tune.choice(list(mix.modes)), "ratio": tune.choice(list(mix.ratios)), "seed": tune.choice(list(mix.seeds))}
-        search, num_samples = BasicVariantGenerator(points_to_evaluate=points), len(points)
-    else:
-        lo, hi = mix.search.ratio_range  # the spec refuses high > 1 when replace is swept
-        param_space = {"mode": tune.choice(list(mix.modes)), "seed": tune.choice(list(mix.seeds)), "ratio": tune.uniform(lo, hi)}
-        search, num_samples = BasicVariantGenerator(random_state=0), mix.search.num_samples
+    spec = study.spec
+    param_space = {"mode": tune.choice(list(spec.mix.modes)), "seed": tune.choice(list(spec.mix.seeds)),
+                   "ratio": tune.uniform(*spec.mix.search.ratio_range)}
     trainable = tune.with_resources(
-        tune.with_parameters(_arm_trial, spec=spec, splits=splits, pools=pools),
+        tune.with_parameters(_arm_trial, spec=spec, splits=study.splits, pools=pools),
         {"cpu": spec.resources.cpus_per_arm, "gpu": spec.resources.gpus_per_arm},
     )
-    mlflow_cb = MLflowLoggerCallback(
-        tracking_uri=uri,
-        experiment_name=spec.experiment_name,
-        tags={**run_tags, "mlflow.parentRunId": parent_id, "synthdata.study": spec.name, "synthdata.role": "arm"},
-    )
+    run_name = f"{spec.name}-{study.tracker.parent_id[:8]}-{int(time.time())}"  # a resume is a new Tune run
     return tune.Tuner(
         trainable,
         param_space=param_space,
-        tune_config=tune.TuneConfig(search_alg=search, num_samples=num_samples, trial_name_creator=lambda t: arm_name(t.config),
+        tune_config=tune.TuneConfig(search_alg=BasicVariantGenerator(points_to_evaluate=arms), num_samples=len(arms),
+                                    trial_name_creator=lambda t: arm_name(t.config),
                                     trial_dirname_creator=lambda t: arm_name(t.config).replace("/", "_")),
-        run_config=tune.RunConfig(name=spec.name, storage_path=str(storage), verbose=0,
-                                  callbacks=[mlflow_cb, _progress_callback(num_samples, show_progress)]),
+        run_config=tune.RunConfig(name=run_name, storage_path=str((study.out_dir / "tune").resolve()), verbose=0,
+                                  failure_config=tune.FailureConfig(max_failures=spec.resources.max_arm_retries),
+                                  callbacks=[_arm_logger(study.tracker, logged), _progress_callback(len(arms), study.show_progress)]),
     )
 
 
+@dataclass
+class _Plan:
+    """What a mix study knows before it schedules: a saved sample set, and on --resume what the stopped run holds."""
+
+    saved: ImageSet | None = None
+    pools: dict[int, ImageSet] = field(default_factory=dict)  # seed -> pool read back from the study run
+    finished: set[str] = field(default_factory=set)  # arms whose runs were FINISHED
+    logged: dict[str, int] = field(default_factory=dict)  # arm -> last epoch in MLflow
+
+
 def prepare(spec: MixStudy, splits: Splits, uri: str, resume: bool) -> Prepared:
-    """Check the generator against the data; read a saved sample set now, so a bad file is refused before anything is tracked."""
+    """Check the generator against the data; read a saved sample set now (a bad file is refused before anything is
+    tracked); with --resume, find the stopped run, its finished arms, each arm's last epoch and the pools it kept."""
     check_generator(spec.generator, splits.train.shape)
-    return Prepared(state=load_pool(spec.mix.samples, splits.train) if spec.mix.samples is not None else None)
+    saved = load_pool(spec.mix.samples, splits.train) if spec.mix.samples is not None else None
+    if not resume:
+        return Prepared(state=_Plan(saved))
+    found = study_to_resume(spec, uri, progress_metric="epoch")
+    pools = {}
+    for seed in spec.mix.seeds if saved is None else ():
+        try:
+            pools[seed] = download_sample_set(uri, found.parent_id, f"pools/seed{seed}.safetensors")
+        except Exception:  # not kept (tracking.checkpoints: false) or not made yet: that seed's pool is made again
+            continue
+    finished = {name for name, status in found.arm_status.items() if status == "FINISHED"}
+    return Prepared(found, _Plan(saved, pools, finished, {k: v for k, v in found.done.items() if v > 0}))
 
 
 def schedule(study: Study) -> None:
     """Make the pools (logged on the study run), then run the Tune sweep with every arm logged as a child run."""
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no CSV/JSON/TensorBoard files per trial
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    spec, tracker = study.spec, study.tracker
-    pools = make_pools(spec, study.splits, study.show_progress, study.prepared)
-    for seed, pool in pools.items():
-        if spec.tracking.checkpoints:  # reusable as `mix.samples` by later studies
+    spec, tracker, plan = study.spec, study.tracker, study.prepared
+    missing = tuple(seed for seed in spec.mix.seeds if seed not in plan.pools)
+    made = make_pools(spec, study.splits, study.show_progress, plan.saved, seeds=missing) if missing else {}
+    for seed, pool in made.items():
+        if spec.tracking.checkpoints and spec.mix.samples is None:  # reusable as `mix.samples`, and by --resume
             tracker.log_samples(pool, f"pools/seed{seed}.safetensors")
         if spec.tracking.sample_grid and pool.images.shape[-1] > 1:
             tracker.log_image(sample_grid(pool.images[:64]), f"pools/seed{seed}.png")
-    storage = (study.out_dir / "tune").resolve()
-    results = _tuner(spec, study.splits, pools, study.uri, tracker.parent_id, storage, study.show_progress, tracker.run_tags).fit()
+    for name in plan.finished:  # reopened by the resume: they stay as they were
+        tracker.end_arm(name, "FINISHED")
+    arms = [arm for arm in planned_arms(spec) if arm_name(arm) not in plan.finished]
+    if not arms:
+        return
+    results = _tuner(study, arms, {**plan.pools, **made}, dict(plan.logged)).fit()
     for result in results:
         if result.error is not None:
-            study.failed[arm_name(result.config)] = str(result.error).strip().splitlines()[-1]
+            name = arm_name(result.config)
+            study.failed[name] = str(result.error).strip().splitlines()[-1]
+            tracker.set_tag("synthdata.failure", study.failed[name], arm=name)
 
 
 def table(study: Study) -> pd.DataFrame:

@@ -104,11 +104,15 @@ class Resumable:
     parent_id: str
     status: str
     arm_runs: dict[str, str] = field(default_factory=dict)
-    done: dict[str, int] = field(default_factory=dict)  # arm -> last finished generation (-1: none)
+    done: dict[str, int] = field(default_factory=dict)  # arm -> last finished generation or epoch (-1: none)
+    arm_status: dict[str, str] = field(default_factory=dict)  # arm -> its run's status when the study stopped
 
 
-def find_resumable(uri: str, experiment: str, study: str) -> tuple[Resumable | None, str | None]:
-    """The latest run of `study` in `experiment`, with its spec hash; (None, None) when there is none."""
+def find_resumable(uri: str, experiment: str, study: str, progress_metric: str = DONE_METRIC) -> tuple[Resumable | None, str | None]:
+    """The latest run of `study` in `experiment`, with its spec hash; (None, None) when there is none.
+
+    Each arm's progress is the last step of `progress_metric`: `generation_done` for loops, `epoch` for mixes.
+    """
     client = mlflow_client(uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
@@ -126,17 +130,36 @@ def find_resumable(uri: str, experiment: str, study: str) -> tuple[Resumable | N
     for run in child_runs(uri, parent.info.run_id):
         arm = run.data.tags.get("synthdata.arm", run.info.run_name)
         found.arm_runs[arm] = run.info.run_id
-        history = client.get_metric_history(run.info.run_id, DONE_METRIC)
+        found.arm_status[arm] = run.info.status
+        history = client.get_metric_history(run.info.run_id, progress_metric)
         found.done[arm] = int(max((m.step for m in history), default=-1))
     return found, parent.data.tags.get("synthdata.spec_hash")
 
 
+def study_to_resume(spec: Any, uri: str, progress_metric: str = DONE_METRIC) -> Resumable:
+    """The latest run of this study, if it was made from this same study file; UserError otherwise (exit 2)."""
+    from synthdata.spec import spec_hash
+
+    found, fingerprint = find_resumable(uri, spec.experiment_name, spec.name, progress_metric)
+    if found is None:
+        raise UserError(f"--resume: no earlier run of study '{spec.name}' in experiment '{spec.experiment_name}' at {uri}")
+    if fingerprint != spec_hash(spec):
+        raise UserError(
+            f"--resume: the latest run of study '{spec.name}' ({found.parent_id}) was made from a different study file; "
+            "run without --resume, or give the study another name"
+        )
+    return found
+
+
 def download_samples(uri: str, run_id: str, generation: int) -> ImageSet:
     """The samples a finished generation kept as its checkpoint."""
+    return download_sample_set(uri, run_id, f"{checkpoint_dir(generation)}/samples.safetensors")
+
+
+def download_sample_set(uri: str, run_id: str, artifact_path: str) -> ImageSet:
+    """A sample set a run kept as an artifact (a generation's samples, a mix seed's pool)."""
     import mlflow.artifacts
 
     with tempfile.TemporaryDirectory() as tmp:
-        path = mlflow.artifacts.download_artifacts(
-            run_id=run_id, artifact_path=f"{checkpoint_dir(generation)}/samples.safetensors", dst_path=tmp, tracking_uri=uri
-        )
+        path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path, dst_path=tmp, tracking_uri=uri)
         return load_samples(Path(path))

@@ -25,6 +25,7 @@ class Purpose(IntEnum):
     SPLIT = 11  # a generated source's train / eval split (detect)
     CROPS = 12  # the random crops of the crop analysis (detect)
     FEATURES = 13  # the study's feature extractor (trained once, on the real data)
+    SEARCH = 14  # a random mix search's arms (modes, ratios, seeds)
 
 
 class Scope(IntEnum):

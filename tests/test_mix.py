@@ -113,3 +113,106 @@ def test_tiny_sweep_through_ray_tune_logs_every_arm(local_ray, tracking_uri, tmp
     text = page.read_text()
     assert text.count("data:image/png;base64,") == 2 and "replace/r=1/seed0" in text
     assert (tmp_path / "report" / "downstream_accuracy_vs_ratio.png").stat().st_size > 10_000
+
+
+def _mix_spec(tmp_path, epochs: int, **extra) -> dict:
+    """A mix whose arms take a few seconds each: a toy generator, a classifier of many short epochs."""
+    return {"name": "mixr", "kind": "mix", "data": {"limit": 300}, "generator": {"name": "gaussian", "covariance": "diag"},
+            "downstream": {"epochs": epochs, "batch_size": 32, "width": 8},
+            "mix": {"modes": ["augment"], "ratios": [0.0, 1.0, 2.0], "seeds": [0]},
+            "tracking": {"report_dir": str(tmp_path / "runs")}, **extra}
+
+
+def _epochs_logged(c: MlflowClient, parent_id: str) -> dict[str, list[int]]:
+    exp = c.get_run(parent_id).info.experiment_id
+    runs = c.search_runs([exp], f"tags.`mlflow.parentRunId` = '{parent_id}'")
+    return {r.info.run_name: sorted(m.step for m in c.get_metric_history(r.info.run_id, "downstream_accuracy")) for r in runs}
+
+
+@pytest.mark.slow
+def test_a_killed_mix_worker_is_retried_without_logging_an_epoch_twice(local_ray, tracking_uri, tmp_path):
+    import threading
+    import time
+
+    import psutil
+
+    epochs = 40
+    spec = parse_spec(_mix_spec(tmp_path, epochs))
+    out: dict = {}
+    thread = threading.Thread(target=lambda: out.setdefault("result", run_study(spec, tracking_uri=tracking_uri, show_progress=False)))
+    thread.start()
+    killed, deadline = None, time.time() + 240
+    while killed is None and time.time() < deadline and thread.is_alive():
+        c = MlflowClient(tracking_uri)
+        exp = c.get_experiment_by_name("mixr")
+        runs = c.search_runs([exp.experiment_id], "tags.`synthdata.role` = 'arm'") if exp else []
+        if any(r.data.metrics.get("epoch", 0) >= 3 and r.info.status == "RUNNING" for r in runs):
+            workers = [p for p in psutil.process_iter(["cmdline"]) if " ".join(p.info["cmdline"] or []).startswith("ray::ImplicitFunc.train")]
+            if workers:
+                workers[0].kill()  # SIGKILL: the trial's worker dies mid-arm, as on a lost node
+                killed = workers[0].pid
+        time.sleep(0.1)
+    assert killed is not None, "no arm worker to kill"
+    thread.join(timeout=400)
+    result = out["result"]
+    assert not result.failed, result.failed
+    c = MlflowClient(tracking_uri)
+    assert all(steps == list(range(1, epochs + 1)) for steps in _epochs_logged(c, result.parent_run_id).values())
+    exp = c.get_run(result.parent_run_id).info.experiment_id
+    arms = c.search_runs([exp], "tags.`synthdata.role` = 'arm'")
+    assert sum(int(r.data.tags.get("synthdata.retries", 0)) for r in arms) == 1
+    assert all(r.info.status == "FINISHED" for r in arms)
+
+
+@pytest.mark.slow
+def test_a_sigkilled_mix_study_resumes_with_every_epoch_once(local_ray, tmp_path, monkeypatch, capsys):
+    """Kill the driver (and its local Ray) mid-sweep; --resume keeps the finished arms, reads the pools back from
+    the study run and reruns the others, logging only the epochs MLflow does not hold yet."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import yaml
+
+    from synthdata.cli import main
+
+    epochs = 40
+    path = tmp_path / "mix.yaml"
+    path.write_text(yaml.safe_dump(_mix_spec(tmp_path, epochs, resources={"cpus_per_arm": 1})))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cmd = [str(Path(sys.executable).parent / "synthdata"), "run", str(path), "--no-progress", "--tracking-uri", uri]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env={**os.environ, "RAY_ADDRESS": ""}, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    before: dict = {}
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            c = MlflowClient(uri)
+            exp = c.get_experiment_by_name("mixr")
+            runs = c.search_runs([exp.experiment_id], "tags.`synthdata.role` = 'arm'") if exp else []
+        except Exception:
+            runs = []
+        before = {r.info.run_name: (r.info.status, int(r.data.metrics.get("epoch", 0))) for r in runs}
+        if any(s == "FINISHED" for s, _ in before.values()) and any(s == "RUNNING" and e >= 2 for s, e in before.values()):
+            break
+        time.sleep(0.1)
+    assert proc.poll() is None, "the sweep ended before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
+    proc.wait()
+
+    monkeypatch.chdir(tmp_path)
+    code = main([*cmd[1:], "--resume"])
+    assert code == 0, capsys.readouterr().err[-2000:]
+    c = MlflowClient(uri)
+    exp = c.get_experiment_by_name("mixr").experiment_id
+    studies = c.search_runs([exp], "tags.`synthdata.role` = 'study'")
+    assert len(studies) == 1 and studies[0].info.status == "FINISHED"
+    logged = _epochs_logged(c, studies[0].info.run_id)
+    assert set(logged) == {"augment/r=0/seed0", "augment/r=1/seed0", "augment/r=2/seed0"}
+    assert all(steps == list(range(1, epochs + 1)) for steps in logged.values()), logged
+    assert all(r.info.status == "FINISHED" for r in c.search_runs([exp], "tags.`synthdata.role` = 'arm'"))
+    pools = [a.path for a in c.list_artifacts(studies[0].info.run_id, "pools") if a.path.endswith(".safetensors")]
+    assert pools == ["pools/seed0.safetensors"]  # read back, not made (and logged) again

@@ -79,16 +79,9 @@ def env() -> dict[str, str]:
     return env
 
 
-@pytest.fixture(scope="module")
-def cluster(env):
-    """`mlflow server` and a Ray head + one worker node, each node with 1 CPU and its own temp dir.
-
-    Node processes run in the foreground (`--block`) in their own process groups, so the
-    teardown stops this cluster only, never the test session's own local Ray.
-    """
-    root = Path(tempfile.mkdtemp(prefix="sdc", dir="/tmp"))  # short: Ray's socket paths must stay under 107 chars
+def _start_cluster(env: dict[str, str], root: Path, procs: list[subprocess.Popen]) -> dict:
+    """`mlflow server`, a Ray head and one worker node on fresh ports; raises if any of them does not come up."""
     mlflow_port, gcs_port, dash_port = _free_port(), _free_port(), _free_port()
-    procs = []
 
     def start(cmd: list[str], log: str) -> subprocess.Popen:
         out = open(root / log, "w")
@@ -96,26 +89,51 @@ def cluster(env):
         return procs[-1]
 
     node = ["--block", "--node-ip-address=127.0.0.1", "--num-cpus=1", "--disable-usage-stats"]
-    try:
-        server = start([str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(mlflow_port), "--workers", "1",
-                        "--backend-store-uri", f"sqlite:///{root / 'server.db'}", "--artifacts-destination", str(root / "artifacts")],
-                       "mlflow.log")
-        head = start([str(BIN / "ray"), "start", "--head", f"--port={gcs_port}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-                      f"--dashboard-port={dash_port}", f"--dashboard-agent-listen-port={_free_port()}", f"--temp-dir={root / 'head'}", *node],
-                     "head.log")
-        _wait_port(gcs_port, "ray head", head)  # the worker joins as soon as the head's GCS listens
-        worker = start([str(BIN / "ray"), "start", f"--address=127.0.0.1:{gcs_port}", f"--dashboard-agent-listen-port={_free_port()}",
-                        f"--temp-dir={root / 'worker'}", *node], "worker.log")
-        _wait_http(f"http://127.0.0.1:{mlflow_port}/health", "mlflow server", server)
-        _wait_http(f"http://127.0.0.1:{dash_port}/api/version", "ray head", head)
-        from ray.util.state import list_nodes
+    server = start([str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(mlflow_port), "--workers", "1",
+                    "--backend-store-uri", f"sqlite:///{root / 'server.db'}", "--artifacts-destination", str(root / "artifacts")],
+                   "mlflow.log")
+    head = start([str(BIN / "ray"), "start", "--head", f"--port={gcs_port}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+                  f"--dashboard-port={dash_port}", f"--dashboard-agent-listen-port={_free_port()}", f"--temp-dir={root / 'head'}", *node],
+                 "head.log")
+    _wait_port(gcs_port, "ray head", head)  # the worker joins as soon as the head's GCS listens
+    worker = start([str(BIN / "ray"), "start", f"--address=127.0.0.1:{gcs_port}", f"--dashboard-agent-listen-port={_free_port()}",
+                    f"--temp-dir={root / 'worker'}", *node], "worker.log")
+    _wait_http(f"http://127.0.0.1:{mlflow_port}/health", "mlflow server", server)
+    _wait_http(f"http://127.0.0.1:{dash_port}/api/version", "ray head", head)
+    from ray.util.state import list_nodes
 
-        deadline = time.monotonic() + 120
-        while len([n for n in list_nodes(address=f"http://127.0.0.1:{dash_port}") if n.state == "ALIVE"]) < 2:
-            assert worker.poll() is None and time.monotonic() < deadline, (root / "worker.log").read_text()[-2000:]
-            time.sleep(0.5)
-        yield {"tracking": f"http://127.0.0.1:{mlflow_port}", "dashboard": f"http://127.0.0.1:{dash_port}",
-               "gcs": f"127.0.0.1:{gcs_port}", "root": root}
+    deadline = time.monotonic() + 120
+    while len([n for n in list_nodes(address=f"http://127.0.0.1:{dash_port}") if n.state == "ALIVE"]) < 2:
+        if worker.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"ray worker did not join: {(root / 'worker.log').read_text()[-2000:]}")
+        time.sleep(0.5)
+    return {"tracking": f"http://127.0.0.1:{mlflow_port}", "dashboard": f"http://127.0.0.1:{dash_port}",
+            "gcs": f"127.0.0.1:{gcs_port}", "root": root}
+
+
+@pytest.fixture(scope="module")
+def cluster(env):
+    """`mlflow server` and a Ray head + one worker node, each node with 1 CPU and its own temp dir.
+
+    Node processes run in the foreground (`--block`) in their own process groups, so the
+    teardown stops this cluster only, never the test session's own local Ray. A start that
+    fails (a free port taken by another process before the node bound it) is tried once more.
+    """
+    root = Path(tempfile.mkdtemp(prefix="sdc", dir="/tmp"))  # short: Ray's socket paths must stay under 107 chars
+    procs: list[subprocess.Popen] = []
+    try:
+        for attempt in range(2):
+            where = root / f"try{attempt}"
+            where.mkdir()
+            try:
+                started = _start_cluster(env, where, procs)
+                break
+            except (RuntimeError, TimeoutError):
+                _stop(procs, str(where))
+                procs.clear()
+                if attempt == 1:
+                    raise
+        yield started
     finally:
         _stop(procs, str(root))
         shutil.rmtree(root, ignore_errors=True)

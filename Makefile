@@ -34,6 +34,7 @@ test: $(STAMP) browser
 bench: $(STAMP)
 	$(BIN)/python -m bench.run --update-readme
 	$(BIN)/python -m bench.study --update-readme
+	$(BIN)/python -m bench.startup --update-readme
 
 clean-runs:
 	rm -rf mlflow.db mlartifacts

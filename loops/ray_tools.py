@@ -147,3 +147,4 @@ def wait_arms(refs: dict, tracker, on_result: Callable[[Any, Any], str], *, desc
     finally:
         bar.close()
     return failed
+

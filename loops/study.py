@@ -102,6 +102,22 @@ class Prepared:
     state: Any = None
 
 
+def _opening_store(uri: str) -> threading.Thread:
+    """Open (create, migrate) the tracking store in a thread: it takes a second or two, as does Ray's start.
+    A store that cannot be opened is not reported here: the tracker opens it again, and says why."""
+    from synthdata.tracking import mlflow_client
+
+    def open_store() -> None:
+        try:
+            mlflow_client(uri)
+        except Exception:
+            pass
+
+    thread = threading.Thread(target=open_store, name="synthdata-open-store", daemon=True)
+    thread.start()
+    return thread
+
+
 def run_study(spec: StudySpec, runner: ModuleType | None = None, *, address: str | None = None,
               tracking_uri: str | None = None, show_progress: bool = True, resume: bool = False,
               source: str = "<python>") -> StudyResult:
@@ -119,7 +135,9 @@ def run_study(spec: StudySpec, runner: ModuleType | None = None, *, address: str
     splits = make_splits(spec.data, seed=0)  # data errors surface here, before Ray or MLflow
     uri = resolve_tracking_uri(tracking_uri or spec.tracking.uri)
     prepared: Prepared = runner.prepare(spec, splits, uri, resume)  # bad input stops the study here too
+    store = _opening_store(uri)  # MLflow's store (a new SQLite file: its tables) is made while Ray starts
     started_ray = init_ray(address or spec.resources.address)
+    store.join()
     try:
         check_resources(spec.resources, local=started_ray)  # an arm no node can hold: refused here, before any run opens
     except UserError:

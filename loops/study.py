@@ -102,20 +102,40 @@ class Prepared:
     state: Any = None
 
 
-def _opening_store(uri: str) -> threading.Thread:
-    """Open (create, migrate) the tracking store in a thread: it takes a second or two, as does Ray's start.
-    A store that cannot be opened is not reported here: the tracker opens it again, and says why."""
-    from synthdata.tracking import mlflow_client
+class _StoreOpener:
+    """Opens (creates, migrates) the tracking store in a thread: it takes a second or two, as does Ray's start.
 
-    def open_store() -> None:
+    A store that cannot be opened is not reported here: the tracker opens it again, and says
+    why. A study refused before its first run leaves nothing, so a SQLite file this opener
+    created is removed again by `discard`.
+    """
+
+    def __init__(self, uri: str) -> None:
+        from synthdata.tracking import mlflow_client
+
+        self.db = Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+        self.new = self.db is not None and not self.db.exists()
+        self.thread = threading.Thread(target=self._open, args=(mlflow_client, uri), name="synthdata-open-store", daemon=True)
+        self.thread.start()
+
+    @staticmethod
+    def _open(mlflow_client: Any, uri: str) -> None:
         try:
             mlflow_client(uri)
         except Exception:
             pass
 
-    thread = threading.Thread(target=open_store, name="synthdata-open-store", daemon=True)
-    thread.start()
-    return thread
+    def join(self) -> None:
+        self.thread.join()
+
+    def discard(self) -> None:
+        self.thread.join()
+        if self.new:
+            from synthdata.tracking import forget_store
+
+            forget_store(f"sqlite:///{self.db}")
+            for path in (self.db, Path(f"{self.db}.lock"), Path(f"{self.db}-journal")):
+                path.unlink(missing_ok=True)
 
 
 def run_study(spec: StudySpec, runner: ModuleType | None = None, *, address: str | None = None,
@@ -135,21 +155,24 @@ def run_study(spec: StudySpec, runner: ModuleType | None = None, *, address: str
     splits = make_splits(spec.data, seed=0)  # data errors surface here, before Ray or MLflow
     uri = resolve_tracking_uri(tracking_uri or spec.tracking.uri)
     prepared: Prepared = runner.prepare(spec, splits, uri, resume)  # bad input stops the study here too
-    store = _opening_store(uri)  # MLflow's store (a new SQLite file: its tables) is made while Ray starts
-    started_ray = init_ray(address or spec.resources.address)
-    store.join()
+    store = _StoreOpener(uri)  # MLflow's store (a new SQLite file: its tables) is made while Ray starts
+    started_ray = False
     try:
+        started_ray = init_ray(address or spec.resources.address)
         check_resources(spec.resources, local=started_ray)  # an arm no node can hold: refused here, before any run opens
-    except UserError:
+        if hasattr(runner, "launch"):  # work on Ray that can still refuse bad input, before any run opens
+            with _on_sigterm(_raise_stopped):
+                prepared = runner.launch(spec, splits, prepared, show_progress)
+    except BaseException:
+        store.discard()  # refused, stopped or unreachable before its first run: the study leaves nothing behind
         if started_ray:
             import ray
 
             ray.shutdown()
         raise
+    store.join()
     try:
         with _on_sigterm(_raise_stopped), watch_infeasible(spec.resources, enabled=not started_ray) as watch:
-            if hasattr(runner, "launch"):  # work on Ray that can still refuse bad input, before any run opens
-                prepared = runner.launch(spec, splits, prepared, show_progress)
             tracker = StudyTracker(uri, spec.experiment_name, spec.name, flat_params(spec), description=spec.description,
                                    tags={"synthdata.kind": spec.kind, "synthdata.spec_hash": spec_hash(spec)},
                                    resume=prepared.resume, run_tags=provenance_tags(source))

@@ -62,6 +62,11 @@ def mlflow_client(uri: str):
     return client
 
 
+def forget_store(uri: str) -> None:
+    """Forget that this process opened `uri` (its file was removed: the next client creates it again)."""
+    _READY.discard(uri)
+
+
 def _retry_locked(fn: Callable[..., T], *args: Any, attempts: int = 10, **kwargs: Any) -> T:
     """Call `fn`, retrying with backoff while SQLite says "database is locked".
 

@@ -27,11 +27,16 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> bool:
     return not address
 
 
-def widest_node_cpus() -> float:
-    """The most CPUs one live node has: a task asking for more would never be scheduled."""
+def most_on_one_node(resource: str) -> float:
+    """The most of `resource` (CPU, GPU) one live node has: a task asking for more is never scheduled there."""
     import ray
 
-    return max((n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")), default=1.0)
+    return max((n["Resources"].get(resource, 0.0) for n in ray.nodes() if n.get("Alive")), default=0.0)
+
+
+def widest_node_cpus() -> float:
+    """The most CPUs one live node has (at least 1)."""
+    return most_on_one_node("CPU") or 1.0
 
 
 def check_resources(resources: ResourcesSpec, local: bool) -> None:
@@ -40,12 +45,9 @@ def check_resources(resources: ResourcesSpec, local: bool) -> None:
     On a cluster the autoscaler may still add a node that fits: the study then waits, and
     says so once, instead of looping on Ray's "no available node types" line in silence.
     """
-    import ray
-
-    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
     for key, field, what in (("CPU", "cpus_per_arm", "CPUs"), ("GPU", "gpus_per_arm", "GPUs")):
         asked = getattr(resources, field)
-        most = max((n.get(key, 0.0) for n in nodes), default=0.0)
+        most = most_on_one_node(key)
         if asked <= most:
             continue
         if local:

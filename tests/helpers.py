@@ -30,3 +30,10 @@ def write_png(path: Path, array: np.ndarray) -> None:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(array.astype(np.uint8)).save(path)
+
+
+def ray_workers(title: str) -> list:
+    """Ray worker processes whose title starts with `title` (Ray titles a worker `ray::<task or actor method>`)."""
+    import psutil
+
+    return [p for p in psutil.process_iter(["cmdline"]) if " ".join(p.info["cmdline"] or []).startswith(title)]

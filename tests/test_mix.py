@@ -134,7 +134,7 @@ def test_a_killed_mix_worker_is_retried_without_logging_an_epoch_twice(local_ray
     import threading
     import time
 
-    import psutil
+    from helpers import ray_workers
 
     epochs = 40
     spec = parse_spec(_mix_spec(tmp_path, epochs))
@@ -147,7 +147,7 @@ def test_a_killed_mix_worker_is_retried_without_logging_an_epoch_twice(local_ray
         exp = c.get_experiment_by_name("mixr")
         runs = c.search_runs([exp.experiment_id], "tags.`synthdata.role` = 'arm'") if exp else []
         if any(r.data.metrics.get("epoch", 0) >= 3 and r.info.status == "RUNNING" for r in runs):
-            workers = [p for p in psutil.process_iter(["cmdline"]) if " ".join(p.info["cmdline"] or []).startswith("ray::ImplicitFunc.train")]
+            workers = ray_workers("ray::ImplicitFunc.train")  # Tune trials run as this actor method
             if workers:
                 workers[0].kill()  # SIGKILL: the trial's worker dies mid-arm, as on a lost node
                 killed = workers[0].pid

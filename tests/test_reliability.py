@@ -6,7 +6,7 @@ import threading
 import time
 
 import pytest
-from helpers import tiny_study
+from helpers import ray_workers, tiny_study
 from mlflow.tracking import MlflowClient
 
 from loops.study import run_study
@@ -29,18 +29,6 @@ def _steps(c: MlflowClient, run, metric: str) -> list[int]:
     return sorted(m.step for m in c.get_metric_history(run.info.run_id, metric))
 
 
-def _arm_workers() -> list:
-    """Ray worker processes running an arm right now (Ray titles them after the task)."""
-    import psutil
-
-    found = []
-    for p in psutil.process_iter(["cmdline"]):
-        cmd = " ".join(p.info["cmdline"] or [])
-        if cmd.startswith("ray::arm_task"):
-            found.append(p)
-    return found
-
-
 def test_killed_worker_is_retried_from_its_last_finished_generation(local_ray, tracking_uri):
     T = 1
     spec = parse_spec(tiny_study(generator={**TINY_DIFFUSION, "train_steps": 40}, loop={"generations": T, "samples_per_generation": 200},
@@ -55,7 +43,7 @@ def test_killed_worker_is_retried_from_its_last_finished_generation(local_ray, t
         _, arms = _arms(tracking_uri, "tiny")
         done = {name: int(r.data.metrics.get("generation_done", -1)) for name, r in arms.items()}
         if len(done) == 2 and min(done.values()) >= 0:  # generation 1 under way: in the two arms' shared task
-            workers = _arm_workers()
+            workers = ray_workers("ray::arm_task")  # the loop arm tasks running now
             if workers:
                 workers[0].kill()  # SIGKILL: the worker dies mid-generation, as on a lost node
                 killed = workers[0].pid

@@ -18,7 +18,6 @@ class MetricInfo:
     better: str | None = None  # "higher" | "lower" | None
     interval: bool = False  # logged with `<name>_ci_low` / `<name>_ci_high` (a 95% interval)
     figure: bool = True  # worth a figure against generation / scale
-    table: bool = True  # shown in a loop or guide table
     progress: bool = False  # shown on a progress line when a generation finishes
 
 
@@ -30,14 +29,14 @@ METRICS: tuple[MetricInfo, ...] = (
                progress=True),
     MetricInfo("detectability_jsd_lower_bound", "JSD lower bound (nats)", "JSD bound", ".3f", "lower"),
     MetricInfo("fid", "Fréchet distance (study features)", "FID", ".2f", "lower", progress=True),
-    MetricInfo("kid", "KID (study features)", "KID", ".4f", "lower", table=False),
+    MetricInfo("kid", "KID (study features)", "KID", ".4f", "lower"),
     MetricInfo("precision", "precision", "prec", ".2f", "higher"),
     MetricInfo("recall", "recall", "rec", ".2f", "higher"),
-    MetricInfo("density", "density", "density", ".2f", "higher", table=False),
+    MetricInfo("density", "density", "density", ".2f", "higher"),
     MetricInfo("coverage", "coverage", "cov", ".2f", "higher"),
     MetricInfo("diversity", "diversity (per-class spread / real)", "diversity", ".2f", "higher"),
     MetricInfo("fitted_variance", "fitted variance", "fitted var", ".4f", progress=True),
-    MetricInfo("fitted_mean_error", "|fitted mean - true mean|", "mean error", ".3f", "lower", table=False),
+    MetricInfo("fitted_mean_error", "|fitted mean - true mean|", "mean error", ".3f", "lower"),
     MetricInfo("w2_to_truth", "W2 distance to the true distribution", "W2 to truth", ".3f", "lower"),
     MetricInfo("time_fit_s", "generator training time (s)", "fit s", ".0f", figure=False),
     MetricInfo("time_sample_s", "sampling time (s)", "sample s", ".0f", figure=False),

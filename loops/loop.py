@@ -18,6 +18,7 @@ import pandas as pd
 
 from loops.autophagy import Arm, GenerationResult, Progress, ResumeState, run_arm
 from loops.ray_tools import short_reason, widest_node_cpus
+from loops.stopping import check_stopped
 from loops.study import Prepared, Study
 from synthdata.autophagy import StudyContext, study_context
 from synthdata.data import Splits
@@ -260,6 +261,7 @@ class _Driver:
         try:
             while self.pending:
                 ready, _ = ray.wait(self.pending, num_returns=1, timeout=self.tracker.flush_every_s)
+                check_stopped()
                 self.tracker.flush_due()  # what has waited long enough in the buffer goes out, busy or not
                 for stream in ready:
                     group = self.streams[stream]

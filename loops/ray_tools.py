@@ -9,6 +9,7 @@ import re
 import sys
 from typing import Any, Callable, Iterator
 
+from loops.stopping import check_stopped
 from synthdata.errors import UserError
 from synthdata.spec import ResourcesSpec
 
@@ -131,7 +132,10 @@ def wait_arms(refs: dict, tracker, on_result: Callable[[Any, Any], str], *, desc
     try:
         pending = list(refs)
         while pending:
-            ready, pending = ray.wait(pending, num_returns=1)
+            ready, pending = ray.wait(pending, num_returns=1, timeout=1.0)
+            check_stopped()
+            if not ready:
+                continue
             arm = refs[ready[0]]
             try:
                 value = ray.get(ready[0])

@@ -10,7 +10,6 @@ Ray, logged through the study's tracker), `table`, `format_table` and `figures`.
 """
 from __future__ import annotations
 
-import contextlib
 import signal
 import sys
 import threading
@@ -22,42 +21,13 @@ from typing import Any
 
 import pandas as pd
 
+from loops.stopping import STOPS, StudyStopped, on_sigterm, raise_stopped
 from synthdata.data import Splits, make_splits
 from synthdata.errors import UserError
 from synthdata.provenance import provenance_tags
 from synthdata.runs import Resumable
 from synthdata.spec import StudySpec, flat_params, spec_hash, spec_yaml
 from synthdata.tracking import StudyTracker, resolve_tracking_uri
-
-
-class StudyStopped(KeyboardInterrupt):
-    """A study stopped from outside (Ctrl-C, or SIGTERM from a scheduler or `timeout`): its runs are KILLED."""
-
-    def __init__(self, message: str, exit_code: int = 130) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code  # 130 for Ctrl-C, 143 for SIGTERM, as shells report them
-
-
-def _raise_stopped(signum: int, frame: Any) -> None:
-    raise StudyStopped(signal.Signals(signum).name, 128 + signum)
-
-
-@contextlib.contextmanager
-def _on_sigterm(action: Any):
-    """SIGTERM's handler for the block: `_raise_stopped` while the study runs (as Ctrl-C raises
-    KeyboardInterrupt), SIG_IGN while a stopped study writes its last table and ends its runs.
-
-    Set after Ray starts: Ray's own fatal-signal handler would otherwise print a native stack
-    dump and kill the driver before any run could be marked. Signals reach the main thread only.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, action)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 @dataclass
@@ -161,7 +131,7 @@ def run_study(spec: StudySpec, runner: ModuleType | None = None, *, address: str
         started_ray = init_ray(address or spec.resources.address)
         check_resources(spec.resources, local=started_ray)  # an arm no node can hold: refused here, before any run opens
         if hasattr(runner, "launch"):  # work on Ray that can still refuse bad input, before any run opens
-            with _on_sigterm(_raise_stopped):
+            with on_sigterm(raise_stopped):
                 prepared = runner.launch(spec, splits, prepared, show_progress)
     except BaseException:
         store.discard()  # refused, stopped or unreachable before its first run: the study leaves nothing behind
@@ -172,7 +142,8 @@ def run_study(spec: StudySpec, runner: ModuleType | None = None, *, address: str
         raise
     store.join()
     try:
-        with _on_sigterm(_raise_stopped), watch_infeasible(spec.resources, enabled=not started_ray) as watch:
+        STOPS.clear()
+        with on_sigterm(raise_stopped), watch_infeasible(spec.resources, enabled=not started_ray) as watch:
             tracker = StudyTracker(uri, spec.experiment_name, spec.name, flat_params(spec), description=spec.description,
                                    tags={"synthdata.kind": spec.kind, "synthdata.spec_hash": spec_hash(spec)},
                                    resume=prepared.resume, run_tags=provenance_tags(source))
@@ -187,6 +158,7 @@ def run_study(spec: StudySpec, runner: ModuleType | None = None, *, address: str
             import ray
 
             ray.shutdown()
+        stop = STOPS[-1] if STOPS else stop  # Ray turns a signal's exception into a plain KeyboardInterrupt
         how, code = (str(stop), stop.exit_code) if isinstance(stop, StudyStopped) else ("interrupted", 130)
         if not getattr(runner, "RESUMABLE", False):
             again = "run it again to redo it"
@@ -212,7 +184,7 @@ def _schedule(runner: ModuleType, study: Study, watch: Any) -> tuple[pd.DataFram
             tracker.set_tag("synthdata.failure", watch.message)
         raise
     finally:
-        with _on_sigterm(signal.SIG_IGN):
+        with on_sigterm(signal.SIG_IGN):
             try:
                 table = runner.table(study)
                 if not table.empty:

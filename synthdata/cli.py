@@ -6,8 +6,10 @@ image) prints one line naming the file and field and exits with code 2.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import logging
 import os
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -192,7 +194,9 @@ def entry() -> None:
     Everything a study writes is written by the time `main` returns (MLflow calls are
     synchronous, files are closed), so after stopping the local Ray the process ends at once
     instead of spending a second or two tearing down torch, MLflow and matplotlib modules.
+    `kill -USR1 <pid>` prints every thread's Python stack, to see where a driver waits.
     """
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     code = main()
     if "ray" in sys.modules:
         import ray

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import psutil
 import yaml
-from mlflow.tracking import MlflowClient
+
+from synthdata.tracking import mlflow_client
 
 
 def _study(tmp_path: Path) -> Path:
@@ -29,7 +30,7 @@ def _study(tmp_path: Path) -> Path:
 
 def _runs(uri: str) -> tuple[dict[str, object], object | None]:
     try:
-        c = MlflowClient(uri)
+        c = mlflow_client(uri)  # opens a new store under the driver's lock: no race on creating its tables
         exp = c.get_experiment_by_name("term")
         runs = c.search_runs([exp.experiment_id]) if exp else []
     except Exception:
@@ -50,12 +51,19 @@ def test_sigterm_stops_the_study_with_one_line_and_leaves_no_ray_behind(tmp_path
         arms, _ = _runs(uri)
         if arms and max(int(r.data.metrics.get("generation_done", -1)) for r in arms.values()) >= 1:
             break
-        time.sleep(0.2)
+        time.sleep(0.5)
     assert proc.poll() is None, proc.communicate()[1][-2000:]
     ray_processes = psutil.Process(proc.pid).children(recursive=True)  # the local Ray this study started
     assert ray_processes
     proc.send_signal(signal.SIGTERM)  # to the driver alone, as `timeout` or a scheduler does
-    out, err = proc.communicate(timeout=120)
+    try:
+        out, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:  # say where the driver waits (its SIGUSR1 stack dump), then end it
+        proc.send_signal(signal.SIGUSR1)
+        time.sleep(3)
+        proc.kill()
+        out, err = proc.communicate()
+        raise AssertionError(f"the driver did not stop within 120 s of SIGTERM:\n{err[-6000:]}") from None
 
     assert proc.returncode == 143, err[-2000:]
     assert "*** SIGTERM received" not in err and "Traceback" not in err, err[-2000:]
@@ -143,7 +151,7 @@ def test_a_cluster_whose_autoscaler_calls_an_arm_infeasible_fails_the_study(tmp_
         assert proc.returncode == 2, proc.stderr[-3000:]
         assert last.startswith("error: resources: no node type of the cluster can hold an arm") and "64" in last, last
         assert "Traceback" not in proc.stderr
-        c = MlflowClient(uri)
+        c = mlflow_client(uri)
         runs = c.search_runs([c.get_experiment_by_name("term").experiment_id])
         study_run = next(r for r in runs if r.data.tags.get("synthdata.role") == "study")
         assert study_run.info.status == "FAILED" and "No available node types" in study_run.data.tags["synthdata.failure"]
@@ -153,3 +161,22 @@ def test_a_cluster_whose_autoscaler_calls_an_arm_infeasible_fails_the_study(tmp_
         for p in psutil.process_iter(["cmdline"]):
             if any(str(root) in arg for arg in (p.info["cmdline"] or [])):
                 p.kill()
+
+
+def test_a_stop_whose_raise_was_lost_is_raised_at_the_next_wait():
+    """Ray turns a signal handler's exception into a plain KeyboardInterrupt, or C code swallows it: the recorded stop
+    is what the runners' waiting loops raise, with SIGTERM's exit code."""
+    import pytest
+
+    from loops.stopping import STOPS, StudyStopped, check_stopped, raise_stopped
+
+    STOPS.clear()
+    check_stopped()  # nothing asked for: no stop
+    try:
+        raise_stopped(signal.SIGTERM, None)
+    except KeyboardInterrupt:
+        pass  # lost on its way, as inside a library's callback
+    with pytest.raises(StudyStopped) as stop:
+        check_stopped()
+    assert stop.value.exit_code == 143 and str(stop.value) == "SIGTERM"
+    STOPS.clear()

@@ -1,0 +1,58 @@
+"""How a study is stopped from outside: Ctrl-C or SIGTERM (a scheduler, `timeout`) ends it with its runs KILLED.
+
+The handler raises `StudyStopped` in the driver's main thread and records it, since an
+exception raised inside Ray's or a library's C code may be turned into a plain
+KeyboardInterrupt or lost; the runners' waiting loops call `check_stopped` each turn.
+"""
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from typing import Any
+
+
+class StudyStopped(KeyboardInterrupt):
+    """A study stopped from outside (Ctrl-C, or SIGTERM from a scheduler or `timeout`): its runs are KILLED."""
+
+    def __init__(self, message: str, exit_code: int = 130) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code  # 130 for Ctrl-C, 143 for SIGTERM, as shells report them
+
+
+STOPS: list[StudyStopped] = []  # the stop a signal asked for, kept in case code it interrupted swallowed the raise
+
+
+def raise_stopped(signum: int, frame: Any) -> None:
+    stop = StudyStopped(signal.Signals(signum).name, 128 + signum)
+    STOPS.append(stop)
+    raise stop
+
+
+def check_stopped() -> None:
+    """Raise the stop a signal asked for, if the raise in its handler did not get through.
+
+    A handler's exception can be lost where it lands in code that swallows it (a callback
+    inside Ray's or a library's C code); the runners' waiting loops call this each turn so
+    that a SIGTERM always stops the study.
+    """
+    if STOPS:
+        raise STOPS[-1]
+
+
+@contextlib.contextmanager
+def on_sigterm(action: Any):
+    """SIGTERM's handler for the block: `raise_stopped` while the study runs (as Ctrl-C raises
+    KeyboardInterrupt), SIG_IGN while a stopped study writes its last table and ends its runs.
+
+    Set after Ray starts: Ray's own fatal-signal handler would otherwise print a native stack
+    dump and kill the driver before any run could be marked. Signals reach the main thread only.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, action)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -26,7 +26,7 @@ from synthdata.generators import check_generator
 from synthdata.mixing import load_pool, make_pool, mix_training_set, real_subset, synthetic_count
 from synthdata.results import MIX_METRIC, mix_table
 from synthdata.results import format_mix_table as format_table  # noqa: F401  this runner's text form
-from synthdata.runs import download_sample_set, mix_rows, study_to_resume
+from synthdata.runs import download_sample_set, mix_decisions, mix_rows, study_to_resume
 from synthdata.seeds import Purpose, stream_seed
 from synthdata.spec import MixStudy
 
@@ -109,7 +109,7 @@ def _arm_trial(config: dict[str, Any], spec: MixStudy, splits: Splits, pools: di
 
     from synthdata.classifiers import predict_logits, train_classifier
     from synthdata.compute import configure_worker
-    from synthdata.metrics.stats import accuracy_with_ci
+    from synthdata.metrics.stats import accuracy_with_ci, pack_decisions
 
     device = configure_worker(spec.resources)
     mode, ratio, seed = config["mode"], float(config["ratio"]), int(config["seed"])
@@ -119,17 +119,18 @@ def _arm_trial(config: dict[str, Any], spec: MixStudy, splits: Splits, pools: di
     test = splits.test
 
     def on_epoch(epoch: int, model: torch.nn.Module, loss: float) -> None:
-        pred = predict_logits(model, test.images, device=device).argmax(1)
-        acc = accuracy_with_ci(int((pred == test.labels).sum()), len(test))
+        correct = predict_logits(model, test.images, device=device).argmax(1).cpu() == test.labels
+        acc = accuracy_with_ci(int(correct.sum()), len(test))
         tune.report({"epoch": epoch, **acc.as_metrics(MIX_METRIC), "train_loss": loss, "n_real": len(data) - n_syn,
-                     "n_synthetic": n_syn})
+                     "n_synthetic": n_syn, "n_test": len(test), DECISIONS: pack_decisions(correct)})
 
     # The classifier's seed depends on the seed only: every ratio of a seed starts from the same weights.
     train_classifier(spec.downstream, data.images, data.labels, data.num_classes, seed=stream_seed(seed, Purpose.DOWNSTREAM),
                      device=device, on_epoch=on_epoch)
 
 
-REPORTED = ("epoch", MIX_METRIC, f"{MIX_METRIC}_ci_low", f"{MIX_METRIC}_ci_high", "train_loss", "n_real", "n_synthetic")
+DECISIONS = "test_correct"  # each epoch's right/wrong per test image; the last epoch's is logged as test_correct.json
+REPORTED = ("epoch", MIX_METRIC, f"{MIX_METRIC}_ci_low", f"{MIX_METRIC}_ci_high", "train_loss", "n_real", "n_synthetic", "n_test")
 
 
 def _arm_logger(tracker, logged: dict[str, int]):
@@ -140,6 +141,7 @@ def _arm_logger(tracker, logged: dict[str, int]):
     class ArmLogger(tune.Callback):
         def __init__(self) -> None:
             self.retries: dict[str, int] = {}
+            self.decisions: dict[str, tuple[int, str]] = {}  # arm -> (its test set's size, the last epoch's decisions)
 
         def on_trial_start(self, iteration, trials, trial, **info):
             c = trial.config
@@ -150,6 +152,8 @@ def _arm_logger(tracker, logged: dict[str, int]):
             if epoch > logged.get(name, 0):
                 tracker.log_metrics(name, {k: float(result[k]) for k in REPORTED if k in result}, step=epoch)
                 logged[name] = epoch
+            if DECISIONS in result:
+                self.decisions[name] = (int(result["n_test"]), result[DECISIONS])
 
         def on_trial_recover(self, iteration, trials, trial, **info):
             name = arm_name(trial.config)
@@ -157,7 +161,11 @@ def _arm_logger(tracker, logged: dict[str, int]):
             tracker.note_retry(name, self.retries[name], "the arm's trial failed; Tune restarted it")
 
         def on_trial_complete(self, iteration, trials, trial, **info):
-            tracker.end_arm(arm_name(trial.config), "FINISHED")
+            name = arm_name(trial.config)
+            if name in self.decisions:  # the final classifier's decisions: McNemar's test pairs them across arms
+                n, packed = self.decisions.pop(name)
+                tracker.log_dict({"n": n, "correct": packed}, f"{DECISIONS}.json", arm=name)
+            tracker.end_arm(name, "FINISHED")
 
         def on_trial_error(self, iteration, trials, trial, **info):
             tracker.end_arm(arm_name(trial.config), "FAILED")  # the reason is tagged once Tune returns its error
@@ -277,7 +285,8 @@ def schedule(study: Study) -> None:
 
 
 def table(study: Study) -> pd.DataFrame:
-    return mix_table(mix_rows(study.uri, study.tracker.parent_id))
+    parent = study.tracker.parent_id
+    return mix_table(mix_rows(study.uri, parent), mix_decisions(study.uri, parent))
 
 
 def figures(study: Study, table: pd.DataFrame) -> list[Path]:

@@ -21,7 +21,7 @@ import torch
 from synthdata.classifiers import predict_logits, train_classifier
 from synthdata.data import ImageSet
 from synthdata.metrics.detectability import detector_scores, real_halves
-from synthdata.metrics.stats import accuracy_with_ci
+from synthdata.metrics.stats import accuracy_with_ci, p_value_above_chance
 from synthdata.seeds import Purpose, stream_seed
 from synthdata.spec import ClassifierSpec, DetectSpec
 
@@ -129,8 +129,9 @@ def multiway_test(train_sets: list[torch.Tensor], eval_sets: list[torch.Tensor],
     pred = predict_logits(model, xe, device=device).argmax(1)
     k = len(train_sets)
     confusion = torch.bincount(ye * k + pred, minlength=k * k).reshape(k, k).numpy()
-    acc = accuracy_with_ci(int((pred == ye).sum()), len(ye))
-    metrics = {**acc.as_metrics("multiway_accuracy"), "chance": 1.0 / k, "n_train_per_class": float(n)}
+    correct = int((pred == ye).sum())
+    metrics = {**accuracy_with_ci(correct, len(ye)).as_metrics("multiway_accuracy"), "chance": 1.0 / k,
+               "multiway_accuracy_p_value": p_value_above_chance(correct, len(ye), 1.0 / k), "n_train_per_class": float(n)}
     return metrics, confusion
 
 

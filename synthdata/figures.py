@@ -84,13 +84,19 @@ def metric_figures(table: pd.DataFrame, out_dir: str | Path, group: str = "group
 
 
 def mix_figure(table: pd.DataFrame, path: Path, title: str, metric: str = "downstream_accuracy") -> Path:
-    """Downstream accuracy against the synthetic ratio r, a line per mode, a band of one sd over seeds."""
+    """Downstream accuracy against the synthetic ratio r, a line per mode: the mean over seeds with its 95% t interval."""
+    from synthdata.metrics.stats import mean_interval
+
+    def t_interval(values) -> tuple[float, float]:
+        est = mean_interval(values)
+        return (est.value, est.value) if est.n < 2 else (est.low, est.high)
+
     plt, sns = _pyplot()
     fig, ax = plt.subplots(figsize=(7.0, 4.2))
     data = table[table[metric].notna()]
-    sns.lineplot(data=data, x="ratio", y=metric, hue="mode", marker="o", errorbar="sd", ax=ax)
+    sns.lineplot(data=data, x="ratio", y=metric, hue="mode", marker="o", errorbar=t_interval, err_style="bars", ax=ax)
     ax.set_xlabel("r  (augment: synthetic images added per real one; replace: share of real swapped)", fontsize=9)
-    ax.set_ylabel("downstream accuracy (real test set)")
+    ax.set_ylabel("downstream accuracy (real test set)\nmean over seeds, 95% t interval", fontsize=9)
     ax.set_title(title, fontsize=11)
     return _save(fig, path)
 

@@ -22,8 +22,10 @@ import pandas as pd
 from synthdata.errors import UserError
 from synthdata.figures import confusion_figure, detect_figures, guide_figures, metric_figures, mix_figure
 from synthdata.results import (
+    DETECT_NOTE,
     DONE_METRIC,
     MIX_METRIC,
+    MIX_NOTE,
     detect_summary,
     detect_table,
     guide_summary,
@@ -32,9 +34,10 @@ from synthdata.results import (
     loop_summary,
     mix_summary,
     mix_table,
+    mode_differences,
     results_table,
 )
-from synthdata.runs import child_runs, finished_arms, loop_rows, mix_rows, study_run
+from synthdata.runs import child_runs, finished_arms, loop_rows, mix_decisions, mix_rows, study_run
 from synthdata.tracking import mlflow_client
 
 
@@ -127,11 +130,15 @@ def _loop_part(report: Report, uri: str, parent: Any, children: list[Any], out_d
 
 
 def _mix_part(report: Report, uri: str, parent: Any, children: list[Any], out_dir: Path) -> None:
-    table = mix_table(mix_rows(uri, parent.info.run_id))
+    table = mix_table(mix_rows(uri, parent.info.run_id), mix_decisions(uri, parent.info.run_id))
     if table.empty or table[MIX_METRIC].isna().all():
         report.notes.append("No arm reported an accuracy: nothing to plot.")
         return
     _summary(report, table, out_dir, summary=mix_summary(table))
+    between = mode_differences(table)
+    if not between.empty:
+        report.tables["augment - replace (paired by seed)"] = between
+    report.notes.append(MIX_NOTE)
     path = mix_figure(table, out_dir / f"{MIX_METRIC}_vs_ratio.png", f"{report.title}: augment vs replace")
     report.figures.append(("downstream accuracy against the synthetic ratio", path))
     report.samples = _artifact_images(uri, parent.info.run_id, "pools", out_dir, "synthetic pool")
@@ -157,6 +164,7 @@ def _detect_part(report: Report, uri: str, parent: Any, children: list[Any], out
     if warning:
         report.notes.append(f"WARNING: {warning}")
     _summary(report, table, out_dir, summary=detect_summary(table))
+    report.notes.append(DETECT_NOTE)
     _add_figures(report, detect_figures(table, out_dir, title=report.title))
     _confusion(report, uri, children, out_dir)
     report.samples = _artifact_images(uri, parent.info.run_id, "sources", out_dir, "source")

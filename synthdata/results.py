@@ -11,12 +11,21 @@ from typing import Any
 import pandas as pd
 
 from synthdata.metrics.registry import METRIC
+from synthdata.metrics.stats import (
+    Interval,
+    combine_p_values,
+    mcnemar_p,
+    mean_interval,
+    paired_difference,
+    q_values,
+    unpack_decisions,
+)
 
 DONE_METRIC = "generation_done"  # a loop arm's commit marker per generation (see synthdata.tracking), not a result
 # What each table shows, in reading order (headers and formats from the registry).
-LOOP_COLUMNS = ("detectability", "downstream_accuracy", "detectability_jsd_lower_bound", "fid", "precision", "recall",
+LOOP_COLUMNS = ("detectability", "downstream_accuracy", "detectability_jsd_lower_bound", "fd", "fid", "precision", "recall",
                 "coverage", "diversity", "fitted_variance", "w2_to_truth", "time_fit_s")
-GUIDE_COLUMNS = ("detectability", "guiding_detectability", "downstream_accuracy", "fid", "precision", "recall", "diversity",
+GUIDE_COLUMNS = ("detectability", "guiding_detectability", "downstream_accuracy", "fd", "fid", "precision", "recall", "diversity",
                  "time_sample_s")
 Arms = list[tuple[str, dict[str, str], dict[str, float]]]  # (run name, params, metrics) of each arm
 
@@ -25,6 +34,11 @@ def _value(v: float, name: str, ci: tuple[float, float] | None = None) -> str:
     """A metric's value in its registry format, with its interval when given."""
     fmt = METRIC[name].fmt
     return f"{v:{fmt}}" + (f" [{ci[0]:{fmt}}, {ci[1]:{fmt}}]" if ci is not None else "")
+
+
+def _p(p: float) -> str:
+    """A p- or q-value for a table (blank when there is none)."""
+    return "" if pd.isna(p) else f"{p:.2g}"
 
 
 def results_table(rows: list[dict]) -> pd.DataFrame:
@@ -85,28 +99,81 @@ def loop_summary(table: pd.DataFrame, points: int = 5) -> pd.DataFrame:
 MIX_METRIC = "downstream_accuracy"  # what a mix arm reports every epoch, on the real test set
 
 
-def mix_table(rows: list[dict]) -> pd.DataFrame:
-    """One row per arm of a mix study (`synthdata.runs.mix_rows`), sorted by mode, ratio and seed."""
+def mix_table(rows: list[dict], decisions: dict[str, str] | None = None) -> pd.DataFrame:
+    """One row per arm of a mix study (`synthdata.runs.mix_rows`), sorted by mode, ratio and seed.
+
+    `decisions` (`synthdata.runs.mix_decisions`: each arm's right/wrong per test image, packed)
+    become the column `test_correct`, for McNemar's tests in `mix_summary`.
+    """
     if not rows:
         return pd.DataFrame()
-    return pd.DataFrame(rows).sort_values(["mode", "ratio", "seed"]).reset_index(drop=True)
+    table = pd.DataFrame(rows).sort_values(["mode", "ratio", "seed"]).reset_index(drop=True)
+    table["test_correct"] = table["arm"].map(decisions or {})
+    return table
 
 
-def format_mix_table(table: pd.DataFrame) -> str:
-    """`mix_summary` as text, with a note on what its cells are."""
-    return mix_summary(table).to_string(index=False) + "\n(mean ± sd over seeds; each arm's own interval averaged in 'mean 95% CI')"
+def _paired(table: pd.DataFrame, a: pd.DataFrame, b: pd.DataFrame) -> dict[str, str]:
+    """a - b paired by seed: the mean difference [t interval] and its t-test p, and McNemar's p per seed on the
+    shared test set, combined over seeds (`combine_p_values`)."""
+    cols = [MIX_METRIC, *(c for c in ("test_correct", "n_test") if c in table)]
+    pairs = a.set_index("seed")[cols].join(b.set_index("seed")[cols], rsuffix="_b", how="inner")
+    if pairs.empty:
+        return {"Δ": "", "p (t)": "", "p (McNemar)": ""}
+    d = paired_difference(pairs[MIX_METRIC], pairs[f"{MIX_METRIC}_b"])
+    mcnemar = []
+    if len(cols) == 3:
+        for _, r in pairs.dropna(subset=["test_correct", "test_correct_b"]).iterrows():
+            n = int(r["n_test"])
+            mcnemar.append(mcnemar_p(unpack_decisions(r["test_correct"], n), unpack_decisions(r["test_correct_b"], n)))
+    return {"Δ": d.text(".3f", signed=True), "p (t)": _p(d.p), "p (McNemar)": _p(combine_p_values(mcnemar)) if mcnemar else ""}
 
 
 def mix_summary(table: pd.DataFrame) -> pd.DataFrame:
-    """Accuracy per mode and ratio: mean ± sd over seeds, and the arms' own 95% intervals averaged."""
+    """Accuracy per mode and ratio: mean over seeds [t interval], and the paired difference to real-only (r = 0).
+
+    Arms of one seed share its real images, its pool and the test set, so differences are
+    taken per seed: the mean difference with its t interval and paired t-test over seeds, and
+    McNemar's test of the two classifiers' decisions on the shared test set per seed.
+    """
     done = table[table[MIX_METRIC].notna()]
-    grouped = done.groupby(["mode", "ratio"])
-    out = grouped.agg(seeds=("seed", "nunique"), n_real=("n_real", "first"), n_synthetic=("n_synthetic", "first")).reset_index()
-    mean, sd = grouped[MIX_METRIC].mean().values, grouped[MIX_METRIC].std().fillna(0).values
-    lo, hi = grouped[f"{MIX_METRIC}_ci_low"].mean().values, grouped[f"{MIX_METRIC}_ci_high"].mean().values
-    out[METRIC[MIX_METRIC].header] = [f"{m:.3f} ± {d:.3f}" for m, d in zip(mean, sd)]
-    out["mean 95% CI"] = [f"[{a:.3f}, {b:.3f}]" for a, b in zip(lo, hi)]
-    return out.astype({"n_real": int, "n_synthetic": int})
+    baseline = done[done["ratio"] == 0].drop_duplicates("seed")  # r = 0 is real-only in either mode
+    out = []
+    for (mode, ratio), g in done.groupby(["mode", "ratio"], sort=True):
+        row = {"mode": mode, "ratio": ratio, "seeds": g["seed"].nunique(), "n_real": int(g["n_real"].iloc[0]),
+               "n_synthetic": int(g["n_synthetic"].iloc[0]), METRIC[MIX_METRIC].header: mean_interval(g[MIX_METRIC]).text()}
+        vs = _paired(table, g, baseline) if ratio != 0 and not baseline.empty else {"Δ": "", "p (t)": "", "p (McNemar)": ""}
+        row.update({f"{k} vs real-only": v for k, v in vs.items()})
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def mode_differences(table: pd.DataFrame) -> pd.DataFrame:
+    """augment - replace at every ratio both modes ran (r > 0): the paired difference over seeds and McNemar's p."""
+    done = table[table[MIX_METRIC].notna() & (table["ratio"] > 0)]
+    out = []
+    for ratio, g in done.groupby("ratio", sort=True):
+        a, b = g[g["mode"] == "augment"], g[g["mode"] == "replace"]
+        if a.empty or b.empty:
+            continue
+        out.append({"ratio": ratio, "seeds": len(set(a["seed"]) & set(b["seed"])), **{
+            f"{k} augment - replace": v for k, v in _paired(table, a, b).items()}})
+    return pd.DataFrame(out)
+
+
+MIX_NOTE = (
+    "(accuracy: mean over seeds [95% t interval for the mean]; Δ: paired by seed (same real images, pool and test set), "
+    "mean difference [95% t interval], p (t): paired t-test over seeds, p (McNemar): exact McNemar test of the two "
+    "classifiers' decisions on the shared test set per seed, combined over seeds as K/r x the r-th smallest)"
+)
+
+
+def format_mix_table(table: pd.DataFrame) -> str:
+    """`mix_summary` and `mode_differences` as text, with a note on what their cells are."""
+    text = mix_summary(table).to_string(index=False)
+    between = mode_differences(table)
+    if not between.empty:
+        text += "\n\n" + between.to_string(index=False)
+    return text + "\n" + MIX_NOTE
 
 
 ANALYSES = ("real_vs_real", "pair", "multiway", "size", "band", "crop")  # reading order of a detect table
@@ -144,32 +211,55 @@ def real_vs_real_warning(table: pd.DataFrame) -> str | None:
     return None
 
 
+def _cell_value(g: pd.DataFrame, col: str, low: str, high: str, fmt: str = ".3f") -> str:
+    """One seed: the value with its own interval; several: the mean over seeds with a t interval for that mean."""
+    if len(g) == 1:
+        return Interval(g[col].iloc[0], g[low].iloc[0], g[high].iloc[0], 1).text(fmt) if low in g else f"{g[col].iloc[0]:{fmt}}"
+    return mean_interval(g[col]).text(fmt)
+
+
 def detect_summary(table: pd.DataFrame) -> pd.DataFrame:
-    """Per analysis, source and setting: accuracy (with its 95% interval for one seed, else mean ± sd), p, AUC, JSD bound."""
+    """Per analysis, source and setting (a cell): accuracy, its test against chance with a BH q-value across the
+    study's cells, the AUC and its rank test, the JSD bound.
+
+    One seed: each statistic of its detector (Clopper-Pearson and DeLong intervals). Several:
+    means over seeds with t intervals, and one p-value per cell combined over the seeds
+    (`combine_p_values`: valid though the seeds share real data).
+    """
     out = []
     for (analysis, source, setting), g in table.groupby(["analysis", "source", "setting"], sort=False):
         multi = analysis == "multiway"
         col = "multiway_accuracy" if multi else "detectability"
-        acc = g[col]
-        if len(g) == 1:
-            text = f"{acc.iloc[0]:.3f} [{g[col + '_ci_low'].iloc[0]:.3f}, {g[col + '_ci_high'].iloc[0]:.3f}]"
-        else:
-            text = f"{acc.mean():.3f} ± {acc.std():.3f}"
+        p_col = f"{col}_p_value"
+        has_auc = not multi and "detectability_auc_ci_low" in g
         out.append({
-            "analysis": analysis, "source": source, "setting": setting, "seeds": len(g), "accuracy": text,
+            "analysis": analysis, "source": source, "setting": setting, "seeds": len(g),
+            "accuracy": _cell_value(g, col, f"{col}_ci_low", f"{col}_ci_high"),
             "chance": f"{g['chance'].iloc[0]:.3f}" if multi else "0.5",
-            "p (vs chance)": "" if multi else f"{g['detectability_p_value'].median():.2g}",
-            "AUC": "" if multi else f"{g['detectability_auc'].mean():.3f}",
+            "p": combine_p_values(g[p_col]) if p_col in g else float("nan"),
+            "AUC": _cell_value(g, "detectability_auc", "detectability_auc_ci_low", "detectability_auc_ci_high") if has_auc else "",
+            "p (AUC)": combine_p_values(g["detectability_auc_p_value"]) if has_auc else float("nan"),
             "JSD bound": "" if multi else f"{g['detectability_jsd_lower_bound'].mean():.3f}",
             "n/class": int(g["n_train_per_class"].iloc[0]),
         })
-    return pd.DataFrame(out)
+    frame = pd.DataFrame(out)
+    frame.insert(frame.columns.get_loc("p") + 1, "q", q_values(frame["p"].to_numpy()))
+    for col in ("p", "q", "p (AUC)"):
+        frame[col] = frame[col].map(_p)
+    return frame
+
+
+DETECT_NOTE = (
+    "(accuracy: held-out; one seed: its 95% Clopper-Pearson interval; several: mean over seeds [95% t interval]. "
+    "p: one-sided exact binomial test of the decisions against chance, combined over seeds as K/r x the r-th smallest "
+    "(r = K/2 rounded up; valid under any dependence); q: Benjamini-Hochberg across the table's cells. "
+    "AUC: DeLong 95% interval for one seed; p (AUC): one-sided Mann-Whitney test of the scores, combined the same way)"
+)
 
 
 def format_detect_table(table: pd.DataFrame, warning: str | None = None) -> str:
     """`detect_summary` as text; the real-vs-real warning, if any, above it."""
-    text = detect_summary(table).to_string(index=False)
-    text += "\n(accuracy: held-out, 95% Clopper-Pearson interval for one seed, mean ± sd over seeds otherwise)"
+    text = detect_summary(table).to_string(index=False) + "\n" + DETECT_NOTE
     return f"WARNING: {warning}\n\n{text}" if warning else text
 
 

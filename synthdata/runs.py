@@ -91,6 +91,22 @@ def mix_rows(uri: str, parent_id: str) -> list[dict]:
     return rows
 
 
+def mix_decisions(uri: str, parent_id: str) -> dict[str, str]:
+    """Each finished mix arm's final right/wrong per test image (its `test_correct.json`, packed), by arm name."""
+    import mlflow.artifacts
+
+    out = {}
+    for run in child_runs(uri, parent_id):
+        if run.info.status != "FINISHED":
+            continue
+        try:
+            data = mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/test_correct.json")
+        except Exception:  # an arm logged before decisions were kept: no McNemar test for it
+            continue
+        out[run.info.run_name] = data["correct"]
+    return out
+
+
 def finished_arms(uri: str, parent_id: str) -> list[tuple[str, dict[str, str], dict[str, float]]]:
     """(run name, params, metrics) of every finished arm of a study run (detect and guide studies: one set of metrics each)."""
     return [(r.info.run_name, dict(r.data.params), dict(r.data.metrics))

@@ -35,11 +35,11 @@ def test_same_distribution_scores_near_ideal_and_a_collapsed_one_does_not():
     ref = reference(real, labels)
     a = feature_metrics(ref, same, labels)
     b = feature_metrics(ref, collapsed, labels)
-    assert a["fid"] < 0.2 and abs(a["kid"]) < 0.01
+    assert a["fd"] < 0.2 and abs(a["kd"]) < 0.01
     assert a["recall"] > 0.9 and a["coverage"] > 0.9 and 0.85 < a["density"] < 1.15
     assert a["diversity"] == pytest.approx(1.0, abs=0.05)
     # Closed form of the Fréchet distance for N(0, I) vs N(0, 0.09 I) in 6-D: 6 * (1 - 0.3)^2 = 2.94
-    assert b["fid"] == pytest.approx(6 * 0.7**2, rel=0.1)
+    assert b["fd"] == pytest.approx(6 * 0.7**2, rel=0.1)
     assert b["precision"] > 0.95 and b["recall"] < 0.3  # all samples plausible, most of the data missed
     assert b["diversity"] == pytest.approx(0.3, abs=0.03)
 
@@ -76,6 +76,13 @@ def test_inception_features_load_from_a_local_file(tmp_path):
     extractor = train_feature_extractor(torch.zeros(1), torch.zeros(1), 10, spec, seed=0)
     feats = extractor.embed(torch.rand(3, 1, 8, 8) * 2 - 1)  # grey 8x8 digits work: resized to 299, 3 channels
     assert feats.shape == (3, 2048) and torch.isfinite(feats).all()
+    # Only Inception's feature space earns the names FID and KID; a space trained in the study gives fd and kd.
+    images, labels = torch.rand(12, 1, 8, 8) * 2 - 1, torch.arange(12) % 2
+    inception = RealReference.build(extractor, images, labels)
+    assert {"fid", "kid"} <= set(feature_metrics(inception, extractor.embed(images).double(), labels, kid_subset=6))
+    own = RealReference.build(None, images, labels)
+    names = set(feature_metrics(own, images.flatten(1).double(), labels, kid_subset=6))
+    assert {"fd", "kd", "kd_std"} <= names and not names & {"fid", "kid"}
 
 
 def test_inception_needs_a_safe_local_weights_file(tmp_path):

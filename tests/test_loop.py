@@ -119,5 +119,5 @@ def test_feature_metrics_in_the_loop():
     splits = make_splits(spec.data, seed=0)
     res = _results(run_arm(spec, splits, Arm("replace", 0), context=study_context(spec, splits)))
     for r in res:
-        assert {"fid", "kid", "precision", "recall", "density", "coverage", "diversity"} <= set(r.metrics)
-    assert res[0].metrics["fid"] < res[1].metrics["fid"]  # real train vs real held-out is the floor
+        assert {"fd", "kd", "precision", "recall", "density", "coverage", "diversity"} <= set(r.metrics)
+    assert res[0].metrics["fd"] < res[1].metrics["fd"]  # real train vs real held-out is the floor

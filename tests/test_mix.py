@@ -8,10 +8,11 @@ from mlflow.tracking import MlflowClient
 from loops.mix import grid_arms
 from loops.study import run_study
 from synthdata.data import ImageSet
+from synthdata.metrics.stats import unpack_decisions
 from synthdata.mixing import mix_training_set, real_subset
 from synthdata.report import build_report
-from synthdata.results import mix_table
-from synthdata.runs import mix_rows
+from synthdata.results import mix_summary, mix_table
+from synthdata.runs import mix_decisions, mix_rows
 from synthdata.spec import parse_spec
 
 
@@ -99,8 +100,13 @@ def test_tiny_sweep_through_ray_tune_logs_every_arm(local_ray, tracking_uri, tmp
     assert by_name["replace/r=1/seed0"].data.metrics["n_real"] == 0  # synthetic only, at size N
 
     # The summary table is what MLflow holds.
-    table = mix_table(mix_rows(tracking_uri, result.parent_run_id))
+    table = mix_table(mix_rows(tracking_uri, result.parent_run_id), mix_decisions(tracking_uri, result.parent_run_id))
     assert len(result.table) == 4 and result.table.equals(table)
+    # Each arm kept its final classifier's decisions on the test set: they give its accuracy, and McNemar's test pairs them.
+    for _, row in table.iterrows():
+        assert unpack_decisions(row["test_correct"], int(row["n_test"])).mean() == pytest.approx(row["downstream_accuracy"])
+    summary = mix_summary(table).set_index(["mode", "ratio"])
+    assert summary.loc[("replace", 1.0), "p (McNemar) vs real-only"] != ""
     parent = c.get_run(result.parent_run_id)
     assert parent.info.status == "FINISHED" and parent.data.params["mix.ratios"] == "0.0,1.0"
     artifacts = {a.path for a in c.list_artifacts(result.parent_run_id)}

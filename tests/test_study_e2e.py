@@ -90,12 +90,12 @@ def test_sweep_arms_and_figures_are_logged(local_ray, tracking_uri, tmp_path):
     assert set(arms) == {f"{t}/temperature=0.8/seed{s}" for t in ("replace", "fresh") for s in (0, 1)}
     run = arms["fresh/temperature=0.8/seed1"]
     assert run.data.params["generator.temperature"] == "0.8" and run.data.params["loop_type"] == "fresh"
-    assert sorted(m.step for m in c.get_metric_history(run.info.run_id, "fid")) == [0, 1, 2]
+    assert sorted(m.step for m in c.get_metric_history(run.info.run_id, "fd")) == [0, 1, 2]
     ckpt = {a.path for a in c.list_artifacts(run.info.run_id, "checkpoints/generation_002")}
     assert ckpt == {"checkpoints/generation_002/samples.safetensors", "checkpoints/generation_002/generator.safetensors"}
     figures = {a.path for a in c.list_artifacts(parent.info.run_id, "figures")}
-    assert {"figures/detectability.png", "figures/fid.png", "figures/coverage.png"} <= figures
-    assert (tmp_path / "runs" / "tiny" / "figures" / "fid.png").stat().st_size > 10_000
+    assert {"figures/detectability.png", "figures/fd.png", "figures/coverage.png"} <= figures
+    assert (tmp_path / "runs" / "tiny" / "figures" / "fd.png").stat().st_size > 10_000
     assert (tmp_path / "runs" / "tiny" / "results.csv").exists()
 
     # The report rebuilds tables and figures from MLflow alone, and Chromium renders every figure on its page.
@@ -104,7 +104,7 @@ def test_sweep_arms_and_figures_are_logged(local_ray, tracking_uri, tmp_path):
     assert "fresh/temperature=0.8/seed1" in text and "Summary (mean ± sd over seeds)" in text
     assert not re.search(r"""(src|href)=["']?https?:""", text)  # self-contained: nothing fetched from elsewhere
     pngs = {p.name for p in (tmp_path / "report").glob("*.png")}
-    assert {"detectability.png", "fid.png", "coverage.png"} <= pngs
+    assert {"detectability.png", "fd.png", "coverage.png"} <= pngs
     samples = list((tmp_path / "report" / "samples").glob("*.png"))
     assert len(samples) == 2  # the last generation's grid of one arm per line (replace, fresh)
     images, rendered, shot = rendered_images(page, tmp_path)

@@ -3,9 +3,11 @@
 A detector is trained on a balanced set of real vs generated images and evaluated on
 held-out images of both. Held-out accuracy near 0.5 means the two distributions look
 the same to the classifier; near 1.0 means it separates them easily. Alongside the
-accuracy we report an exact 95% interval, the one-sided binomial p-value against 0.5,
-ROC-AUC, and the Jensen-Shannon lower bound `JSD >= ln 2 - mean BCE` (nats), which
-holds for any classifier evaluated on balanced held-out data.
+accuracy we report an exact 95% interval and the one-sided binomial p-value against 0.5
+(a test on the detector's decisions); the ROC-AUC with DeLong's interval and the one-sided
+Mann-Whitney p-value (the same question asked of its scores, which uses more of what the
+detector says); and the Jensen-Shannon lower bound `JSD >= ln 2 - mean BCE` (nats),
+which holds for any classifier evaluated on balanced held-out data.
 """
 from __future__ import annotations
 
@@ -15,10 +17,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import roc_auc_score
 
 from synthdata.classifiers import predict_logits, train_classifier
-from synthdata.metrics.stats import accuracy_with_ci, p_value_above_chance
+from synthdata.metrics.stats import accuracy_with_ci, auc_with_ci, p_value_above_chance, rank_test_p
 from synthdata.spec import ClassifierSpec
 
 REAL, GENERATED = 0, 1
@@ -29,8 +30,11 @@ class Detectability:
     accuracy: float
     ci_low: float
     ci_high: float
-    p_value: float
+    p_value: float  # binomial, on the decisions
     auc: float
+    auc_ci_low: float
+    auc_ci_high: float
+    auc_p_value: float  # Mann-Whitney, on the scores
     mean_bce: float
     jsd_lower_bound: float
     n_eval: int
@@ -56,13 +60,18 @@ def c2st_stats(p_generated: torch.Tensor | np.ndarray, is_generated: torch.Tenso
     correct = int(((p >= 0.5).astype(np.int64) == y).sum())
     acc = accuracy_with_ci(correct, n)
     bce = float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).mean())
-    auc = float(roc_auc_score(y, p)) if 0 < y.sum() < n else float("nan")
+    nan = float("nan")
+    both = 0 < y.sum() < n
+    auc, auc_low, auc_high = auc_with_ci(p[y == 1], p[y == 0]) if both else (nan, nan, nan)
     return Detectability(
         accuracy=acc.value,
         ci_low=acc.ci_low,
         ci_high=acc.ci_high,
         p_value=p_value_above_chance(correct, n),
         auc=auc,
+        auc_ci_low=auc_low,
+        auc_ci_high=auc_high,
+        auc_p_value=rank_test_p(p[y == 1], p[y == 0]) if both else nan,
         mean_bce=bce,
         jsd_lower_bound=max(0.0, math.log(2) - bce),
         n_eval=n,

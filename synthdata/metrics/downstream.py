@@ -24,3 +24,4 @@ def downstream_accuracy(
     model = train_classifier(spec, train_images, train_labels, num_classes, seed=seed, device=device)
     pred = predict_logits(model, test_images, device=device).argmax(1)
     return accuracy_with_ci(int((pred == test_labels).sum()), len(test_labels))
+

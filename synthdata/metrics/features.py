@@ -3,8 +3,12 @@
 For small data sets (digits, MNIST) Inception features say little, so the feature
 space is a classifier trained once per study on the real training data and frozen.
 Real features are computed once (`RealReference`) and reused for every generation and
-arm; only the samples' features are computed per generation. FID and KID come from
-torchmetrics, fed precomputed features through an identity extractor.
+arm; only the samples' features are computed per generation. The Fréchet and kernel
+distances come from torchmetrics, fed precomputed features through an identity extractor.
+
+Names say which feature space: `fid` / `kid` only in Inception's (comparable with published
+figures, given the same Inception weights and sample counts); `fd` / `kd` in a feature
+space trained inside the study, which no published FID can be compared with.
 """
 from __future__ import annotations
 
@@ -100,12 +104,13 @@ class RealReference:
     labels: torch.Tensor
     radii: torch.Tensor
     k: int
+    inception: bool = False  # features from Inception (metrics named fid/kid), else the study's own (fd/kd)
 
     @classmethod
     def build(cls, extractor: FeatureExtractor | None, images: torch.Tensor, labels: torch.Tensor, k: int = 5) -> "RealReference":
         """Embed real images (or take vectors as they are when `extractor` is None)."""
         feats = extractor.embed(images).double() if extractor is not None else images.flatten(1).double()
-        return cls(feats, labels, _kth_neighbour_radii(feats, k), k)
+        return cls(feats, labels, _kth_neighbour_radii(feats, k), k, isinstance(extractor, InceptionFeatures))
 
 
 def prdc(real: RealReference, fake: torch.Tensor) -> dict[str, float]:
@@ -129,7 +134,8 @@ def class_spread(features: torch.Tensor, labels: torch.Tensor) -> float:
 
 
 def feature_metrics(real: RealReference, fake_features: torch.Tensor, fake_labels: torch.Tensor, *, kid_subset: int = 500) -> dict[str, float]:
-    """FID, KID (mean and std over subsets), PRDC and diversity of samples against the real reference.
+    """Fréchet and kernel distances (`fd`, `kd` and its std over subsets; `fid`, `kid`... in Inception's
+    feature space), PRDC and diversity of samples against the real reference.
 
     `diversity` is the samples' per-class feature spread divided by the real data's:
     1 is as diverse as real data, below 1 is collapsing.
@@ -150,7 +156,8 @@ def feature_metrics(real: RealReference, fake_features: torch.Tensor, fake_label
     with torch.random.fork_rng():  # KID draws random subsets: keep them reproducible and leave the caller's RNG alone
         torch.manual_seed(0)
         kid_mean, kid_std = kid.compute()
-    out = {"fid": float(fid.compute()), "kid": float(kid_mean), "kid_std": float(kid_std)}
+    fd, kd = ("fid", "kid") if real.inception else ("fd", "kd")
+    out = {fd: float(fid.compute()), kd: float(kid_mean), f"{kd}_std": float(kid_std)}
     out.update(prdc(real, fake_features))
     out["diversity"] = class_spread(fake_features.double(), fake_labels) / class_spread(real.features, real.labels)
     return out

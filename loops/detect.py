@@ -42,29 +42,34 @@ def read_cheap_sources(spec: DetectStudy, real: ImageSet) -> dict[str, ImageSet]
     return {name: load_source(source, real, seed=0) for name, source in spec.detect.sources.items() if source.type not in EXPENSIVE}
 
 
-def load_sources(spec: DetectStudy, real: ImageSet, read: dict[str, ImageSet], show_progress: bool) -> dict[str, ImageSet]:
-    """Every source's images, in the real data's format; a bad source stops the study before anything is tracked."""
+def load_sources(spec: DetectStudy, splits: dict[int, Splits], read: dict[str, ImageSet], show_progress: bool
+                 ) -> dict[int, dict[str, ImageSet]]:
+    """Every source's images for every seed, in the real data's format; a bad source stops the study before anything
+    is tracked. Sample sets and folders (`read`) are the same for every seed; a generator is trained on the seed's
+    real training split with the seed, and checkpoints and pipelines are sampled with it."""
     import ray
 
-    out = dict(read)
     task = ray.remote(_source_task).options(num_cpus=spec.resources.cpus_per_arm, num_gpus=spec.resources.gpus_per_arm,
                                             max_retries=0)
-    refs = {name: task.remote(source, real, 0, spec.resources)
-            for name, source in spec.detect.sources.items() if source.type in EXPENSIVE}
-    for name, ref in refs.items():
-        if show_progress:
-            print(f"sampling source '{name}' ({spec.detect.sources[name].type})", file=sys.stderr, flush=True)
+    expensive = [name for name, source in spec.detect.sources.items() if source.type in EXPENSIVE]
+    refs = {(seed, name): task.remote(spec.detect.sources[name], splits[seed].train, seed, spec.resources)
+            for seed in spec.detect.seeds for name in expensive}
+    if show_progress and refs:
+        print(f"sampling {', '.join(expensive)} for seed(s) {', '.join(map(str, spec.detect.seeds))}", file=sys.stderr, flush=True)
+    out: dict[int, dict[str, ImageSet]] = {seed: dict(read) for seed in spec.detect.seeds}
+    for (seed, name), ref in refs.items():
         try:
-            out[name] = ray.get(ref)
+            out[seed][name] = ray.get(ref)
         except ray.exceptions.RayTaskError as err:
             cause = getattr(err, "cause", None)
             if isinstance(cause, UserError):
                 raise type(cause)(f"detect.sources.{name}: {cause}") from None
             raise
-    for name, images in out.items():
-        if len(images) < 10:
-            raise UserError(f"detect.sources.{name}: {len(images)} images are too few (at least 10)")
-    return {name: out[name] for name in spec.detect.sources}
+    for sources in out.values():
+        for name, images in sources.items():
+            if len(images) < 10:
+                raise UserError(f"detect.sources.{name}: {len(images)} images are too few (at least 10)")
+    return {seed: {name: sources[name] for name in spec.detect.sources} for seed, sources in out.items()}
 
 
 def _log_arm(tracker, result: DetectResult) -> None:
@@ -80,17 +85,18 @@ def _log_arm(tracker, result: DetectResult) -> None:
             tracker.log_image(sample_grid(images), f"examples/{key}.png", arm=name)
 
 
-def prepare(spec: DetectStudy, splits: Splits, uri: str, resume: bool) -> Prepared:
+def prepare(spec: DetectStudy, splits: dict[int, Splits], uri: str, resume: bool) -> Prepared:
     """Refuse crops larger than the images; read sample sets and image folders now (a bad file stops the study at once)."""
-    too_big = [c for c in spec.detect.crop_sizes if c > min(splits.train.shape[1:])]
+    real = splits[spec.detect.seeds[0]].train  # every seed's split has the same format
+    too_big = [c for c in spec.detect.crop_sizes if c > min(real.shape[1:])]
     if too_big:
-        raise UserError(f"detect.crop_sizes: {too_big[0]} exceeds the images' {splits.train.shape[1]}x{splits.train.shape[2]}")
-    return Prepared(state=read_cheap_sources(spec, splits.train))
+        raise UserError(f"detect.crop_sizes: {too_big[0]} exceeds the images' {real.shape[1]}x{real.shape[2]}")
+    return Prepared(state=read_cheap_sources(spec, real))
 
 
-def launch(spec: DetectStudy, splits: Splits, prepared: Prepared, show_progress: bool) -> Prepared:
+def launch(spec: DetectStudy, splits: dict[int, Splits], prepared: Prepared, show_progress: bool) -> Prepared:
     """Sample the expensive sources on Ray: a bad checkpoint or pipeline stops the study before anything is tracked."""
-    return Prepared(state=load_sources(spec, splits.train, prepared.state, show_progress))
+    return Prepared(state=load_sources(spec, splits, prepared.state, show_progress))
 
 
 def schedule(study: Study) -> None:
@@ -98,17 +104,20 @@ def schedule(study: Study) -> None:
     import ray
 
     spec, tracker, sources = study.spec, study.tracker, study.prepared
-    real_train, real_eval = study.splits.train, concat(study.splits.heldout, study.splits.test)  # neither eval part trains here
-    for name, images in sources.items():
+    first = spec.detect.seeds[0]
+    for name, images in sources[first].items():
         if spec.tracking.sample_grid:
             tracker.log_image(sample_grid(images.images[:64]), f"sources/{name}.png")
     task = ray.remote(_arm_task).options(num_cpus=spec.resources.cpus_per_arm, num_gpus=spec.resources.gpus_per_arm,
                                          max_retries=1)
-    args = [ray.put(x) for x in (spec, real_train, real_eval, sources)]
+    spec_ref = ray.put(spec)
+    # Per seed: its real split (neither eval part trains a detector) and its sources.
+    args = {seed: [ray.put(x) for x in (split.train, concat(split.heldout, split.test), sources[seed])]
+            for seed, split in study.splits.items()}
     refs = {}
-    for arm in arms_for(spec.detect, list(sources)):
+    for arm in arms_for(spec.detect, list(sources[first])):
         tracker.start_arm(arm.name, arm.params())
-        refs[task.remote(arm, *args)] = arm
+        refs[task.remote(arm, spec_ref, *args[arm.seed])] = arm
 
     def on_result(arm: DetectArm, result: DetectResult) -> str:
         _log_arm(tracker, result)

@@ -106,9 +106,9 @@ def arms_of(spec: GuideStudy) -> list[GuideArm]:
     return [GuideArm(scale, seed) for seed in spec.guide.seeds for scale in (None, *spec.guide.scales)]
 
 
-def prepare(spec: GuideStudy, splits: Splits, uri: str, resume: bool) -> Prepared:
+def prepare(spec: GuideStudy, splits: dict[int, Splits], uri: str, resume: bool) -> Prepared:
     """Check the generator against the data."""
-    check_generator(spec.generator, splits.train.shape)
+    check_generator(spec.generator, splits[spec.guide.seeds[0]].train.shape)
     return Prepared()
 
 
@@ -120,12 +120,13 @@ def schedule(study: Study) -> None:
     resources = dict(num_cpus=spec.resources.cpus_per_arm, num_gpus=spec.resources.gpus_per_arm)
     fit = ray.remote(_fit_task).options(**resources, max_retries=1)
     measure = ray.remote(_arm_task).options(**resources, max_retries=1)
-    splits_ref, context_ref = ray.put(study.splits), ray.put(study_context(spec, study.splits))
-    fitted = {seed: fit.remote(spec, splits_ref, seed) for seed in spec.guide.seeds}
+    # Each seed's real split and what is measured against it (the feature space trained on it), put once.
+    refs_of = {seed: (ray.put(split), ray.put(study_context(spec, split, seed))) for seed, split in study.splits.items()}
+    fitted = {seed: fit.remote(spec, refs_of[seed][0], seed) for seed in spec.guide.seeds}
     refs = {}
     for arm in arms_of(spec):  # each scale's task waits for its seed's fit (Ray resolves the reference)
         tracker.start_arm(arm.name, arm.params())
-        refs[measure.remote(spec, splits_ref, context_ref, arm, None if arm.scale is None else fitted[arm.seed])] = arm
+        refs[measure.remote(spec, *refs_of[arm.seed], arm, None if arm.scale is None else fitted[arm.seed])] = arm
     study.say(f"training {len(fitted)} generator(s) and guiding classifier(s), one per seed; then sampling at scales "
               f"{', '.join(f'{s:g}' for s in spec.guide.scales)}")
 

@@ -154,9 +154,9 @@ def _resume_states(spec: LoopStudy, uri: str, arms: list[Arm]) -> Prepared:
     return Prepared(found, states)
 
 
-def prepare(spec: LoopStudy, splits: Splits, uri: str, resume: bool) -> Prepared:
+def prepare(spec: LoopStudy, splits: dict[int, Splits], uri: str, resume: bool) -> Prepared:
     """Check the generator against the data and, with --resume, find where every arm stopped."""
-    check_generator(spec.generator, splits.train.shape)
+    check_generator(spec.generator, splits[spec.loop.seeds[0]].train.shape)
     return _resume_states(spec, uri, arms_of(spec)) if resume else Prepared(None, {})
 
 
@@ -175,7 +175,8 @@ class _Driver:
         self.retries: dict[str, int] = {}
         self.streams: dict[Any, list[Arm]] = {}  # a running arm task -> the arms its events stand for (several: a shared prefix)
         self.pending: list = []
-        self.refs = ray.put(study.splits), ray.put(study_context(spec, study.splits))
+        # Each seed's real split and what is measured against it (the feature space trained on it), put once.
+        self.refs = {seed: (ray.put(split), ray.put(study_context(spec, split, seed))) for seed, split in study.splits.items()}
         if found:  # generations before the resume
             study.results.extend(loop_rows(study.uri, tracker.parent_id))
         self.bars = _Bars(self.arms, spec.loop.generations, study.show_progress, self.done)
@@ -190,7 +191,8 @@ class _Driver:
         # Ray's own task retries would rerun a dead arm from generation 0 and log its
         # generations twice; the driver restarts it instead, from its last finished generation.
         spec = prefix_spec(self.spec, width) if len(group) > 1 else self.spec
-        stream = task.remote(spec, self.refs[0], group[0], self.refs[1], None if len(group) > 1 else state)
+        splits_ref, context_ref = self.refs[group[0].seed]
+        stream = task.remote(spec, splits_ref, group[0], context_ref, None if len(group) > 1 else state)
         self.streams[stream] = group
         self.pending.append(stream)
 

@@ -74,7 +74,7 @@ def _pool_task(spec: MixStudy, real: ImageSet, size: int, seed: int) -> tuple[Im
     return make_pool(spec.generator, real, size, seed=seed, device=configure_worker(spec.resources), guidance=spec.guidance)
 
 
-def make_pools(spec: MixStudy, splits: Splits, show_progress: bool, saved: ImageSet | None = None,
+def make_pools(spec: MixStudy, splits: dict[int, Splits], show_progress: bool, saved: ImageSet | None = None,
                seeds: tuple[int, ...] | None = None) -> dict[int, ImageSet]:
     """One pool per seed (of `seeds`, default all): a generator trained once on the real training set, in parallel on Ray.
 
@@ -83,14 +83,15 @@ def make_pools(spec: MixStudy, splits: Splits, show_progress: bool, saved: Image
     import ray
 
     seeds = spec.mix.seeds if seeds is None else seeds
-    size = pool_size(spec, len(splits.train))
+    first = splits[spec.mix.seeds[0]].train  # every seed's split has the same sizes and format
+    size = pool_size(spec, len(first))
     if spec.mix.samples is not None:
-        pool = saved if saved is not None else load_pool(spec.mix.samples, splits.train)
+        pool = saved if saved is not None else load_pool(spec.mix.samples, first)
         if len(pool) < size:
             raise DataError(f"{spec.mix.samples}: has {len(pool)} samples, the largest ratio needs {size}")
         return {seed: pool for seed in seeds}
     task = ray.remote(_pool_task).options(num_cpus=spec.resources.cpus_per_arm, num_gpus=spec.resources.gpus_per_arm)
-    refs = {seed: task.remote(spec, real_subset(splits.train, spec.mix.real_size, seed=seed), size, seed) for seed in seeds}
+    refs = {seed: task.remote(spec, real_subset(splits[seed].train, spec.mix.real_size, seed=seed), size, seed) for seed in seeds}
     if show_progress:
         guided = f", guided at scale {spec.guidance.scale:g}" if spec.guidance.scale > 0 else ""
         print(f"training {len(refs)} generator(s), one per seed, for pools of {size} samples{guided}", file=sys.stderr, flush=True)
@@ -102,7 +103,7 @@ def make_pools(spec: MixStudy, splits: Splits, show_progress: bool, saved: Image
     return pools
 
 
-def _arm_trial(config: dict[str, Any], spec: MixStudy, splits: Splits, pools: dict[int, ImageSet]) -> None:
+def _arm_trial(config: dict[str, Any], spec: MixStudy, splits: dict[int, Splits], pools: dict[int, ImageSet]) -> None:
     """One arm as a Tune trial: train the downstream classifier on the mix, report real-test accuracy every epoch."""
     import torch
     from ray import tune
@@ -113,10 +114,10 @@ def _arm_trial(config: dict[str, Any], spec: MixStudy, splits: Splits, pools: di
 
     device = configure_worker(spec.resources)
     mode, ratio, seed = config["mode"], float(config["ratio"]), int(config["seed"])
-    real = real_subset(splits.train, spec.mix.real_size, seed=seed)
+    real = real_subset(splits[seed].train, spec.mix.real_size, seed=seed)
     data = mix_training_set(real, pools[seed], mode, ratio, seed=seed)
     n_syn = synthetic_count(mode, ratio, len(real))
-    test = splits.test
+    test = splits[seed].test  # the seed's test set: every arm of the seed is scored on the same images
 
     def on_epoch(epoch: int, model: torch.nn.Module, loss: float) -> None:
         correct = predict_logits(model, test.images, device=device).argmax(1).cpu() == test.labels
@@ -241,11 +242,12 @@ class _Plan:
     logged: dict[str, int] = field(default_factory=dict)  # arm -> last epoch in MLflow
 
 
-def prepare(spec: MixStudy, splits: Splits, uri: str, resume: bool) -> Prepared:
+def prepare(spec: MixStudy, splits: dict[int, Splits], uri: str, resume: bool) -> Prepared:
     """Check the generator against the data; read a saved sample set now (a bad file is refused before anything is
     tracked); with --resume, find the stopped run, its finished arms, each arm's last epoch and the pools it kept."""
-    check_generator(spec.generator, splits.train.shape)
-    saved = load_pool(spec.mix.samples, splits.train) if spec.mix.samples is not None else None
+    first = splits[spec.mix.seeds[0]].train
+    check_generator(spec.generator, first.shape)
+    saved = load_pool(spec.mix.samples, first) if spec.mix.samples is not None else None
     if not resume:
         return Prepared(state=_Plan(saved))
     found = study_to_resume(spec, uri, progress_metric="epoch")

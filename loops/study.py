@@ -5,7 +5,7 @@ scheduling: `prepare` (driver-side checks before Ray or MLflow), optionally `lau
 on Ray that can still refuse bad input, before any run opens), `schedule` (its arms on
 Ray, logged through the study's tracker), `table`, `format_table` and `figures`.
 
-    study file -> spec -> real data -> runner.prepare -> Ray + study run -> runner.schedule
+    study file -> spec -> real data (a split per seed) -> runner.prepare -> Ray + study run -> runner.schedule
     -> runner.table -> results.txt/csv and figures (locally and on the study run) -> end status
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any
 import pandas as pd
 
 from loops.stopping import STOPS, StudyStopped, on_sigterm, raise_stopped
-from synthdata.data import Splits, make_splits
+from synthdata.data import Splits, study_splits
 from synthdata.errors import UserError
 from synthdata.provenance import provenance_tags
 from synthdata.runs import Resumable
@@ -46,7 +46,7 @@ class Study:
     """One running study, as its runner sees it: spec, real data, tracker, and where results go."""
 
     spec: StudySpec
-    splits: Splits
+    splits: dict[int, Splits]  # the real split of each seed (`data.split_seed`)
     uri: str
     tracker: StudyTracker
     prepared: Any  # what the runner's `prepare` returned
@@ -122,7 +122,7 @@ def run_study(spec: StudySpec, runner: ModuleType | None = None, *, address: str
     start = time.perf_counter()
     if resume and not getattr(runner, "RESUMABLE", False):
         raise UserError(f"{spec.name}: --resume applies to loop studies; a {spec.kind} study is rerun")
-    splits = make_splits(spec.data, seed=0)  # data errors surface here, before Ray or MLflow
+    splits = study_splits(spec.data, spec.seeds)  # per seed; data errors surface here, before Ray or MLflow
     uri = resolve_tracking_uri(tracking_uri or spec.tracking.uri)
     prepared: Prepared = runner.prepare(spec, splits, uri, resume)  # bad input stops the study here too
     store = _StoreOpener(uri)  # MLflow's store (a new SQLite file: its tables) is made while Ray starts

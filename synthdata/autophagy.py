@@ -34,15 +34,15 @@ class StudyContext:
     extractor: FeatureExtractor | None = None  # None: the data are vectors, used as their own features
 
 
-def study_context(spec: MeasuredStudy, splits: Splits) -> StudyContext:
-    """The frozen feature extractor and the real features, when the study measures features."""
+def study_context(spec: MeasuredStudy, splits: Splits, seed: int = 0) -> StudyContext:
+    """The frozen feature extractor and the real features of one seed's split, when the study measures features."""
     if "features" not in spec.metrics:
         return StudyContext()
     heldout = splits.heldout
     if heldout.images.shape[-1] == 1:  # toy vectors are their own features
         return StudyContext(RealReference.build(None, heldout.images.flatten(1), heldout.labels))
     extractor = train_feature_extractor(splits.train.images, splits.train.labels, splits.train.num_classes, spec.features,
-                                        seed=stream_seed(0, Purpose.FEATURES))
+                                        seed=stream_seed(seed, Purpose.FEATURES))
     return StudyContext(RealReference.build(extractor, heldout.images, heldout.labels), extractor)
 
 

@@ -6,6 +6,7 @@ than per-sample loading.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from synthdata.errors import DataError
+from synthdata.seeds import Purpose, stream_seed
 from synthdata.spec import DataSpec, ToyDataSpec
 from synthdata.spec.base import TORCHVISION_SOURCES
 
@@ -208,24 +210,22 @@ def sample_truth(truth: ToyTruth, labels: torch.Tensor, g: torch.Generator) -> I
     return ImageSet(x[:, :, None, None], labels, k, levels=None)
 
 
-def make_splits(spec: DataSpec, seed: int = 0) -> Splits:
-    """Load the real data named by `spec` and split it into disjoint train / held-out / test parts.
+def _load_real(spec: DataSpec) -> tuple[ImageSet, ImageSet | None]:
+    """The real images to split, and the official test split where the source has one (the torchvision sets)."""
+    if spec.source in TORCHVISION_SOURCES:
+        return _torchvision_sets(spec)
+    return (load_digits_set() if spec.source == "digits" else _load_folder(Path(spec.root), spec.image_size)), None
 
-    The split depends only on the data and `seed`, so every arm of a study sees the same one.
-    Sources with an official test split (the torchvision sets) use it as the test part.
-    """
-    if spec.source == "gaussian":
-        return toy_gaussian_splits(spec.toy, seed)
+
+def _split(spec: DataSpec, pool: ImageSet, official_test: ImageSet | None, seed: int) -> Splits:
     rng = np.random.default_rng(seed)
     fr = spec.split
-    if spec.source in TORCHVISION_SOURCES:
-        pool, test = _torchvision_sets(spec)
+    if official_test is not None:
         total = fr.train + fr.heldout
         n_train = round(len(pool) * fr.train / total)
         tr, ho = _stratified_split(pool.labels.numpy(), [n_train, len(pool) - n_train], rng)
-        train, heldout = pool.subset(tr), pool.subset(ho)
+        train, heldout, test = pool.subset(tr), pool.subset(ho), official_test
     else:
-        pool = load_digits_set() if spec.source == "digits" else _load_folder(Path(spec.root), spec.image_size)
         n = len(pool)
         heldout, test = int(n * fr.heldout), int(n * fr.test)
         # Rounding leftovers go to train when the fractions cover all the data.
@@ -245,6 +245,33 @@ def make_splits(spec: DataSpec, seed: int = 0) -> Splits:
             for s in (train, heldout, test)
         )
     return Splits(train, heldout, test)
+
+
+def make_splits(spec: DataSpec, seed: int = 0) -> Splits:
+    """Load the real data named by `spec` and split it into disjoint train / held-out / test parts.
+
+    The split depends only on the data and `seed`. Sources with an official test split (the
+    torchvision sets) use it as the test part; a toy source draws its samples with `seed`.
+    """
+    if spec.source == "gaussian":
+        return toy_gaussian_splits(spec.toy, seed)
+    return _split(spec, *_load_real(spec), seed)
+
+
+def split_seed_of(spec: DataSpec, seed: int) -> int:
+    """The seed a study's seed draws its real split with (`data.split_seed`)."""
+    return stream_seed(seed, Purpose.REAL) if spec.split_seed == "per_seed" else int(spec.split_seed)
+
+
+def study_splits(spec: DataSpec, seeds: Sequence[int]) -> dict[int, Splits]:
+    """The real split of every seed of a study, the data read once; seeds with the same split share one object."""
+    wanted = {seed: split_seed_of(spec, seed) for seed in seeds}
+    if spec.source == "gaussian":
+        made = {s: toy_gaussian_splits(spec.toy, s) for s in set(wanted.values())}
+    else:
+        pool, official_test = _load_real(spec)
+        made = {s: _split(spec, pool, official_test, s) for s in set(wanted.values())}
+    return {seed: made[s] for seed, s in wanted.items()}
 
 
 def _limit(s: ImageSet, limit: int, rng: np.random.Generator) -> ImageSet:

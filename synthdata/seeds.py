@@ -2,12 +2,15 @@
 
 A replicate's seed must reach everything random in it, and a resumed generation must draw
 exactly what it would have drawn in one go; so no code draws from a global RNG or invents
-its own offset: it asks `stream_seed` for the stream of its purpose. (The real data's
-split is still drawn with seed 0 for every arm: `synthdata.data.make_splits`.)
+its own offset: it asks `stream_seed` for the stream of its purpose. That includes the
+real data: each seed draws its own split (`data.split_seed: per_seed`, Purpose.REAL), or
+a toy source its own sample of the truth.
 """
 from __future__ import annotations
 
 from enum import IntEnum
+
+import numpy as np
 
 
 class Purpose(IntEnum):
@@ -26,6 +29,7 @@ class Purpose(IntEnum):
     CROPS = 12  # the random crops of the crop analysis (detect)
     FEATURES = 13  # the study's feature extractor (trained once, on the real data)
     SEARCH = 14  # a random mix search's arms (modes, ratios, seeds)
+    REAL = 15  # the real data's train / held-out / test split of a seed (a toy source: its draw of the truth)
 
 
 class Scope(IntEnum):
@@ -37,5 +41,10 @@ class Scope(IntEnum):
 
 
 def stream_seed(seed: int, purpose: Purpose, generation: int = 0, scope: Scope = Scope.ARM) -> int:
-    """The seed of one random stream: distinct and reproducible per (seed, scope, generation, purpose)."""
-    return (seed * 1_000_003 + generation * 1_009 + int(scope) + int(purpose)) % (2**31)
+    """The seed of one random stream: distinct and reproducible per (seed, scope, generation, purpose).
+
+    numpy's SeedSequence hashes the four numbers, so no two streams coincide however many
+    seeds or generations a study has (an arithmetic offset would, past some generation).
+    """
+    entropy = [seed % 2**64, int(scope), generation, int(purpose)]
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0] % 2**31)

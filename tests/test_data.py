@@ -114,3 +114,18 @@ def test_class_balanced_labels_match_reference_proportions():
     labels = class_balanced_labels(10, ref, 3, torch.Generator().manual_seed(0))
     assert torch.bincount(labels, minlength=3).tolist() == [5, 3, 2]
     assert len(class_balanced_labels(7, ref, 3, torch.Generator().manual_seed(0))) == 7
+
+
+def test_each_seed_draws_its_own_split_unless_one_is_fixed():
+    from synthdata.data import study_splits
+
+    per_seed = study_splits(DataSpec(), [0, 1, 2])
+    trains = [set(per_seed[s].train.images.flatten(1).sum(1).tolist()) for s in (0, 1, 2)]
+    assert trains[0] != trains[1] != trains[2]  # a seed's replicate redraws the real data...
+    again = study_splits(DataSpec(), [1])
+    assert torch.equal(again[1].train.images, per_seed[1].train.images)  # ...reproducibly
+    fixed = study_splits(DataSpec(split_seed=0), [0, 1, 2])
+    assert fixed[0] is fixed[1] is fixed[2]  # one split for every seed, shared
+    assert torch.equal(fixed[0].train.images, make_splits(DataSpec(), seed=0).train.images)  # the split of earlier studies
+    toy = DataSpec(source="gaussian")
+    assert not torch.equal(study_splits(toy, [0, 1])[0].train.images, study_splits(toy, [0, 1])[1].train.images)

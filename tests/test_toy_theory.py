@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from loops.autophagy import Arm, GenerationResult, run_arm
-from synthdata.data import make_splits
+from synthdata.data import study_splits
 from synthdata.spec import parse_spec
 
 N, T, SEEDS = 20, 30, 160
@@ -27,12 +27,12 @@ def toy_study(**generator) -> dict:
 
 
 def fitted_variances(study: dict, loop_type: str, seeds: int = SEEDS) -> np.ndarray:
-    """(seeds, T) fitted variances; each seed also draws its own real training set."""
+    """(seeds, T) fitted variances; each seed draws its own real training set, as a study's seeds do."""
     out = np.zeros((seeds, T))
+    spec = parse_spec(study)
+    splits = study_splits(spec.data, range(seeds))
     for seed in range(seeds):
-        spec = parse_spec(study)
-        splits = make_splits(spec.data.model_copy(), seed=seed)
-        results = [e for e in run_arm(spec, splits, Arm(loop_type, seed)) if isinstance(e, GenerationResult)]
+        results = [e for e in run_arm(spec, splits[seed], Arm(loop_type, seed)) if isinstance(e, GenerationResult)]
         out[seed] = [r.metrics["fitted_variance"] for r in results[1:]]
     return out
 
@@ -51,6 +51,18 @@ def test_replace_mean_variance_follows_the_closed_form(replace_runs):
     z = (mean - theory) / se
     assert np.all(np.abs(z) < 4), np.round(z, 2)
     assert mean[-1] == pytest.approx(theory[-1], rel=0.25)
+
+
+def test_seeds_replicate_the_real_draw_so_generation_one_matches_theory(replace_runs):
+    """Generation 1 fits the real sample: over seeds its variance has the ML estimator's spread and mean (n-1)/n.
+
+    With one real draw for every seed (`data.split_seed: 0`) the same number would come back in every seed."""
+    first = replace_runs[:, 0]
+    theory_sd = np.sqrt(2 * (N - 1)) / N  # sd of the ML variance of n normal samples (sigma = 1)
+    assert abs(first.mean() - (N - 1) / N) < 4 * theory_sd / np.sqrt(SEEDS)
+    assert 0.7 * theory_sd < first.std(ddof=1) < 1.3 * theory_sd
+    fixed = fitted_variances({**toy_study(), "data": {**toy_study()["data"], "split_seed": 0}}, "replace", seeds=5)
+    assert np.ptp(fixed[:, 0]) == 0
 
 
 def test_replace_median_collapses_faster_than_the_mean(replace_runs):

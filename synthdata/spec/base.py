@@ -91,6 +91,11 @@ class DataSpec(Strict):
     image_size: int | None = Field(None, ge=4, le=512, description="Resize images to this square size.")
     limit: int | None = Field(None, ge=20, description="Use at most this many images per split (for quick runs).")
     split: SplitSpec = Field(default_factory=SplitSpec)
+    split_seed: Literal["per_seed"] | int = Field(
+        "per_seed", description="per_seed: every seed of the study draws its own train / held-out / test split (a toy "
+        "source: its own sample of the truth), so replicates replicate the real data too; an integer: one split, drawn "
+        "with that seed, for every seed (the real data held fixed; 0 is the split of studies before split_seed).",
+    )
 
     @model_validator(mode="after")
     def _root_exists(self) -> "DataSpec":

@@ -144,3 +144,7 @@ class DetectStudy(StudyBase):
 
     kind: Literal["detect"] = Field(..., description="detect: the detectability instrument (section `detect`).")
     detect: DetectSpec = Field(..., description="The sources and analyses.")
+
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        return self.detect.seeds

@@ -35,6 +35,10 @@ class GuideStudy(MeasuredStudy):
     kind: Literal["guide"] = Field(..., description="guide: guided against unguided sampling (section `guide`).")
     guide: GuideSpec = Field(default_factory=GuideSpec, description="The scales compared.")
 
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        return self.guide.seeds
+
     def _guided(self) -> bool:
         return True
 

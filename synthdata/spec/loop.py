@@ -55,6 +55,10 @@ class LoopStudy(MeasuredStudy):
     kind: Literal["loop"] = Field("loop", description="loop: self-consuming loops (section `loop`).")
     loop: LoopSpec = Field(default_factory=LoopSpec)
 
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        return self.loop.seeds
+
     def _guided(self) -> bool:
         return self.guidance.scale > 0 or "guidance.scale" in self.loop.sweep
 

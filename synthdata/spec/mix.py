@@ -78,3 +78,7 @@ class MixStudy(GeneratorStudy):
 
     kind: Literal["mix"] = Field(..., description="mix: real/synthetic mixes (section `mix`).")
     mix: MixSpec = Field(default_factory=MixSpec, description="The mix sweep.")
+
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        return self.mix.seeds

@@ -27,6 +27,11 @@ class StudyBase(Strict):
     def experiment_name(self) -> str:
         return self.tracking.experiment or self.name
 
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        """The study's replicate seeds (its kind's section says them): each draws its own real split by default."""
+        raise NotImplementedError
+
 
 class GeneratorStudy(StudyBase):
     """A study that trains the generator it measures (loop, mix, guide)."""

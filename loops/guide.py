@@ -6,7 +6,7 @@ scale, an arm: a Ray task samples from the same noise and labels at that scale a
 measures the samples with fresh detectors trained after sampling (detectability,
 downstream accuracy, feature metrics), and with the guiding classifier for contrast ->
 MLflow child runs `scale=w/seedS` (and `real/seedS`, the real-data reference) -> a table
-of mean ± sd over seeds per scale, and figures against the scale.
+of the mean over seeds [95% t interval] per scale, and figures against the scale.
 """
 from __future__ import annotations
 

@@ -68,12 +68,14 @@ def metric_figures(table: pd.DataFrame, out_dir: str | Path, group: str = "group
         log = bool(len(positive)) and (data[metric] >= 0).all() and positive.min() < 1e-2 * positive.max()
         fig, ax = plt.subplots(figsize=(7.6, 4.2))
         sns.lineplot(data=data, x="generation", y=metric, hue=hue, style=style, marker="o" if short else None,
-                     estimator="median" if log else "mean", errorbar=("pi", 50) if log else "sd", ax=ax)
+                     estimator="median" if log else "mean", errorbar=("pi", 50) if log else t_interval, ax=ax)
         if metric == "detectability":
             ax.axhline(0.5, color="grey", linestyle="--", linewidth=1, label="chance")
         if log:
             ax.set_yscale("log")
             label += " (median, IQR over seeds)"
+        elif "seed" in table and table["seed"].nunique() > 1:
+            label += "\n(mean, 95% t interval over seeds)"
         ax.set_ylabel(label)
         ax.set_title(f"{title}: {label}" if title else label, fontsize=11)
         if short:
@@ -83,14 +85,16 @@ def metric_figures(table: pd.DataFrame, out_dir: str | Path, group: str = "group
     return paths
 
 
-def mix_figure(table: pd.DataFrame, path: Path, title: str, metric: str = "downstream_accuracy") -> Path:
-    """Downstream accuracy against the synthetic ratio r, a line per mode: the mean over seeds with its 95% t interval."""
+def t_interval(values) -> tuple[float, float]:
+    """seaborn's error bar: a 95% t interval for the mean over seeds (none from one seed), not a spread."""
     from synthdata.metrics.stats import mean_interval
 
-    def t_interval(values) -> tuple[float, float]:
-        est = mean_interval(values)
-        return (est.value, est.value) if est.n < 2 else (est.low, est.high)
+    est = mean_interval(values)
+    return (est.value, est.value) if est.n < 2 else (est.low, est.high)
 
+
+def mix_figure(table: pd.DataFrame, path: Path, title: str, metric: str = "downstream_accuracy") -> Path:
+    """Downstream accuracy against the synthetic ratio r, a line per mode: the mean over seeds with its 95% t interval."""
     plt, sns = _pyplot()
     fig, ax = plt.subplots(figsize=(7.0, 4.2))
     data = table[table[metric].notna()]
@@ -118,6 +122,16 @@ def confusion_figure(counts, classes: list[str], path: Path, title: str = "") ->
     return _save(fig, path)
 
 
+def _seed_interval(g: pd.DataFrame) -> pd.Series:
+    """One cell's detectability with a 95% interval: its own for one seed, a t interval of the mean for several."""
+    from synthdata.metrics.stats import mean_interval
+
+    if len(g) == 1:
+        return g[["detectability", "detectability_ci_low", "detectability_ci_high"]].iloc[0]
+    est = mean_interval(g["detectability"])
+    return pd.Series({"detectability": est.value, "detectability_ci_low": est.low, "detectability_ci_high": est.high})
+
+
 def detect_figures(table: pd.DataFrame, out_dir: str | Path, title: str = "") -> list[Path]:
     """The detect study's figures: accuracy per source, against sample size, per frequency band, per crop size."""
     plt, sns = _pyplot()
@@ -135,13 +149,13 @@ def detect_figures(table: pd.DataFrame, out_dir: str | Path, title: str = "") ->
     if not pairs.empty:
         pairs["against"] = pairs.apply(lambda r: "real (baseline)" if r["analysis"] == "real_vs_real" else r["source"], axis=1)
         fig, ax = plt.subplots(figsize=(1.6 + 1.1 * pairs["against"].nunique(), 4.2))
-        means = pairs.groupby("against", sort=False)[["detectability", "detectability_ci_low", "detectability_ci_high"]].mean()
+        means = pairs.groupby("against", sort=False).apply(_seed_interval, include_groups=False)
         ax.bar(means.index, means["detectability"], color=sns.color_palette()[: len(means)])
         ax.errorbar(means.index, means["detectability"], fmt="none", ecolor="black", capsize=4,
                     yerr=[means["detectability"] - means["detectability_ci_low"], means["detectability_ci_high"] - means["detectability"]])
         ax.set_ylim(0, 1.02)
         ax.set_xlabel("real against")
-        save(fig, ax, "detectability_by_source.png", "real vs each source (95% interval)")
+        save(fig, ax, "detectability_by_source.png", "real vs each source (95% interval; several seeds: of the mean)")
     for analysis, name, xlabel, subtitle in (("size", "detectability_vs_sample_size.png", "training images per class", "against sample size"),
                                              ("crop", "detectability_vs_crop_size.png", "crop size (pixels)", "on random crops")):
         rows = table[table["analysis"] == analysis].copy()
@@ -149,7 +163,7 @@ def detect_figures(table: pd.DataFrame, out_dir: str | Path, title: str = "") ->
             continue
         rows["x"] = pd.to_numeric(rows["setting"].str.extract(r"([\d.]+)$")[0])
         fig, ax = plt.subplots(figsize=(7.0, 4.2))
-        sns.lineplot(data=rows, x="x", y="detectability", hue="source", marker="o", errorbar="sd", ax=ax)
+        sns.lineplot(data=rows, x="x", y="detectability", hue="source", marker="o", errorbar=t_interval, ax=ax)
         if analysis == "size":
             ax.set_xscale("log")
         ax.set_xlabel(xlabel)
@@ -157,7 +171,7 @@ def detect_figures(table: pd.DataFrame, out_dir: str | Path, title: str = "") ->
     bands = table[table["analysis"] == "band"]
     if not bands.empty:
         fig, ax = plt.subplots(figsize=(7.0, 4.2))
-        sns.barplot(data=bands, x="setting", y="detectability", hue="source", errorbar="sd", ax=ax)
+        sns.barplot(data=bands, x="setting", y="detectability", hue="source", errorbar=t_interval, ax=ax)
         ax.set_xlabel("frequency band kept (radius as a fraction of Nyquist)")
         ax.set_ylim(0, 1.02)
         save(fig, ax, "detectability_by_band.png", "per frequency band")
@@ -165,7 +179,7 @@ def detect_figures(table: pd.DataFrame, out_dir: str | Path, title: str = "") ->
 
 
 def guide_figures(table: pd.DataFrame, out_dir: str | Path, title: str = "") -> list[Path]:
-    """Each metric against the guidance scale (mean, band of one sd over seeds), the real data's value dashed.
+    """Each metric against the guidance scale (mean, 95% t interval over seeds), the real data's value dashed.
 
     The detectability figure shows the fresh detector and the guiding classifier side by
     side: guidance can fool the classifier it follows without fooling a new one.
@@ -185,13 +199,13 @@ def guide_figures(table: pd.DataFrame, out_dir: str | Path, title: str = "") -> 
             both = guided.melt(id_vars=["w", "seed"], value_vars=["detectability", "guiding_detectability"], var_name="judge")
             both["judge"] = both["judge"].map({"detectability": "fresh detector (trained after sampling)",
                                                "guiding_detectability": "guiding classifier (last step)"})
-            sns.lineplot(data=both, x="w", y="value", hue="judge", marker="o", errorbar="sd", ax=ax)
+            sns.lineplot(data=both, x="w", y="value", hue="judge", marker="o", errorbar=t_interval, ax=ax)
             ax.axhline(0.5, color="grey", linestyle="--", linewidth=1, label="chance")
             if "detectability" in real and real["detectability"].notna().any():
                 ax.axhline(real["detectability"].mean(), color="green", linestyle=":", linewidth=1, label="real vs real")
             ax.legend(fontsize=9, frameon=False)
         else:
-            sns.lineplot(data=guided, x="w", y=metric, marker="o", errorbar="sd", ax=ax)
+            sns.lineplot(data=guided, x="w", y=metric, marker="o", errorbar=t_interval, ax=ax)
         if metric in real and real[metric].notna().any() and metric != "detectability":
             ax.axhline(real[metric].mean(), color="green", linestyle="--", linewidth=1, label="real data")
             ax.legend(fontsize=9, frameon=False)

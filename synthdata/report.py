@@ -24,12 +24,14 @@ from synthdata.figures import confusion_figure, detect_figures, guide_figures, m
 from synthdata.results import (
     DETECT_NOTE,
     DONE_METRIC,
+    LOOP_DIFFERENCE_NOTE,
     MIX_METRIC,
     MIX_NOTE,
     detect_summary,
     detect_table,
     guide_summary,
     guide_table,
+    loop_differences,
     loop_display,
     loop_summary,
     mix_summary,
@@ -123,8 +125,11 @@ def _loop_part(report: Report, uri: str, parent: Any, children: list[Any], out_d
     if table.empty:
         report.notes.append("No generation finished: nothing to plot.")
         return
-    _summary(report, table, out_dir, summary=loop_summary(table), title="Summary (mean ± sd over seeds)",
+    _summary(report, table, out_dir, summary=loop_summary(table), title="Summary (mean over seeds [95% t interval])",
              details=loop_display(table), details_title="Every arm and generation")
+    if table["loop_type"].nunique() > 1:
+        report.tables["Loop types compared at the last generation"] = loop_differences(table)
+        report.notes.append(LOOP_DIFFERENCE_NOTE)
     _add_figures(report, metric_figures(table, out_dir, title=report.title))
     report.samples = _last_grids(uri, children, out_dir)
 

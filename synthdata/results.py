@@ -16,6 +16,7 @@ from synthdata.metrics.stats import (
     combine_p_values,
     mcnemar_p,
     mean_interval,
+    mover_difference,
     paired_difference,
     q_values,
     unpack_decisions,
@@ -56,8 +57,8 @@ def format_table(table: pd.DataFrame, max_rows: int = 60) -> str:
     written beside the figures has every row.
     """
     if len(table) > max_rows:
-        return summary_table(table)
-    return loop_display(table).to_string(index=False)
+        return summary_table(table) + format_loop_differences(table)
+    return loop_display(table).to_string(index=False) + format_loop_differences(table)
 
 
 def loop_display(table: pd.DataFrame) -> pd.DataFrame:
@@ -76,13 +77,56 @@ def loop_display(table: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def loop_differences(table: pd.DataFrame, metrics: tuple[str, ...] = ("detectability", "downstream_accuracy")) -> pd.DataFrame:
+    """Each loop type against a reference (augment when the study has it) at the last generation, paired by seed.
+
+    Arms of one seed and swept values share the real data and generations 0-1. Several
+    seeds: the mean paired difference [95% t interval] and the paired t-test; one seed: the
+    difference with a MOVER interval from the two arms' own 95% intervals (no test).
+    """
+    last = int(table["generation"].max())
+    at = table[table["generation"] == last].copy()
+    at["swept"] = at["group"].str.partition(" ")[2]
+    types = list(dict.fromkeys(at["loop_type"]))
+    ref = "augment" if "augment" in types else types[0]
+    rows = []
+    for swept, g in at.groupby("swept", sort=False):
+        base = g[g["loop_type"] == ref].set_index("seed")
+        for loop_type in (t for t in types if t != ref):
+            other = g[g["loop_type"] == loop_type].set_index("seed")
+            for metric in (m for m in metrics if m in g):
+                cols = [metric, f"{metric}_ci_low", f"{metric}_ci_high"]
+                pairs = other[cols].join(base[cols], rsuffix="_ref", how="inner").dropna()
+                if pairs.empty:
+                    continue
+                if len(pairs) > 1:
+                    d = paired_difference(pairs[metric], pairs[f"{metric}_ref"])
+                else:
+                    d = mover_difference(*pairs.iloc[0][cols].tolist(), *pairs.iloc[0][[f"{c}_ref" for c in cols]].tolist())
+                rows.append({"gen": last, "difference": f"{loop_type} - {ref}" + (f" ({swept})" if swept else ""),
+                             "metric": METRIC[metric].header, "seeds": len(pairs), "Δ (95% CI)": d.text(".3f", signed=True),
+                             "p": _p(d.p)})
+    return pd.DataFrame(rows)
+
+
+LOOP_DIFFERENCE_NOTE = ("(Δ: paired by seed; several seeds: mean difference [95% t interval] and paired t-test p; "
+                        "one seed: MOVER interval from the two arms' own 95% intervals, no test)")
+
+
+def format_loop_differences(table: pd.DataFrame) -> str:
+    """`loop_differences` as text ('' when the study has one loop type)."""
+    diff = loop_differences(table) if "loop_type" in table and table["loop_type"].nunique() > 1 else pd.DataFrame()
+    return "" if diff.empty else "\n\n" + diff.to_string(index=False) + "\n" + LOOP_DIFFERENCE_NOTE
+
+
 def summary_table(table: pd.DataFrame, points: int = 5) -> str:
     """`loop_summary` as text, with a note on what its cells are."""
-    return loop_summary(table, points).to_string(index=False) + "\n(mean ± sd over seeds; every generation and arm is in results.csv)"
+    return loop_summary(table, points).to_string(index=False) + (
+        "\n(mean over seeds [95% t interval for the mean]; every generation and arm is in results.csv)")
 
 
 def loop_summary(table: pd.DataFrame, points: int = 5) -> pd.DataFrame:
-    """One row per line of the study (loop type + swept values) at a few generations: mean ± sd over seeds."""
+    """One row per line of the study (loop type + swept values) at a few generations: mean over seeds [95% t interval]."""
     last = int(table["generation"].max())
     shown = sorted({0, 1, *(round(last * i / (points - 1)) for i in range(1, points))})
     metrics = [c for c in LOOP_COLUMNS if c in table and c != "time_fit_s"]
@@ -90,9 +134,7 @@ def loop_summary(table: pd.DataFrame, points: int = 5) -> pd.DataFrame:
     grouped = rows.groupby(["group", "generation"])
     out = grouped.size().rename("seeds").reset_index()
     for col in metrics:
-        fmt = METRIC[col].fmt
-        mean, sd = grouped[col].mean().values, grouped[col].std().fillna(0).values
-        out[METRIC[col].header] = [("" if pd.isna(m) else f"{m:{fmt}} ± {d:{fmt}}") for m, d in zip(mean, sd)]
+        out[METRIC[col].header] = grouped[col].apply(lambda v, f=METRIC[col].fmt: mean_interval(v).text(f)).values
     return out.rename(columns={"generation": "gen"})
 
 
@@ -274,10 +316,12 @@ def guide_table(arms: Arms) -> pd.DataFrame:
 
 
 def guide_summary(table: pd.DataFrame) -> pd.DataFrame:
-    """Per scale (and the real reference): each metric as mean ± sd over seeds, or with its 95% interval for one seed.
+    """Per scale (and the real reference): each metric as the mean over seeds [95% t interval], or with its own 95%
+    interval for one seed.
 
     `Δ detectability` is the paired change against the unguided samples of the same seed
-    (same generator, same noise): mean ± sd of the per-seed differences.
+    (same generator, same noise): the mean difference [95% t interval] with the paired
+    t-test's p over seeds; one seed: a MOVER interval from the two sets' own intervals.
     """
     out = []
     unguided = table[table["scale"] == "0"].set_index("seed")
@@ -295,14 +339,25 @@ def guide_summary(table: pd.DataFrame) -> pd.DataFrame:
             elif len(v) == 1:
                 row[name] = f"{v.iloc[0]:{fmt}}"
             else:
-                row[name] = f"{v.mean():{fmt}} ± {v.std():{fmt}}"
+                row[name] = mean_interval(v).text(fmt)
             if col == "detectability":
-                paired = (g.set_index("seed")[col] - unguided[col]).dropna() if scale not in ("real", "0") else pd.Series(dtype=float)
-                row["Δ detectability"] = "" if paired.empty else (
-                    f"{paired.mean():+.3f}" + (f" ± {paired.std():.3f}" if len(paired) > 1 else ""))
+                row["Δ detectability"], row["p (Δ)"] = _guided_change(g, unguided) if scale not in ("real", "0") else ("", "")
         out.append(row)
     frame = pd.DataFrame(out)
     return frame.loc[:, [c for c in frame.columns if (frame[c] != "").any() or c in ("sampling", "seeds")]]
+
+
+def _guided_change(g: pd.DataFrame, unguided: pd.DataFrame) -> tuple[str, str]:
+    """Detectability at a scale minus unguided, paired by seed: the difference's text and its p-value."""
+    cols = ["detectability", "detectability_ci_low", "detectability_ci_high"]
+    pairs = g.set_index("seed")[cols].join(unguided[cols], rsuffix="_0", how="inner").dropna()
+    if pairs.empty:
+        return "", ""
+    if len(pairs) > 1:
+        d = paired_difference(pairs["detectability"], pairs["detectability_0"])
+    else:
+        d = mover_difference(*pairs.iloc[0][cols].tolist(), *pairs.iloc[0][[f"{c}_0" for c in cols]].tolist())
+    return d.text(".3f", signed=True), _p(d.p)
 
 
 def format_guide_table(table: pd.DataFrame) -> str:
@@ -310,4 +365,5 @@ def format_guide_table(table: pd.DataFrame) -> str:
     return guide_summary(table).to_string(index=False) + (
         "\n(detectability: a fresh detector trained after sampling on real vs these samples, held-out accuracy; "
         "guiding clf's verdict: the classifier that steered sampling, on the same held-out images. "
-        "Δ detectability: paired with the unguided samples of the same seed. One seed: 95% interval; several: mean ± sd)")
+        "Δ detectability: paired with the unguided samples of the same seed, p (Δ): paired t-test over seeds. "
+        "One seed: 95% intervals (Δ: MOVER); several: mean over seeds [95% t interval])")

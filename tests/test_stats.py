@@ -155,3 +155,29 @@ def test_mix_summary_pairs_arms_by_seed_against_real_only_and_between_modes():
     between = mode_differences(table).set_index("ratio")
     assert between.loc[1.0, "Δ augment - replace"] == "+0.050 [+0.050, +0.050]"
     assert pd.isna(pd.to_numeric(summary.loc[("augment", 0.0), "Δ vs real-only"], errors="coerce"))  # no difference to itself
+
+
+def test_mover_interval_of_a_difference_and_loop_types_compared_by_seed():
+    import pandas as pd
+
+    from synthdata.metrics.stats import mover_difference
+    from synthdata.results import loop_differences
+
+    # MOVER from two symmetric intervals of half-widths 0.03 and 0.04: the difference's half-width is 0.05.
+    d = mover_difference(0.9, 0.87, 0.93, 0.6, 0.56, 0.64)
+    assert d.value == pytest.approx(0.3) and (d.low, d.high) == (pytest.approx(0.25), pytest.approx(0.35))
+
+    def rows(seeds: list[int]) -> list[dict]:
+        out = []
+        for seed in seeds:
+            for loop_type, acc in (("augment", 0.95 + 0.01 * seed), ("replace", 0.80 + 0.01 * seed + 0.001 * seed)):
+                out.append({"arm": f"{loop_type}/seed{seed}", "group": loop_type, "loop_type": loop_type, "seed": seed,
+                            "generation": 3, "downstream_accuracy": acc, "downstream_accuracy_ci_low": acc - 0.02,
+                            "downstream_accuracy_ci_high": acc + 0.02})
+        return out
+
+    one = loop_differences(pd.DataFrame(rows([0]))).iloc[0]
+    assert one["difference"] == "replace - augment" and one["seeds"] == 1 and one["p"] == ""
+    assert one["Δ (95% CI)"] == f"{-0.15:+.3f} [{-0.15 - 0.02 * 2**0.5:+.3f}, {-0.15 + 0.02 * 2**0.5:+.3f}]"
+    several = loop_differences(pd.DataFrame(rows([0, 1, 2]))).iloc[0]
+    assert several["seeds"] == 3 and float(several["p"]) < 0.001  # -0.15, -0.149, -0.148: tiny spread, clear test

@@ -101,7 +101,7 @@ def test_sweep_arms_and_figures_are_logged(local_ray, tracking_uri, tmp_path):
     # The report rebuilds tables and figures from MLflow alone, and Chromium renders every figure on its page.
     page = build_report(tracking_uri, tmp_path / "report", experiment="tiny")
     text = page.read_text()
-    assert "fresh/temperature=0.8/seed1" in text and "Summary (mean ± sd over seeds)" in text
+    assert "fresh/temperature=0.8/seed1" in text and "Summary (mean over seeds [95% t interval])" in text
     assert not re.search(r"""(src|href)=["']?https?:""", text)  # self-contained: nothing fetched from elsewhere
     pngs = {p.name for p in (tmp_path / "report").glob("*.png")}
     assert {"detectability.png", "fd.png", "coverage.png"} <= pngs

@@ -8,7 +8,8 @@
   the seeds, since they share real data).
 - Paired designs (two arms of one seed share real data and test set): the paired
   difference over seeds with its t interval and test (`paired_difference`), and per seed
-  McNemar's exact test on the two classifiers' decisions on the shared test set (`mcnemar_p`).
+  McNemar's exact test on the two classifiers' decisions on the shared test set (`mcnemar_p`);
+  with one seed, a difference's interval from the two estimates' own (`mover_difference`).
 - Many cells in one study: Benjamini-Hochberg q-values (`q_values`).
 """
 from __future__ import annotations
@@ -141,6 +142,16 @@ def paired_difference(a: np.ndarray | list[float], b: np.ndarray | list[float], 
     if np.ptp(d) <= 1e-12 * max(1.0, abs(est.value)):  # no spread: the t statistic is undefined
         return Interval(est.value, est.value, est.value, est.n, 0.0 if est.value != 0 else 1.0)
     return Interval(est.value, est.low, est.high, est.n, float(stats.ttest_1samp(d, 0.0).pvalue))
+
+
+def mover_difference(a: float, a_low: float, a_high: float, b: float, b_low: float, b_high: float) -> Interval:
+    """a - b with a 95% interval built from each estimate's own 95% interval (MOVER; Newcombe 1998, Zou & Donner 2008).
+
+    For one seed, where there is no spread over seeds to use. It treats a and b as
+    independent, which is conservative when they share test images (positively correlated).
+    """
+    d = a - b
+    return Interval(d, d - math.hypot(a - a_low, b_high - b), d + math.hypot(a_high - a, b - b_low), 1)
 
 
 def mcnemar_p(correct_a: np.ndarray, correct_b: np.ndarray) -> float:

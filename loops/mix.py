@@ -21,10 +21,10 @@ import pandas as pd
 from loops.study import Prepared, Study
 from synthdata.data import ImageSet, Splits
 from synthdata.errors import DataError
-from synthdata.figures import mix_figure, sample_grid
+from synthdata.figures import mix_difference_figure, mix_figure, sample_grid
 from synthdata.generators import check_generator
 from synthdata.mixing import load_pool, make_pool, mix_training_set, real_subset, synthetic_count
-from synthdata.results import MIX_METRIC, mix_table
+from synthdata.results import MIX_METRIC, differences_to_real_only, mix_table
 from synthdata.results import format_mix_table as format_table  # noqa: F401  this runner's text form
 from synthdata.runs import download_sample_set, mix_decisions, mix_rows, study_to_resume
 from synthdata.seeds import Purpose, stream_seed
@@ -292,5 +292,9 @@ def table(study: Study) -> pd.DataFrame:
 
 
 def figures(study: Study, table: pd.DataFrame) -> list[Path]:
-    name = study.spec.name
-    return [mix_figure(table, study.out_dir / "figures" / f"{MIX_METRIC}_vs_ratio.png", f"{name}: augment vs replace")]
+    name, out = study.spec.name, study.out_dir / "figures"
+    paths = [mix_figure(table, out / f"{MIX_METRIC}_vs_ratio.png", f"{name}: augment vs replace")]
+    differences = differences_to_real_only(table)
+    if not differences.empty:
+        paths.append(mix_difference_figure(differences, out / f"{MIX_METRIC}_vs_real_only.png", f"{name}: against real-only"))
+    return paths

@@ -105,6 +105,22 @@ def mix_figure(table: pd.DataFrame, path: Path, title: str, metric: str = "downs
     return _save(fig, path)
 
 
+def mix_difference_figure(differences: pd.DataFrame, path: Path, title: str) -> Path:
+    """Each mode's accuracy minus real-only against r (`synthdata.results.differences_to_real_only`), paired by seed,
+    with its 95% t interval: above the dashed zero, the synthetic images helped."""
+    plt, sns = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.0, 4.2))
+    for (mode, g), color in zip(differences.groupby("mode", sort=True), sns.color_palette()):
+        err = [(g["difference"] - g["low"]).fillna(0), (g["high"] - g["difference"]).fillna(0)]
+        ax.errorbar(g["ratio"], g["difference"], yerr=err, marker="o", capsize=4, color=color, label=mode)
+    ax.axhline(0.0, color="grey", linestyle="--", linewidth=1)
+    ax.set_xlabel("r  (augment: synthetic images added per real one; replace: share of real swapped)", fontsize=9)
+    ax.set_ylabel("accuracy minus real-only (paired by seed)\nmean, 95% t interval", fontsize=9)
+    ax.legend(frameon=False)
+    ax.set_title(title, fontsize=11)
+    return _save(fig, path)
+
+
 def confusion_figure(counts, classes: list[str], path: Path, title: str = "") -> Path:
     """A multi-way detector's confusion matrix: rows the true source, each row normalised, counts in the cells."""
     import numpy as np

@@ -20,7 +20,7 @@ from typing import Any
 import pandas as pd
 
 from synthdata.errors import UserError
-from synthdata.figures import confusion_figure, detect_figures, guide_figures, metric_figures, mix_figure
+from synthdata.figures import confusion_figure, detect_figures, guide_figures, metric_figures, mix_difference_figure, mix_figure
 from synthdata.results import (
     DETECT_NOTE,
     DONE_METRIC,
@@ -29,6 +29,7 @@ from synthdata.results import (
     MIX_NOTE,
     detect_summary,
     detect_table,
+    differences_to_real_only,
     guide_summary,
     guide_table,
     loop_differences,
@@ -146,6 +147,10 @@ def _mix_part(report: Report, uri: str, parent: Any, children: list[Any], out_di
     report.notes.append(MIX_NOTE)
     path = mix_figure(table, out_dir / f"{MIX_METRIC}_vs_ratio.png", f"{report.title}: augment vs replace")
     report.figures.append(("downstream accuracy against the synthetic ratio", path))
+    differences = differences_to_real_only(table)
+    if not differences.empty:
+        path = mix_difference_figure(differences, out_dir / f"{MIX_METRIC}_vs_real_only.png", f"{report.title}: against real-only")
+        report.figures.append(("accuracy minus real-only, paired by seed", path))
     report.samples = _artifact_images(uri, parent.info.run_id, "pools", out_dir, "synthetic pool")
 
 

@@ -189,6 +189,19 @@ def mix_summary(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def differences_to_real_only(table: pd.DataFrame) -> pd.DataFrame:
+    """Per mode and ratio r > 0: accuracy minus real-only (r = 0) paired by seed, as numbers (for the figure)."""
+    done = table[table[MIX_METRIC].notna()]
+    base = done[done["ratio"] == 0].drop_duplicates("seed").set_index("seed")[MIX_METRIC]
+    rows = []
+    for (mode, ratio), g in done[done["ratio"] > 0].groupby(["mode", "ratio"], sort=True):
+        pairs = g.set_index("seed")[MIX_METRIC].to_frame().join(base, rsuffix="_0", how="inner")
+        if not pairs.empty:
+            d = paired_difference(pairs[MIX_METRIC], pairs[f"{MIX_METRIC}_0"])
+            rows.append({"mode": mode, "ratio": ratio, "difference": d.value, "low": d.low, "high": d.high, "seeds": d.n})
+    return pd.DataFrame(rows)
+
+
 def mode_differences(table: pd.DataFrame) -> pd.DataFrame:
     """augment - replace at every ratio both modes ran (r > 0): the paired difference over seeds and McNemar's p."""
     done = table[table[MIX_METRIC].notna() & (table["ratio"] > 0)]

@@ -113,11 +113,12 @@ def test_tiny_sweep_through_ray_tune_logs_every_arm(local_ray, tracking_uri, tmp
     assert {"results.txt", "results.csv", "figures", "pools"} <= artifacts
     assert {a.path for a in c.list_artifacts(result.parent_run_id, "pools")} >= {"pools/seed0.safetensors"}
     assert (tmp_path / "runs" / "mix" / "figures" / "downstream_accuracy_vs_ratio.png").stat().st_size > 10_000
+    assert (tmp_path / "runs" / "mix" / "figures" / "downstream_accuracy_vs_real_only.png").stat().st_size > 10_000
 
     # The report of a mix: the summary per mode and ratio, the accuracy figure and the pool's grid, from MLflow.
     page = build_report(tracking_uri, tmp_path / "report", experiment="mix")
     text = page.read_text()
-    assert text.count("data:image/png;base64,") == 2 and "replace/r=1/seed0" in text
+    assert text.count("data:image/png;base64,") == 3 and "replace/r=1/seed0" in text
     assert (tmp_path / "report" / "downstream_accuracy_vs_ratio.png").stat().st_size > 10_000
 
 

@@ -8,11 +8,13 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: install demo test bench browser clean-runs
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml examples/synthdata-vae/pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch comes from the package registry (plain `pip install torch torchvision`).
 	$(BIN)/python -m pip install --quiet -e '.[test]'
+	# The example generator plug-in (a VAE), installed as a user's own package would be: it registers `vae`.
+	$(BIN)/python -m pip install --quiet -e examples/synthdata-vae
 	@touch $(STAMP)
 
 install: $(STAMP)

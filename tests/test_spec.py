@@ -39,7 +39,7 @@ def test_shipped_studies_validate(path, tmp_path, monkeypatch):
         ({"name": "s", "loop": {"generations": 0}}, "loop.generations", "greater than or equal to 1"),
         ({"name": "s", "loop": {"types": ["replace", "shuffle"]}}, "loop.types.1", "replace"),
         ({"name": "s", "loop": {"seeds": [1, 1]}}, "loop.seeds", "unique"),
-        ({"name": "s", "generator": {"name": "gan"}}, "generator", "unknown name 'gan'"),
+        ({"name": "s", "generator": {"name": "gan"}}, "generator", "unknown generator 'gan'"),
         ({"name": "s", "generator": {"name": "diffusion", "lr": 5}}, "generator.lr", "less than 1"),
         ({"name": "s", "generator": {"name": "gaussian", "lr": 0.1}}, "generator.lr", "unknown key"),
         ({"name": "s", "data": {"source": "folder"}}, "data.root", "required for source 'folder'"),

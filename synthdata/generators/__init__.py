@@ -1,8 +1,9 @@
 """Generators, picked by name: `create_generator(spec, shape, num_classes)`.
 
-Every generator is class-conditional and has the same two methods:
-`fit(data, seed=..., progress=...)` trains it from scratch on an ImageSet, and
-`sample(labels, seed=...)` returns images in [-1, 1] for the given class labels.
+The built-ins and plug-ins resolve through one registry (`synthdata.plugins`). Every
+generator follows the `Generator` protocol below: `fit(data, seed=..., progress=...)`
+trains it from scratch on an ImageSet, `sample(labels, seed=...)` returns images in
+[-1, 1] for the given class labels, and its state goes to and from tensors.
 """
 from __future__ import annotations
 
@@ -17,6 +18,14 @@ ProgressFn = Callable[[float], None]  # called with the fraction done (0..1); lo
 
 
 class Generator(Protocol):
+    """What every generator offers; a plug-in is built as `Class(shape=(C, H, W), num_classes=K, device=..., **params)`.
+
+    Images are float tensors (N, C, H, W) in [-1, 1]; labels are class indices. `fit` must
+    draw all its randomness from `seed` (a replicate replicates it), and may call
+    `progress(fraction)` now and then. A generator that ignores labels is unconditional:
+    it still receives them, and downstream accuracy then measures nothing useful.
+    """
+
     def fit(self, data: ImageSet, *, seed: int, progress: ProgressFn | None = None) -> dict[str, float]:
         """Train from scratch; return summary figures (final loss, ...)."""
 
@@ -34,17 +43,18 @@ class Generator(Protocol):
 
 
 def create_generator(spec: GeneratorSpec, shape: tuple[int, int, int], num_classes: int, device: str = "cpu") -> Generator:
-    """Build the generator named by `spec.name` for images of `shape` with `num_classes` classes."""
-    import importlib
+    """Build the generator named by `spec.name` for images of `shape` with `num_classes` classes.
 
-    # Imported on demand: diffusers takes seconds to import, and toy arms never need it.
-    registry = {
-        "diffusion": ("synthdata.generators.diffusion", "DiffusionGenerator"),
-        "gaussian": ("synthdata.generators.gaussian", "GaussianGenerator"),
-        "gmm": ("synthdata.generators.gaussian", "GMMGenerator"),
-    }
-    module, name = registry[spec.name]
-    return getattr(importlib.import_module(module), name)(spec, shape, num_classes, device)
+    Built-ins take their typed section; a plug-in (`PluginSpec`) its `params` as keywords.
+    Modules are imported on demand: diffusers takes seconds to import, and toy arms never need it.
+    """
+    from synthdata.plugins import resolve
+    from synthdata.spec import PluginSpec
+
+    if isinstance(spec, PluginSpec):
+        cls = spec._factory or resolve("generator", spec.name, "generator.name")
+        return cls(shape=tuple(shape), num_classes=num_classes, device=device, **spec.params)
+    return resolve("generator", spec.name, "generator.name")(spec, shape, num_classes, device)
 
 
 def draw_samples(generator: Generator, n: int, real: ImageSet, *, label_seed: int, sample_seed: int,

@@ -63,7 +63,7 @@ def auc_with_ci(scores_positive: np.ndarray, scores_negative: np.ndarray, confid
     auc = float(v10.mean())
     se = math.sqrt((v10.var(ddof=1) / m if m > 1 else 0.0) + (v01.var(ddof=1) / n if n > 1 else 0.0))
     z = stats.norm.ppf(0.5 + confidence / 2)
-    return auc, max(0.0, auc - z * se), min(1.0, auc + z * se)
+    return auc, float(max(0.0, auc - z * se)), float(min(1.0, auc + z * se))
 
 
 def rank_test_p(scores_positive: np.ndarray, scores_negative: np.ndarray) -> float:

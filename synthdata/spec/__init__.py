@@ -50,6 +50,7 @@ from synthdata.spec.generators import (
     GeneratorSpec,
     GMMSpec,
     GuidanceSpec,
+    PluginSpec,
 )
 from synthdata.spec.guide import GuideSpec, GuideStudy
 from synthdata.spec.loop import SWEEPABLE, LoopSpec, LoopStudy, LoopType, with_value
@@ -64,7 +65,7 @@ StudySpec = Union[LoopStudy, MixStudy, DetectStudy, GuideStudy]
 __all__ = [
     "AugmentSpec", "BandSpec", "CheckpointSource", "ClassifierSpec", "FolderSource", "GeneratorSource", "PipelineSource",
     "SamplesSource", "DataSpec", "DetectSpec", "DetectStudy", "DiffusionSpec", "ExistingDir",
-    "ExistingFile", "FeatureSpec", "GENERATOR_NAMES", "GMMSpec", "GaussianSpec", "GeneratorSpec", "GeneratorStudy",
+    "ExistingFile", "FeatureSpec", "GENERATOR_NAMES", "GMMSpec", "GaussianSpec", "GeneratorSpec", "GeneratorStudy", "PluginSpec",
     "GuidanceSpec", "GuideSpec", "GuideStudy", "KINDS", "LoopSpec", "LoopStudy", "LoopType", "METRICS", "MeasuredStudy",
     "Metric", "MixMode", "MixSpec", "MixStudy", "ResourcesSpec", "SOURCE_TYPES", "STUDY_KINDS", "SWEEPABLE", "SearchSpec",
     "SourceSpec", "SplitSpec", "Strict", "StudyBase", "StudySpec", "ToyDataSpec", "TrackingSpec", "flat_params",
@@ -77,7 +78,7 @@ def _field_path(loc: tuple[Any, ...]) -> str:
     # So is a source's type tag ("detect.sources.NAME.samples.path").
     parts = []
     for i, p in enumerate(loc):
-        after_generator = i >= 1 and loc[i - 1] == "generator" and p in GENERATOR_NAMES
+        after_generator = i >= 1 and loc[i - 1] == "generator" and (p in GENERATOR_NAMES or p == "plugin")
         after_source = i >= 2 and loc[i - 2] == "sources" and p in SOURCE_TYPES
         if not (after_generator or after_source):
             parts.append(str(p))

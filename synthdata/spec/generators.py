@@ -1,9 +1,10 @@
 """Generator sections: the built-in generators by name, and detector guidance of their sampling."""
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union, get_args
+import inspect
+from typing import Annotated, Any, Literal, Union, get_args
 
-from pydantic import Field, model_validator
+from pydantic import Discriminator, Field, PrivateAttr, Tag, model_validator
 
 from synthdata.spec.base import Strict
 
@@ -58,10 +59,64 @@ class GMMSpec(Strict):
     temperature: float = Field(1.0, gt=0, le=10, description="Sampling bias: component covariances scaled by this.")
 
 
-GENERATOR_SPECS = (DiffusionSpec, GaussianSpec, GMMSpec)
-GENERATOR_NAMES: tuple[str, ...] = tuple(get_args(s.model_fields["name"].annotation)[0] for s in GENERATOR_SPECS)
+class PluginSpec(Strict):
+    """A generator from a plug-in: a name an installed package registers (entry point group
+    `synthdata.generators`) or an import path `package.module:Class`, built as
+    `Class(shape=(C, H, W), num_classes=K, device=..., **params)`."""
+
+    name: str = Field(..., min_length=1, description="A registered generator name or an import path package.module:Class.")
+    params: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of the plug-in's constructor.")
+    _factory: Any = PrivateAttr(None)  # a class given as an object (the Python API), pickled with the spec to workers
+
+    @classmethod
+    def of(cls, factory: Any, params: dict[str, Any]) -> "PluginSpec":
+        """The section for a generator class given as an object (a notebook's own class, say) rather than by name."""
+        from synthdata.errors import SpecError
+        from synthdata.plugins import check_generator_class
+
+        name = f"{getattr(factory, '__module__', '?')}:{getattr(factory, '__qualname__', type(factory).__name__)}"
+        try:
+            check_generator_class(factory, "generator")
+        except SpecError as err:
+            raise TypeError(str(err)) from None
+        spec = cls.model_construct(name=name, params=dict(params))
+        spec._factory = factory
+        return spec
+
+    @model_validator(mode="after")
+    def _is_a_generator(self) -> "PluginSpec":
+        from synthdata.errors import SpecError
+        from synthdata.plugins import check_generator_class, resolve
+
+        try:
+            cls = resolve("generator", self.name, "name")
+            check_generator_class(cls, "name")
+        except SpecError as err:  # as a ValueError, so that the message names where in the file this section is
+            raise ValueError(str(err).removeprefix("name: ")) from None
+        try:  # the params must fit the constructor: a typo fails here, not on a worker minutes later
+            inspect.signature(cls).bind(shape=(1, 1, 1), num_classes=1, device="cpu", **self.params)
+        except TypeError as err:
+            raise ValueError(f"params: {err} ({self.name})") from None
+        except ValueError:  # no signature to check (a C extension's class)
+            pass
+        return self
+
+
+BUILTIN_SPECS = (DiffusionSpec, GaussianSpec, GMMSpec)
+GENERATOR_NAMES: tuple[str, ...] = tuple(get_args(s.model_fields["name"].annotation)[0] for s in BUILTIN_SPECS)
 GUIDABLE = ("diffusion",)  # generators whose sampling detector guidance can steer
-GeneratorSpec = Annotated[Union[DiffusionSpec, GaussianSpec, GMMSpec], Field(discriminator="name")]
+
+
+def _generator_tag(v: Any) -> str:
+    """A built-in's own section by its name; any other name is a plug-in's."""
+    name = v.get("name", "diffusion") if isinstance(v, dict) else getattr(v, "name", None)
+    return name if name in GENERATOR_NAMES else "plugin"
+
+
+GeneratorSpec = Annotated[
+    Union[tuple(Annotated[s, Tag(n)] for s, n in zip(BUILTIN_SPECS, GENERATOR_NAMES)) + (Annotated[PluginSpec, Tag("plugin")],)],
+    Discriminator(_generator_tag),
+]
 
 
 def not_guidable(name: str) -> str:

@@ -77,12 +77,14 @@ def loop_display(table: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def loop_differences(table: pd.DataFrame, metrics: tuple[str, ...] = ("detectability", "downstream_accuracy")) -> pd.DataFrame:
+def loop_differences(table: pd.DataFrame,
+                     metrics: tuple[str, ...] = ("detectability", "downstream_accuracy", "fd", "fid", "w2_to_truth")) -> pd.DataFrame:
     """Each loop type against a reference (augment when the study has it) at the last generation, paired by seed.
 
     Arms of one seed and swept values share the real data and generations 0-1. Several
     seeds: the mean paired difference [95% t interval] and the paired t-test; one seed: the
-    difference with a MOVER interval from the two arms' own 95% intervals (no test).
+    difference with a MOVER interval from the two arms' own 95% intervals where the metric
+    has one (accuracies), else the difference alone (no test).
     """
     last = int(table["generation"].max())
     at = table[table["generation"] == last].copy()
@@ -94,18 +96,20 @@ def loop_differences(table: pd.DataFrame, metrics: tuple[str, ...] = ("detectabi
         base = g[g["loop_type"] == ref].set_index("seed")
         for loop_type in (t for t in types if t != ref):
             other = g[g["loop_type"] == loop_type].set_index("seed")
-            for metric in (m for m in metrics if m in g):
-                cols = [metric, f"{metric}_ci_low", f"{metric}_ci_high"]
+            for metric in (m for m in metrics if m in g and g[m].notna().any()):
+                cols = [metric, *(c for c in (f"{metric}_ci_low", f"{metric}_ci_high") if c in g)]
                 pairs = other[cols].join(base[cols], rsuffix="_ref", how="inner").dropna()
                 if pairs.empty:
                     continue
                 if len(pairs) > 1:
                     d = paired_difference(pairs[metric], pairs[f"{metric}_ref"])
-                else:
+                elif len(cols) == 3:
                     d = mover_difference(*pairs.iloc[0][cols].tolist(), *pairs.iloc[0][[f"{c}_ref" for c in cols]].tolist())
+                else:
+                    d = Interval(float(pairs[metric].iloc[0] - pairs[f"{metric}_ref"].iloc[0]), float("nan"), float("nan"), 1)
                 rows.append({"gen": last, "difference": f"{loop_type} - {ref}" + (f" ({swept})" if swept else ""),
-                             "metric": METRIC[metric].header, "seeds": len(pairs), "Δ (95% CI)": d.text(".3f", signed=True),
-                             "p": _p(d.p)})
+                             "metric": METRIC[metric].header, "seeds": len(pairs),
+                             "Δ (95% CI)": d.text(METRIC[metric].fmt, signed=True), "p": _p(d.p)})
     return pd.DataFrame(rows)
 
 

@@ -22,7 +22,7 @@ import torch
 from synthdata.autophagy import StudyContext, build_training_set, grid_subset, measure_samples
 from synthdata.data import ImageSet, Splits
 from synthdata.fitting import fit_generator
-from synthdata.generators import checkpoint_files, draw_samples
+from synthdata.generators import checkpoint_files, draw_samples, pretrained_state
 from synthdata.metrics.toy import toy_metrics
 from synthdata.seeds import Purpose, stream_seed
 from synthdata.spec import LoopStudy, with_value
@@ -82,6 +82,7 @@ class GenerationResult:
     grid: tuple[torch.Tensor, torch.Tensor] | None = None  # a few (images, labels) for the sample grid
     samples: ImageSet | None = None  # S_t, what later generations train on (the checkpoint)
     checkpoint: dict[str, bytes] | None = None  # the generator's files (synthdata.generators.checkpoint_files)
+    state: dict[str, torch.Tensor] | None = None  # G_t's weights, where the next generation starts from them (loop.init: previous)
 
 
 @dataclass
@@ -90,6 +91,7 @@ class ResumeState:
 
     start_generation: int
     history: list[ImageSet] = field(default_factory=list)  # S_1..S_{start-1} (only the latest unless accumulate)
+    state: dict[str, torch.Tensor] | None = None  # G_{start-1}'s weights (loop.init: previous)
 
 
 def _with_progress(
@@ -155,15 +157,23 @@ def run_arm(
 
     n, n_eval = loop.samples_per_generation, len(splits.heldout)
     guidance = spec.guidance if spec.guidance.scale > 0 else None
+    previous = resume.state if resume else None  # G_{t-1}'s weights, kept when generations warm-start
     for t in range(first, loop.generations + 1):
         train_set = build_training_set(
             arm.loop_type, splits, history, real_fraction=loop.real_fraction,
             generator=torch.Generator().manual_seed(seed_of(t, Purpose.FRESH)), fixed_order=fixed_order,
         )
+        if t == 1:  # from the pretrained weights, if any; generation 1 always trains on the real data
+            init = pretrained_state(loop.pretrained, spec.generator, real.shape, real.num_classes) if loop.pretrained else None
+            steps = loop.pretrained_steps if loop.pretrained else None
+        else:
+            init, steps = (previous if loop.init == "previous" else None), None
         generator, info = yield from _with_progress(
             lambda report: fit_generator(spec.generator, train_set, seed=arm.seed, generation=t, device=device,
-                                         guidance=guidance, real=real, progress=report),
+                                         guidance=guidance, real=real, progress=report, init=init, train_steps=steps),
             arm.name, t)
+        if loop.init == "previous":
+            previous = {k: v.detach().cpu() for k, v in generator.state_dict().items()}
         metrics: dict[str, float] = {"train_set_size": float(len(train_set)), **info}
         slow = metrics["time_fit_s"] > 1.0  # worth telling the driver about stages only when generations are slow
         if slow:
@@ -185,5 +195,6 @@ def run_arm(
         metrics["time_metrics_s"] = time.perf_counter() - start
 
         files = checkpoint_files(generator) if spec.tracking.checkpoints else None
-        yield GenerationResult(arm.name, t, metrics, grid_subset(samples.images, samples.labels), samples, files)
+        yield GenerationResult(arm.name, t, metrics, grid_subset(samples.images, samples.labels), samples, files,
+                               previous if loop.init == "previous" else None)
         history = history + [samples] if arm.loop_type == "accumulate" else [samples]

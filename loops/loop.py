@@ -21,12 +21,12 @@ from loops.ray_tools import short_reason, widest_node_cpus
 from loops.stopping import check_stopped
 from loops.study import Prepared, Study
 from synthdata.autophagy import StudyContext, study_context
-from synthdata.data import Splits
+from synthdata.data import ImageSet, Splits
 from synthdata.figures import metric_figures, sample_grid
-from synthdata.generators import check_generator
+from synthdata.generators import check_generator, pretrained_state
 from synthdata.metrics.registry import progress_metrics
 from synthdata.results import format_table, results_table  # noqa: F401  format_table: this runner's text form
-from synthdata.runs import download_samples, loop_rows, study_to_resume
+from synthdata.runs import download_generator_state, download_samples, loop_rows, study_to_resume
 from synthdata.spec import LoopStudy
 
 RESUMABLE = True
@@ -139,7 +139,7 @@ class _Bars:
             bar.close()
 
 
-def _resume_states(spec: LoopStudy, uri: str, arms: list[Arm]) -> Prepared:
+def _resume_states(spec: LoopStudy, uri: str, arms: list[Arm], real: ImageSet) -> Prepared:
     """The run to continue and each arm's ResumeState; UserError when there is nothing that matches."""
     found = study_to_resume(spec, uri)
     states: dict[str, ResumeState | None] = {}
@@ -150,14 +150,21 @@ def _resume_states(spec: LoopStudy, uri: str, arms: list[Arm]) -> Prepared:
             continue
         keep = range(1, done + 1) if arm.loop_type == "accumulate" else range(max(1, done), done + 1)
         history = [download_samples(uri, found.arm_runs[arm.name], g) for g in keep if g >= 1]
-        states[arm.name] = ResumeState(done + 1, history)
+        warm = spec.loop.init == "previous" and done >= 1
+        state = download_generator_state(uri, found.arm_runs[arm.name], done, spec.generator, real.shape,
+                                         real.num_classes) if warm else None
+        states[arm.name] = ResumeState(done + 1, history, state)
     return Prepared(found, states)
 
 
 def prepare(spec: LoopStudy, splits: dict[int, Splits], uri: str, resume: bool) -> Prepared:
-    """Check the generator against the data and, with --resume, find where every arm stopped."""
-    check_generator(spec.generator, splits[spec.loop.seeds[0]].train.shape)
-    return _resume_states(spec, uri, arms_of(spec)) if resume else Prepared(None, {})
+    """Check the generator against the data (and the pretrained weights against the generator) and, with
+    --resume, find where every arm stopped."""
+    real = splits[spec.loop.seeds[0]].train
+    check_generator(spec.generator, real.shape)
+    if spec.loop.pretrained is not None:  # weights that do not fit the generator stop the study here, in one line
+        pretrained_state(spec.loop.pretrained, spec.generator, real.shape, real.num_classes)
+    return _resume_states(spec, uri, arms_of(spec), real) if resume else Prepared(None, {})
 
 
 class _Driver:
@@ -172,6 +179,8 @@ class _Driver:
         found = tracker.resumed
         self.done: dict[str, int] = dict(found.done) if found else {}
         self.kept = {name: list(state.history) for name, state in self.states.items() if state is not None}
+        # The latest weights of each arm whose generations warm-start: a continuation starts from them.
+        self.weights = {name: state.state for name, state in self.states.items() if state is not None and state.state is not None}
         self.retries: dict[str, int] = {}
         self.streams: dict[Any, list[Arm]] = {}  # a running arm task -> the arms its events stand for (several: a shared prefix)
         self.pending: list = []
@@ -216,7 +225,7 @@ class _Driver:
         """A stream ran out: its arms are finished, or a shared prefix hands each arm on to its own stream."""
         for arm in group:
             if len(group) > 1 and 0 <= self.done.get(arm.name, -1) < self.spec.loop.generations:
-                self.launch([arm], ResumeState(self.done[arm.name] + 1, self.kept.get(arm.name, [])))
+                self.launch([arm], ResumeState(self.done[arm.name] + 1, self.kept.get(arm.name, []), self.weights.get(arm.name)))
             else:
                 self.tracker.end_arm(arm.name, "FINISHED")
 
@@ -237,7 +246,7 @@ class _Driver:
             self.tracker.note_retry(arm.name, self.retries[arm.name], f"{type(err).__name__}: {short_reason(err)}")
             print(f"{arm.name}: worker lost ({type(err).__name__}); retry {self.retries[arm.name]} from generation {last + 1}",
                   file=sys.stderr, flush=True)
-            self.launch([arm], ResumeState(last + 1, self.kept.get(arm.name, [])) if last >= 0 else None)
+            self.launch([arm], ResumeState(last + 1, self.kept.get(arm.name, []), self.weights.get(arm.name)) if last >= 0 else None)
 
     def log(self, group: list[Arm], events: list) -> None:
         """Progress to the bars; each finished generation into every arm's run it stands for."""
@@ -252,6 +261,8 @@ class _Driver:
                                             event.checkpoint, keep_checkpoint=self.spec.tracking.checkpoints)
                 self.study.results.append({**arm.row(event.generation), **event.metrics})
                 self.done[arm.name] = event.generation
+                if event.state is not None:
+                    self.weights[arm.name] = event.state
                 if event.samples is not None:  # what a restart of this arm would need
                     history = self.kept.get(arm.name, []) if arm.loop_type == "accumulate" else []
                     self.kept[arm.name] = history + [event.samples]

@@ -18,7 +18,8 @@ StageProgress = Callable[[str, float], None]  # (stage, fraction done)
 
 def fit_generator(spec: GeneratorSpec, train: ImageSet, *, seed: int, generation: int = 0, device: str = "cpu",
                   guidance: GuidanceSpec | None = None, real: ImageSet | None = None,
-                  progress: StageProgress | None = None) -> tuple[Generator, dict[str, float]]:
+                  progress: StageProgress | None = None, init: dict | None = None,
+                  train_steps: int | None = None) -> tuple[Generator, dict[str, float]]:
     """Create and train a generator on `train`; with `guidance`, then train its guiding classifier too.
 
     Its random streams are the (seed, generation)'s: `Purpose.FIT` for the generator, and
@@ -31,12 +32,25 @@ def fit_generator(spec: GeneratorSpec, train: ImageSet, *, seed: int, generation
     generator (a `GuidedGenerator` at `guidance.scale` when guided) and its figures: the fit's
     own (final loss, ...), `time_fit_s`, and when guided the guiding classifier's and
     `time_guidance_s`.
+
+    `init` (a state_dict) warm-starts the fit from those weights (`warm_start` = 1 in the
+    figures); `train_steps` overrides the generator's own steps for this fit (a pretrained
+    start's fine-tune), 0 meaning: take `init` as it is, no training.
     """
+    if train_steps is not None:
+        spec = _with_steps(spec, train_steps)
     generator = create_generator(spec, train.shape, train.num_classes, device)
     start = time.perf_counter()
-    info = {k: float(v) for k, v in generator.fit(train, seed=stream_seed(seed, Purpose.FIT, generation), progress=progress and (
-        lambda f: progress("training generator", f))).items()}
+    if init is not None and train_steps == 0:
+        generator.load_state_dict(init)
+        info: dict[str, float] = {}
+    else:
+        kwargs = {"init": init} if init is not None else {}
+        info = {k: float(v) for k, v in generator.fit(train, seed=stream_seed(seed, Purpose.FIT, generation), progress=progress and (
+            lambda f: progress("training generator", f)), **kwargs).items()}
     info["time_fit_s"] = time.perf_counter() - start
+    if init is not None:
+        info["warm_start"] = 1.0
     if guidance is not None:
         from synthdata.guidance import with_guidance
 
@@ -46,3 +60,18 @@ def fit_generator(spec: GeneratorSpec, train: ImageSet, *, seed: int, generation
                                                      lambda f: progress("training guiding classifier", f)))
         info.update(guidance_info, time_guidance_s=time.perf_counter() - start)
     return generator, info
+
+
+def _with_steps(spec: GeneratorSpec, steps: int) -> GeneratorSpec:
+    """The generator section with `steps` optimizer steps: a built-in's `train_steps`, a plug-in's `params.train_steps`."""
+    from synthdata.spec import PluginSpec
+
+    if steps == 0:
+        return spec  # no fit at all
+    if isinstance(spec, PluginSpec):
+        copy = spec.model_copy(update={"params": {**spec.params, "train_steps": steps}})
+        copy._factory = spec._factory
+        return copy
+    if "train_steps" not in type(spec).model_fields:
+        raise ValueError(f"generator {spec.name!r} has no train_steps to set")
+    return spec.model_copy(update={"train_steps": steps})

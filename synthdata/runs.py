@@ -172,6 +172,23 @@ def download_samples(uri: str, run_id: str, generation: int) -> ImageSet:
     return download_sample_set(uri, run_id, f"{checkpoint_dir(generation)}/samples.safetensors")
 
 
+def download_generator_state(uri: str, run_id: str, generation: int, spec, shape: tuple[int, int, int], num_classes: int) -> dict:
+    """The weights a finished generation kept in its checkpoint (what a warm-started loop resumes from)."""
+    import mlflow.artifacts
+
+    from synthdata.generators import pretrained_state
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=checkpoint_dir(generation), dst_path=tmp,
+                                                             tracking_uri=uri))
+        except Exception:
+            raise UserError(f"--resume: generation {generation} kept no checkpoint, and loop.init: previous starts the next "
+                            "generation from it (tracking.checkpoints: true)") from None
+        path = local / "generator" if (local / "generator").is_dir() else local / "generator.safetensors"
+        return pretrained_state(path, spec, shape, num_classes)
+
+
 def download_sample_set(uri: str, run_id: str, artifact_path: str) -> ImageSet:
     """A sample set a run kept as an artifact (a generation's samples, a mix seed's pool)."""
     import mlflow.artifacts

@@ -90,6 +90,7 @@ SPEC_CASES: list[tuple[str, object, str]] = [
      "generator: module 'synthdata_vae' has no attribute 'TinyGAN'"),
     ("plugin-not-a-generator", tiny_study(generator={"name": "collections:OrderedDict"}),
      "generator: 'OrderedDict' is not a generator: it has no fit, sample, state_dict, load_state_dict"),
+    ("init-previous-toy", tiny_study(loop={"init": "previous"}), "loop.init: generator 'gaussian' cannot start from given weights"),
     ("plugin-unknown-param-key", tiny_study(generator={"name": "vae", "parms": {}}), "generator.parms: unknown key"),
     ("plugin-wrong-param", tiny_study(generator={"name": "vae", "params": {"latnt": 8}}),
      "generator.params: got an unexpected keyword argument 'latnt' (vae)"),

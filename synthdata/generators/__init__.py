@@ -7,6 +7,7 @@ trains it from scratch on an ImageSet, `sample(labels, seed=...)` returns images
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable, Protocol
 
 import torch
@@ -103,3 +104,37 @@ def checkpoint_files(generator: Generator) -> dict[str, bytes]:
     from safetensors.torch import save
 
     return {"generator.safetensors": save(generator.state_dict())}
+
+
+def pretrained_state(path: Path, spec: GeneratorSpec, shape: tuple[int, int, int], num_classes: int) -> dict[str, torch.Tensor]:
+    """The weights a loop's generation 1 starts from (`loop.pretrained`), as the generator's `state_dict`.
+
+    A directory is a generator checkpoint in diffusers' format (as this project saves them:
+    `unet/`, `scheduler/`, `synthdata.json`; or a bare `UNet2DModel.save_pretrained` folder);
+    a file is a .safetensors state of `spec`'s generator. Raises DataError naming the path
+    when the weights do not fit the study's generator.
+    """
+    from synthdata.errors import DataError
+
+    path = Path(path)
+    try:
+        if path.is_dir():
+            from diffusers import UNet2DModel
+            from diffusers.utils import logging as diffusers_logging
+
+            diffusers_logging.set_verbosity_error()  # its notices (accelerate, fallbacks) are not the user's concern
+            unet_dir = path / "unet" if (path / "unet").is_dir() else path
+            weights = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+            if not (unet_dir / "config.json").is_file() or not any((unet_dir / w).is_file() for w in weights):
+                raise DataError(f"{path}: not a diffusers model (no unet/ or config.json with {weights[0]})")
+            state = UNet2DModel.from_pretrained(unet_dir).state_dict()
+        else:
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        create_generator(spec, shape, num_classes).load_state_dict(state)  # they must fit the study's generator
+    except DataError:
+        raise
+    except Exception as err:
+        raise DataError(f"{path}: not weights of this study's generator ({type(err).__name__}: {str(err)[:200]})") from None
+    return {k: v.detach().cpu() for k, v in state.items()}

@@ -78,12 +78,16 @@ class DiffusionGenerator:
             num_train_timesteps=spec.train_timesteps, beta_schedule=spec.beta_schedule, clip_sample=True
         )
 
-    def fit(self, data: ImageSet, *, seed: int, progress: ProgressFn | None = None) -> dict[str, float]:
-        """Train the UNet from scratch on `data` (noise prediction, MSE), keeping an EMA of the weights."""
+    def fit(self, data: ImageSet, *, seed: int, progress: ProgressFn | None = None,
+            init: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
+        """Train the UNet on `data` (noise prediction, MSE), keeping an EMA of the weights: from scratch, or from
+        `init` (a state_dict: the previous generation's, or pretrained weights) with a fresh optimizer and schedule."""
         spec, model, device = self.spec, self.model, self.device
         g = torch.Generator().manual_seed(seed)
         torch.manual_seed(seed)  # UNet init
         self.model = model = build_unet(spec, self.shape, self.num_classes).to(device)
+        if init is not None:
+            model.load_state_dict(init)
         images, labels = data.images.to(device), data.labels.to(device)
         n = len(data)
         opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=0.0)

@@ -105,6 +105,21 @@ class PluginSpec(Strict):
 BUILTIN_SPECS = (DiffusionSpec, GaussianSpec, GMMSpec)
 GENERATOR_NAMES: tuple[str, ...] = tuple(get_args(s.model_fields["name"].annotation)[0] for s in BUILTIN_SPECS)
 GUIDABLE = ("diffusion",)  # generators whose sampling detector guidance can steer
+WARM_STARTABLE = ("diffusion",)  # built-ins whose fit can start from given weights (fit(..., init=state))
+
+
+def warm_startable(spec: Any) -> bool:
+    """Whether the generator can start from given weights: a built-in in WARM_STARTABLE, or a plug-in whose
+    `fit` takes `init` (checked on the class, without building it)."""
+    if not isinstance(spec, PluginSpec):
+        return spec.name in WARM_STARTABLE
+    from synthdata.plugins import resolve
+
+    cls = spec._factory or resolve("generator", spec.name, "generator.name")
+    try:
+        return "init" in inspect.signature(cls.fit).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def _generator_tag(v: Any) -> str:

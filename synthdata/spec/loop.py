@@ -5,7 +5,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from synthdata.spec.base import Strict, Unique
+from synthdata.spec.base import ExistingPath, Strict, Unique
 from synthdata.spec.study import MeasuredStudy
 
 LoopType = Literal["replace", "augment", "fresh", "accumulate"]
@@ -37,6 +37,24 @@ class LoopSpec(Strict):
         default_factory=dict,
         description="Extra arm dimensions: a dotted spec field and its values, e.g. {generator.temperature: [0.9, 1.0]}.",
     )
+    init: Literal["scratch", "previous"] = Field(
+        "scratch", description="scratch: every generation trains a fresh generator; previous: generation t starts from "
+        "G(t-1)'s weights and fine-tunes on D(t) (Bertrand et al., ICLR 2024). Needs a generator that can warm start.",
+    )
+    pretrained: ExistingPath | None = Field(
+        None, description="Generation 1 starts from these weights and fine-tunes on the real data: a generator checkpoint "
+        "directory (diffusers save_pretrained, as this project writes them) or a .safetensors state of `generator`.",
+    )
+    pretrained_steps: int | None = Field(
+        None, ge=0, description="Optimizer steps of generation 1's fine-tune from `pretrained` (default: the generator's "
+        "own train_steps; 0: sample the pretrained model as it is).",
+    )
+
+    @model_validator(mode="after")
+    def _pretrained_steps(self) -> "LoopSpec":
+        if self.pretrained_steps is not None and self.pretrained is None:
+            raise ValueError("pretrained_steps: applies with loop.pretrained only")
+        return self
 
     @field_validator("sweep")
     @classmethod
@@ -61,6 +79,16 @@ class LoopStudy(MeasuredStudy):
 
     def _guided(self) -> bool:
         return self.guidance.scale > 0 or "guidance.scale" in self.loop.sweep
+
+    @model_validator(mode="after")
+    def _can_warm_start(self) -> "LoopStudy":
+        from synthdata.spec.generators import warm_startable
+
+        for key, why in (("init", self.loop.init == "previous"), ("pretrained", self.loop.pretrained is not None)):
+            if why and not warm_startable(self.generator):
+                raise ValueError(f"loop.{key}: generator {self.generator.name!r} cannot start from given weights "
+                                 "(its fit takes no init=state)")
+        return self
 
     @model_validator(mode="after")
     def _sweep_applies(self) -> "LoopStudy":

@@ -2,7 +2,7 @@
 
 It uses nothing of synthdata but the interface every generator follows: built as
 `ConditionalVAE(shape=(C, H, W), num_classes=K, device=..., **params)`, then
-`fit(data, seed=..., progress=...)` on an image set with `.images` (N, C, H, W) in [-1, 1]
+`fit(data, seed=..., progress=..., init=...)` on an image set with `.images` (N, C, H, W) in [-1, 1]
 and `.labels` (N,), `sample(labels, seed=...)`, and `state_dict` / `load_state_dict`.
 """
 from __future__ import annotations
@@ -49,9 +49,13 @@ class ConditionalVAE:
         dim = self.shape[0] * self.shape[1] * self.shape[2]
         return _Net(dim, self.num_classes, self.hidden, self.latent).to(self.device)
 
-    def fit(self, data, *, seed: int, progress: Callable[[float], None] | None = None) -> dict[str, float]:
-        """Train from scratch on `data` (every random draw from `seed`); return the final loss per image."""
+    def fit(self, data, *, seed: int, progress: Callable[[float], None] | None = None,
+            init: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
+        """Train on `data` (every random draw from `seed`), from scratch or from the weights `init` (a warm start:
+        the previous generation's, or pretrained ones); return the final loss per image."""
         self.net = self._new_net(seed)
+        if init is not None:
+            self.net.load_state_dict(init)
         x = data.images.reshape(len(data.images), -1).to(self.device)
         y = data.labels.to(self.device)
         g = torch.Generator().manual_seed(seed)

@@ -186,7 +186,7 @@ def mix_summary(table: pd.DataFrame) -> pd.DataFrame:
     out = []
     for (mode, ratio), g in done.groupby(["mode", "ratio"], sort=True):
         row = {"mode": mode, "ratio": ratio, "seeds": g["seed"].nunique(), "n_real": int(g["n_real"].iloc[0]),
-               "n_synthetic": int(g["n_synthetic"].iloc[0]), METRIC[MIX_METRIC].header: mean_interval(g[MIX_METRIC]).text()}
+               "n_synthetic": int(g["n_synthetic"].iloc[0]), METRIC[MIX_METRIC].header: mean_interval(g[MIX_METRIC], bounds=(0.0, 1.0)).text()}
         vs = _paired(table, g, baseline) if ratio != 0 and not baseline.empty else {"Δ": "", "p (t)": "", "p (McNemar)": ""}
         row.update({f"{k} vs real-only": v for k, v in vs.items()})
         out.append(row)
@@ -274,7 +274,7 @@ def _cell_value(g: pd.DataFrame, col: str, low: str, high: str, fmt: str = ".3f"
     """One seed: the value with its own interval; several: the mean over seeds with a t interval for that mean."""
     if len(g) == 1:
         return Interval(g[col].iloc[0], g[low].iloc[0], g[high].iloc[0], 1).text(fmt) if low in g else f"{g[col].iloc[0]:{fmt}}"
-    return mean_interval(g[col]).text(fmt)
+    return mean_interval(g[col], bounds=(0.0, 1.0)).text(fmt)  # accuracies and AUCs
 
 
 def detect_summary(table: pd.DataFrame) -> pd.DataFrame:

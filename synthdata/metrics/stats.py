@@ -118,8 +118,9 @@ class Interval:
         return f"{self.value:{sign}{fmt}} [{self.low:{sign}{fmt}}, {self.high:{sign}{fmt}}]"
 
 
-def mean_interval(values: np.ndarray | list[float], confidence: float = 0.95) -> Interval:
-    """The mean over seeds with Student's t interval for that mean (no interval from one seed)."""
+def mean_interval(values: np.ndarray | list[float], confidence: float = 0.95, bounds: tuple[float, float] | None = None) -> Interval:
+    """The mean over seeds with Student's t interval for that mean (no interval from one seed), clipped to
+    `bounds` where the quantity has them (an accuracy or an AUC lies in [0, 1])."""
     v = np.asarray(values, dtype=np.float64)
     v = v[~np.isnan(v)]
     n = len(v)
@@ -129,7 +130,10 @@ def mean_interval(values: np.ndarray | list[float], confidence: float = 0.95) ->
     if n < 2:
         return Interval(mean, float("nan"), float("nan"), n)
     half = float(stats.t.ppf(0.5 + confidence / 2, n - 1) * v.std(ddof=1) / math.sqrt(n))
-    return Interval(mean, mean - half, mean + half, n)
+    low, high = mean - half, mean + half
+    if bounds is not None:
+        low, high = max(bounds[0], low), min(bounds[1], high)
+    return Interval(mean, low, high, n)
 
 
 def paired_difference(a: np.ndarray | list[float], b: np.ndarray | list[float], confidence: float = 0.95) -> Interval:

@@ -12,13 +12,13 @@ import subprocess
 from functools import cache
 from pathlib import Path
 
-import synthdata
+from synthdata.version import __version__
 
 
 @cache
 def _git(*args: str) -> str | None:
     """`git <args>` in the checkout synthdata is imported from; None when it is not one (an installed wheel)."""
-    root = Path(synthdata.__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parent.parent
     try:
         out = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
@@ -28,7 +28,7 @@ def _git(*args: str) -> str | None:
 
 def code_version() -> dict[str, str]:
     """The package version, and the git commit (with `-dirty` when the checkout has uncommitted changes) if there is one."""
-    out = {"synthdata.version": synthdata.__version__}
+    out = {"synthdata.version": __version__}
     commit = _git("rev-parse", "HEAD")
     if commit:
         dirty = bool(_git("status", "--porcelain", "--untracked-files=no"))

@@ -138,7 +138,8 @@ def loop_summary(table: pd.DataFrame, points: int = 5) -> pd.DataFrame:
     grouped = rows.groupby(["group", "generation"])
     out = grouped.size().rename("seeds").reset_index()
     for col in metrics:
-        out[METRIC[col].header] = grouped[col].apply(lambda v, f=METRIC[col].fmt: mean_interval(v).text(f)).values
+        info = METRIC[col]
+        out[info.header] = grouped[col].apply(lambda v, i=info: mean_interval(v, bounds=i.bounds).text(i.fmt)).values
     return out.rename(columns={"generation": "gen"})
 
 
@@ -356,7 +357,7 @@ def guide_summary(table: pd.DataFrame) -> pd.DataFrame:
             elif len(v) == 1:
                 row[name] = f"{v.iloc[0]:{fmt}}"
             else:
-                row[name] = mean_interval(v).text(fmt)
+                row[name] = mean_interval(v, bounds=METRIC[col].bounds).text(fmt)
             if col == "detectability":
                 row["Δ detectability"], row["p (Δ)"] = _guided_change(g, unguided) if scale not in ("real", "0") else ("", "")
         out.append(row)

@@ -19,23 +19,25 @@ class MetricInfo:
     interval: bool = False  # logged with `<name>_ci_low` / `<name>_ci_high` (a 95% interval)
     figure: bool = True  # worth a figure against generation / scale
     progress: bool = False  # shown on a progress line when a generation finishes
+    bounds: tuple[float, float] | None = None  # where the values lie (intervals over seeds are clipped to them)
 
 
+UNIT = (0.0, 1.0)  # accuracies and shares
 METRICS: tuple[MetricInfo, ...] = (
-    MetricInfo("detectability", "detectability (held-out accuracy)", "detectability", ".3f", "lower", interval=True, progress=True),
+    MetricInfo("detectability", "detectability (held-out accuracy)", "detectability", ".3f", "lower", interval=True, progress=True, bounds=UNIT),
     MetricInfo("guiding_detectability", "guiding classifier's verdict (held-out accuracy)", "guiding clf's verdict", ".3f",
-               "lower", figure=False),
+               "lower", figure=False, bounds=UNIT),
     MetricInfo("downstream_accuracy", "downstream accuracy (real test set)", "downstream acc", ".3f", "higher", interval=True,
-               progress=True),
+               progress=True, bounds=UNIT),
     MetricInfo("detectability_jsd_lower_bound", "JSD lower bound (nats)", "JSD bound", ".3f", "lower"),
     MetricInfo("fd", "Fréchet distance (features trained in the study; not FID)", "FD", ".2f", "lower", progress=True),
     MetricInfo("kd", "kernel distance (features trained in the study; not KID)", "KD", ".4f", "lower"),
     MetricInfo("fid", "FID (Inception features)", "FID", ".2f", "lower", progress=True),
     MetricInfo("kid", "KID (Inception features)", "KID", ".4f", "lower"),
-    MetricInfo("precision", "precision", "prec", ".2f", "higher"),
-    MetricInfo("recall", "recall", "rec", ".2f", "higher"),
+    MetricInfo("precision", "precision", "prec", ".2f", "higher", bounds=UNIT),
+    MetricInfo("recall", "recall", "rec", ".2f", "higher", bounds=UNIT),
     MetricInfo("density", "density", "density", ".2f", "higher"),
-    MetricInfo("coverage", "coverage", "cov", ".2f", "higher"),
+    MetricInfo("coverage", "coverage", "cov", ".2f", "higher", bounds=UNIT),
     MetricInfo("diversity", "diversity (per-class spread / real)", "diversity", ".2f", "higher"),
     MetricInfo("fitted_variance", "fitted variance", "fitted var", ".4f", progress=True),
     MetricInfo("fitted_mean_error", "|fitted mean - true mean|", "mean error", ".3f", "lower"),

@@ -141,3 +141,15 @@ def test_the_readme_example_runs(tmp_path, monkeypatch, local_ray):
     namespace: dict = {}
     exec(compile(code, "README.md", "exec"), namespace)
     assert not namespace["result"].failed and len(namespace["result"].table) > 0
+
+
+def test_a_plugin_generator_is_a_detect_source_through_ray(local_ray, tracking_uri, tmp_path):
+    """`type: generator` with the installed `vae`: fitted on Ray per seed, then told apart from real digits."""
+    import synthdata
+
+    study = {"name": "vae_detect", "kind": "detect", "data": {"limit": 300}, "detector": {"epochs": 3, "batch_size": 64},
+             "detect": {"sources": {"vae": {"type": "generator", "generator": VAE}}, "real_vs_real": False},
+             "tracking": {"report_dir": str(tmp_path / "runs")}}
+    result = synthdata.run(study, tracking_uri=tracking_uri, progress=False)
+    row = result.table.set_index("arm").loc["pair/vae/seed0"]
+    assert not result.failed and 0.5 <= row["detectability"] <= 1 and row["n_train_per_class"] > 0

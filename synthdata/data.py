@@ -214,7 +214,62 @@ def _load_real(spec: DataSpec) -> tuple[ImageSet, ImageSet | None]:
     """The real images to split, and the official test split where the source has one (the torchvision sets)."""
     if spec.source in TORCHVISION_SOURCES:
         return _torchvision_sets(spec)
-    return (load_digits_set() if spec.source == "digits" else _load_folder(Path(spec.root), spec.image_size)), None
+    if spec.source == "digits":
+        return load_digits_set(), None
+    if spec.source == "folder":
+        return _load_folder(Path(spec.root), spec.image_size), None
+    return _from_loader(spec), None
+
+
+def _from_loader(spec: DataSpec) -> ImageSet:
+    """The user's own loader (`data.source: package.module:load`, called as `load(**data.params)`), as an ImageSet.
+
+    It may return (images, labels) or a torch Dataset of (image, label) pairs. Images are uint8
+    (N, H, W), (N, H, W, C) or (N, C, H, W) in 0-255, PIL images, or floats (N, C, H, W) in
+    [-1, 1]; labels are class indices 0..K-1.
+    """
+    from synthdata.plugins import resolve
+
+    loader = resolve("data", spec.source, "data.source")
+    try:
+        out = loader(**spec.params)
+    except Exception as err:  # the loader's own failure is the user's to fix: one line, no traceback
+        raise DataError(f"data.source: {spec.source} raised {type(err).__name__}: {str(err)[:300]}") from None
+    return as_image_set(out, f"data.source: {spec.source}")
+
+
+def as_image_set(out: object, what: str) -> ImageSet:
+    """(images, labels), a Dataset of (image, label) pairs, or an ImageSet, checked and brought to [-1, 1]."""
+    if isinstance(out, ImageSet):
+        return out
+    if isinstance(out, (tuple, list)) and len(out) == 2:
+        images, labels = out
+    elif hasattr(out, "__getitem__") and hasattr(out, "__len__") and not isinstance(out, (str, bytes)):
+        pairs = [out[i] for i in range(len(out))]
+        images = [np.array(p[0]) if not isinstance(p[0], torch.Tensor) else p[0] for p in pairs]  # a PIL image's array is read-only
+        images = torch.stack([torch.as_tensor(x) for x in images]) if images else torch.zeros(0)
+        labels = [int(p[1]) for p in pairs]
+    else:
+        raise DataError(f"{what}: returned {type(out).__name__}; a loader returns (images, labels) or a Dataset of (image, label)")
+    x = torch.as_tensor(np.array(images)) if not isinstance(images, torch.Tensor) else images
+    y = torch.as_tensor(np.asarray(labels)).long().flatten()
+    if len(x) != len(y) or len(x) < 2:
+        raise DataError(f"{what}: {len(x)} images and {len(y)} labels (need as many of each, at least 2)")
+    if x.dtype == torch.uint8:
+        x = x.unsqueeze(1) if x.ndim == 3 else (x if x.shape[1] in (1, 3) and x.shape[-1] not in (1, 3) else x.permute(0, 3, 1, 2))
+        x, levels = x.float() / 127.5 - 1, 256
+    elif x.is_floating_point() and x.ndim == 4:
+        lo, hi = float(x.min()), float(x.max())
+        if not (torch.isfinite(x).all() and lo >= -1 - 1e-6 and hi <= 1 + 1e-6):
+            raise DataError(f"{what}: float images must be finite and in [-1, 1] (found [{lo:.3g}, {hi:.3g}]); or give uint8")
+        levels = None
+    else:
+        raise DataError(f"{what}: images must be uint8 (N, H, W[, C]) or float (N, C, H, W), got {x.dtype} {tuple(x.shape)}")
+    if x.ndim != 4 or x.shape[1] not in (1, 3):
+        raise DataError(f"{what}: images must have 1 or 3 channels, got shape {tuple(x.shape)}")
+    if int(y.min()) < 0:
+        raise DataError(f"{what}: labels must be class indices 0..K-1")
+    return ImageSet(x.float().contiguous(), y, int(y.max()) + 1, levels)
 
 
 def _split(spec: DataSpec, pool: ImageSet, official_test: ImageSet | None, seed: int) -> Splits:

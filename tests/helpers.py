@@ -37,3 +37,18 @@ def ray_workers(title: str) -> list:
     import psutil
 
     return [p for p in psutil.process_iter(["cmdline"]) if " ".join(p.info["cmdline"] or []).startswith(title)]
+
+
+def load_blobs(n: int = 240, size: int = 8, classes: int = 3, channels_last: bool = True, seed: int = 0):
+    """A user's own data loader (`data.source: helpers:load_blobs`): class k is a bright square at place k, uint8."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % classes
+    images = rng.integers(0, 60, size=(n, size, size, 3), dtype=np.uint8)
+    for i, k in enumerate(labels):
+        images[i, k : k + 3, k : k + 3, :] = 230
+    return (images if channels_last else images.transpose(0, 3, 1, 2)), labels
+
+
+def failing_loader(**params):
+    """A loader that cannot find its files."""
+    raise FileNotFoundError("no such archive: /data/blobs.tar")

@@ -153,3 +153,61 @@ def test_a_plugin_generator_is_a_detect_source_through_ray(local_ray, tracking_u
     result = synthdata.run(study, tracking_uri=tracking_uri, progress=False)
     row = result.table.set_index("arm").loc["pair/vae/seed0"]
     assert not result.failed and 0.5 <= row["detectability"] <= 1 and row["n_train_per_class"] > 0
+
+
+def test_your_own_data_loader_in_every_layout_and_its_bad_returns():
+    """`data.source: package.module:load` with `params`: uint8 in any layout, a Dataset of PIL images, floats in [-1, 1]."""
+    import numpy as np
+    from PIL import Image
+
+    from synthdata.data import as_image_set, make_splits, study_splits
+    from synthdata.errors import DataError
+    from synthdata.spec import DataSpec
+
+    spec = DataSpec(source="helpers:load_blobs", params={"n": 120})
+    splits = make_splits(spec, seed=0)
+    assert splits.train.shape == (3, 8, 8) and splits.train.num_classes == 3 and splits.train.levels == 256
+    assert len(splits.train) + len(splits.heldout) + len(splits.test) == 120
+    per_seed = study_splits(spec, [0, 1])
+    assert not torch.equal(per_seed[0].train.images, per_seed[1].train.images)  # the split is per seed, as for built-ins
+    import helpers
+
+    hwc, labels = helpers.load_blobs(n=30)
+    chw = as_image_set(helpers.load_blobs(n=30, channels_last=False), "x")
+    assert torch.equal(as_image_set((hwc, labels), "x").images, chw.images)  # (N, H, W, C) and (N, C, H, W) alike
+    pil = [(Image.fromarray(im), int(k)) for im, k in zip(hwc, labels)]
+    assert torch.equal(as_image_set(pil, "x").images, chw.images)  # a Dataset (here a list) of PIL images
+    floats = as_image_set((chw.images, labels), "x")
+    assert floats.levels is None and torch.equal(floats.images, chw.images)
+    grey = as_image_set((hwc[..., 0], labels), "x")
+    assert grey.shape == (1, 8, 8)
+    for bad, message in [((chw.images * 3, labels), "float images must be finite and in [-1, 1]"),
+                         ((hwc, labels[:-1]), "30 images and 29 labels"),
+                         ("images", "returned str"),
+                         ((np.zeros((4, 8, 8, 5), np.uint8), np.arange(4)), "1 or 3 channels")]:
+        with pytest.raises(DataError, match=re.escape(message)):
+            as_image_set(bad, "x")
+    with pytest.raises(DataError, match=re.escape("data.source: helpers:failing_loader raised FileNotFoundError: no such archive")):
+        make_splits(DataSpec(source="helpers:failing_loader"))
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"source": "mnst"}, "data.source: unknown source 'mnst' (choose digits, mnist"),
+    ({"source": "no_such_package.data:load"}, "data.source: cannot import 'no_such_package.data'"),
+    ({"source": "helpers:load_blobz"}, "data.source: module 'helpers' has no attribute 'load_blobz'"),
+    ({"source": "digits", "params": {"n": 3}}, "data.params: only your own loader takes params"),
+])
+def test_a_data_source_that_cannot_load_is_refused_when_the_file_is_validated(data, message):
+    with pytest.raises(SpecError, match=re.escape(message)):
+        parse_spec(tiny_study(data=data))
+
+
+def test_a_study_on_your_own_data_through_ray(local_ray, tracking_uri, tmp_path):
+    import synthdata
+
+    study = tiny_study(name="blobs", data={"source": "helpers:load_blobs", "params": {"n": 300}}, downstream={"epochs": 30},
+                       tracking={"report_dir": str(tmp_path / "runs")},
+                       loop={"types": ["replace"], "generations": 1, "samples_per_generation": 100})
+    result = synthdata.run(study, tracking_uri=tracking_uri, progress=False)
+    assert not result.failed and list(result.table["generation"]) == [0, 1]
+    assert result.table.loc[0, "downstream_accuracy"] > 0.9  # the squares' places are easy to learn from real images

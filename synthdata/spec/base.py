@@ -5,7 +5,7 @@ Unknown keys are refused everywhere, so a typo never silently falls back to a de
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
@@ -87,9 +87,12 @@ TORCHVISION_SOURCES = ("mnist", "fashion_mnist", "cifar10")  # the torchvision d
 class DataSpec(Strict):
     """Where the real images come from."""
 
-    source: DataSource = Field(
-        "digits", description="digits (scikit-learn, embedded), a torchvision data set, an image folder, or a toy Gaussian."
+    source: str = Field(
+        "digits", description="digits (scikit-learn, embedded), a torchvision data set (mnist, fashion_mnist, cifar10), "
+        "folder (an image folder), gaussian (a toy), or your own loader: a name a package registers (entry point group "
+        "synthdata.data) or an import path package.module:load, called as load(**params).",
     )
+    params: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of your own loader (`source`).")
     toy: ToyDataSpec = Field(default_factory=ToyDataSpec, description="The toy distribution (source: gaussian).")
     root: Path | None = Field(
         None, description="Directory of a torchvision data set or of an image folder (one sub-folder per class)."
@@ -106,6 +109,22 @@ class DataSpec(Strict):
 
     @model_validator(mode="after")
     def _root_exists(self) -> "DataSpec":
+        if self.source not in DATA_SOURCES:  # a loader of the user's: it must resolve now, it is called when the study runs
+            from synthdata.errors import SpecError
+            from synthdata.plugins import is_import_path, registered, resolve
+
+            if not is_import_path(self.source) and self.source not in registered("data"):
+                known = ", ".join([*DATA_SOURCES, *registered("data")])
+                raise ValueError(f"source: unknown source {self.source!r} (choose {known}, or your own loader as package.module:load)")
+            try:
+                loader = resolve("data", self.source, "source")
+            except SpecError as err:  # its message starts "source: ", so the file's field reads data.source
+                raise ValueError(str(err)) from None
+            if not callable(loader):
+                raise ValueError(f"source: {self.source!r} is not callable (a loader is called as load(**params))")
+            return self
+        if self.params:
+            raise ValueError(f"params: only your own loader takes params; source {self.source!r} is built in")
         if self.source in ("digits", "gaussian"):
             return self
         if self.root is None:

@@ -61,9 +61,18 @@ class TimmClassifier(nn.Module):
 
 
 def create_classifier(spec: ClassifierSpec, in_channels: int, num_classes: int, image_size: int) -> nn.Module:
-    """Build the classifier named by `spec.name`: `cnn`, or a timm model name (`resnet18`, `convnext_tiny`, ...)."""
+    """Build the classifier named by `spec.name`: `cnn`, a timm model name (`resnet18`, `convnext_tiny`, ...), or your own
+    factory (a registered name or `package.module:factory`, through `synthdata.plugins`)."""
+    from synthdata.plugins import is_import_path, registered, resolve
+
     if spec.name == "cnn":
         return SmallCNN(in_channels, num_classes, image_size, width=spec.width)
+    if is_import_path(spec.name) or spec.name in registered("classifier"):
+        model = resolve("classifier", spec.name, "classifier name")(in_channels=in_channels, num_classes=num_classes,
+                                                                     image_size=image_size, **spec.params)
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"{spec.name} returned {type(model).__name__}, not a torch.nn.Module")
+        return model
     pretrained = spec.pretrained
     return TimmClassifier(spec.name, in_channels, num_classes, image_size, str(pretrained) if pretrained else None)
 

@@ -52,3 +52,10 @@ def load_blobs(n: int = 240, size: int = 8, classes: int = 3, channels_last: boo
 def failing_loader(**params):
     """A loader that cannot find its files."""
     raise FileNotFoundError("no such archive: /data/blobs.tar")
+
+
+def tiny_mlp(in_channels: int, num_classes: int, image_size: int, hidden: int = 64):
+    """A user's own classifier factory (`detector: {name: helpers:tiny_mlp, params: {hidden: 32}}`)."""
+    import torch.nn as nn
+
+    return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * image_size * image_size, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))

@@ -211,3 +211,18 @@ def test_a_study_on_your_own_data_through_ray(local_ray, tracking_uri, tmp_path)
     result = synthdata.run(study, tracking_uri=tracking_uri, progress=False)
     assert not result.failed and list(result.table["generation"]) == [0, 1]
     assert result.table.loc[0, "downstream_accuracy"] > 0.9  # the squares' places are easy to learn from real images
+
+
+def test_your_own_classifier_factory_trains_as_detector_or_downstream_model(digits_splits):
+    from synthdata.metrics.downstream import downstream_accuracy
+
+    spec = parse_spec(tiny_study(downstream={"name": "helpers:tiny_mlp", "params": {"hidden": 32}, "epochs": 20})).downstream
+    train, test = digits_splits.train, digits_splits.test
+    acc = downstream_accuracy(train.images, train.labels, test.images, test.labels, 10, spec, seed=0)
+    assert acc.value > 0.8  # an MLP learns the digits
+    with pytest.raises(SpecError, match=re.escape("detector.params: got an unexpected keyword argument 'hiden' (helpers:tiny_mlp)")):
+        parse_spec(tiny_study(detector={"name": "helpers:tiny_mlp", "params": {"hiden": 32}}))
+    with pytest.raises(SpecError, match=re.escape("detector.name: cannot import 'no_such_package.nets'")):
+        parse_spec(tiny_study(detector={"name": "no_such_package.nets:ResNet"}))
+    with pytest.raises(SpecError, match=re.escape("detector.params: only your own classifier takes params; 'cnn' is built in")):
+        parse_spec(tiny_study(detector={"name": "cnn", "params": {"hidden": 3}}))

@@ -164,10 +164,19 @@ class ClassifierSpec(Strict):
                                 "the best epoch by validation loss (0: train on all, keep the last epoch).")
     patience: int | None = Field(None, ge=1, description="Stop after this many validation checks (about one per epoch) "
                                  "without a better validation loss.")
+    params: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of your own classifier factory "
+                                   "(`name: package.module:factory`, called as factory(in_channels=, num_classes=, "
+                                   "image_size=, **params) and returning an nn.Module that gives logits).")
 
     @model_validator(mode="after")
     def _known_model(self) -> "ClassifierSpec":
-        if self.name not in ("cnn", "inception"):
+        from synthdata.plugins import is_import_path, registered
+
+        if is_import_path(self.name) or self.name in registered("classifier"):
+            _check_factory(self.name, self.params)
+        elif self.params:
+            raise ValueError(f"params: only your own classifier takes params; {self.name!r} is built in")
+        elif self.name not in ("cnn", "inception"):
             import timm
 
             if not timm.is_model(self.name):
@@ -178,6 +187,25 @@ class ClassifierSpec(Strict):
         if self.patience is not None and self.val_fraction == 0:
             raise ValueError("patience: early stopping needs a validation split (set val_fraction, e.g. 0.1)")
         return self
+
+
+def _check_factory(name: str, params: dict[str, Any]) -> None:
+    """A classifier factory must import and take (in_channels, num_classes, image_size, **params)."""
+    import inspect
+
+    from synthdata.errors import SpecError
+    from synthdata.plugins import resolve
+
+    try:
+        factory = resolve("classifier", name, "name")
+    except SpecError as err:
+        raise ValueError(str(err)) from None
+    try:
+        inspect.signature(factory).bind(in_channels=1, num_classes=2, image_size=8, **params)
+    except TypeError as err:
+        raise ValueError(f"params: {err} ({name})") from None
+    except ValueError:  # no signature to check
+        pass
 
 
 class FeatureSpec(ClassifierSpec):

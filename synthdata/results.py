@@ -39,7 +39,9 @@ def _value(v: float, name: str, ci: tuple[float, float] | None = None) -> str:
 
 def _p(p: float) -> str:
     """A p- or q-value for a table (blank when there is none)."""
-    return "" if pd.isna(p) else f"{p:.2g}"
+    if pd.isna(p):
+        return ""
+    return "<1e-300" if p == 0 else f"{p:.2g}"  # below float64's range: not zero
 
 
 def results_table(rows: list[dict]) -> pd.DataFrame:

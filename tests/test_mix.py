@@ -14,6 +14,7 @@ from synthdata.report import build_report
 from synthdata.results import mix_summary, mix_table
 from synthdata.runs import mix_decisions, mix_rows
 from synthdata.spec import parse_spec
+from synthdata.tracking import mlflow_client
 
 
 def _set(n: int, value: float, k: int = 2) -> ImageSet:
@@ -122,9 +123,13 @@ def test_tiny_sweep_through_ray_tune_logs_every_arm(local_ray, tracking_uri, tmp
     assert (tmp_path / "report" / "downstream_accuracy_vs_ratio.png").stat().st_size > 10_000
 
 
+# The example plug-in (an installed package, `make install`): retries and --resume of a mix are tested on a plug-in's pools.
+VAE = {"name": "vae", "params": {"latent": 8, "hidden": 64, "train_steps": 100}}
+
+
 def _mix_spec(tmp_path, epochs: int, **extra) -> dict:
-    """A mix whose arms take a few seconds each: a toy generator, a classifier of many short epochs."""
-    return {"name": "mixr", "kind": "mix", "data": {"limit": 300}, "generator": {"name": "gaussian", "covariance": "diag"},
+    """A mix whose arms take a few seconds each: the VAE plug-in (an MLP), a classifier of many short epochs."""
+    return {"name": "mixr", "kind": "mix", "data": {"limit": 300}, "generator": VAE,
             "downstream": {"epochs": epochs, "batch_size": 32, "width": 8},
             "mix": {"modes": ["augment"], "ratios": [0.0, 1.0, 2.0], "seeds": [0]},
             "tracking": {"report_dir": str(tmp_path / "runs")}, **extra}
@@ -197,7 +202,7 @@ def test_a_sigkilled_mix_study_resumes_with_every_epoch_once(local_ray, tmp_path
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
         try:
-            c = MlflowClient(uri)
+            c = mlflow_client(uri)  # a new store is opened under the driver's lock, never raced
             exp = c.get_experiment_by_name("mixr")
             runs = c.search_runs([exp.experiment_id], "tags.`synthdata.role` = 'arm'") if exp else []
         except Exception:

@@ -11,6 +11,7 @@ from loops.study import run_study
 from synthdata.report import build_report
 from synthdata.results import format_table
 from synthdata.spec import parse_spec
+from synthdata.tracking import mlflow_client
 
 pytestmark = pytest.mark.slow
 
@@ -140,7 +141,7 @@ def test_sigkilled_study_resumes_with_every_metric_once(local_ray, tmp_path, mon
 
     def finished_generations() -> dict[str, int]:
         try:
-            c = MlflowClient(uri)
+            c = mlflow_client(uri)  # a new store is opened under the driver's lock, never raced
             exp = c.get_experiment_by_name("tiny")
             runs = c.search_runs([exp.experiment_id], "tags.`synthdata.role` = 'arm'") if exp else []
         except Exception:

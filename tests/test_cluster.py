@@ -159,7 +159,10 @@ def test_job_submitted_to_a_two_node_cluster_logs_to_an_mlflow_server(cluster, t
     T = 1
     work = tmp_path / "project"
     work.mkdir()
-    (work / "study.yaml").write_text(yaml.safe_dump(tiny_study(name="on_cluster", loop={"generations": T}, metrics=["detectability"])))
+    # The generator is the example plug-in (installed where each node's workers run): plug-in code on a cluster.
+    vae = {"name": "vae", "params": {"latent": 8, "hidden": 64, "train_steps": 100}}
+    (work / "study.yaml").write_text(yaml.safe_dump(tiny_study(name="on_cluster", generator=vae, loop={"generations": T},
+                                                               metrics=["detectability"])))
     jobs = JobSubmissionClient(cluster["dashboard"])
     job = jobs.submit_job(entrypoint="synthdata run study.yaml --no-progress",
                           runtime_env={"working_dir": str(work), "env_vars": {"MLFLOW_TRACKING_URI": cluster["tracking"]}})

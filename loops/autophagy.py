@@ -22,7 +22,7 @@ import torch
 from synthdata.autophagy import StudyContext, build_training_set, grid_subset, measure_samples
 from synthdata.data import ImageSet, Splits
 from synthdata.fitting import fit_generator
-from synthdata.generators import checkpoint_files, draw_samples, pretrained_state
+from synthdata.generators import checkpoint_files, draw_samples
 from synthdata.metrics.toy import toy_metrics
 from synthdata.seeds import Purpose, stream_seed
 from synthdata.spec import LoopStudy, with_value
@@ -142,6 +142,8 @@ def run_arm(
     """Run the generations of one arm in order, yielding progress events and one result per generation."""
     spec = arm.spec_for(spec)
     context = context or StudyContext()
+    if spec.loop.pretrained is not None and context.pretrained is None:
+        raise ValueError("loop.pretrained: pass the study context that holds its weights (synthdata.autophagy.study_context)")
     loop, real = spec.loop, splits.train
 
     def seed_of(generation: int, purpose: Purpose) -> int:
@@ -164,8 +166,7 @@ def run_arm(
             generator=torch.Generator().manual_seed(seed_of(t, Purpose.FRESH)), fixed_order=fixed_order,
         )
         if t == 1:  # from the pretrained weights, if any; generation 1 always trains on the real data
-            init = pretrained_state(loop.pretrained, spec.generator, real.shape, real.num_classes) if loop.pretrained else None
-            steps = loop.pretrained_steps if loop.pretrained else None
+            init, steps = context.pretrained, loop.pretrained_steps
         else:
             init, steps = (previous if loop.init == "previous" else None), None
         generator, info = yield from _with_progress(

@@ -51,8 +51,7 @@ def run(study: str | Path | dict | StudySpec, *, generator: Any = None, params: 
 
 def _images(x: Any, what: str) -> torch.Tensor:
     """Images (N, C, H, W) in [-1, 1] from a tensor, an ImageSet or a folder of image files."""
-    from synthdata.data import IMAGE_EXTENSIONS, ImageSet, from_uint8, read_images
-    from synthdata.errors import DataError
+    from synthdata.data import ImageSet, read_image_folder
 
     if isinstance(x, ImageSet):
         return x.images
@@ -60,10 +59,7 @@ def _images(x: Any, what: str) -> torch.Tensor:
         if x.ndim != 4:
             raise ValueError(f"{what}: images must be (N, C, H, W), got shape {tuple(x.shape)}")
         return x.float()
-    files = sorted(p for p in Path(x).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
-    if not files:
-        raise DataError(f"{x}: no image files in this folder")
-    return from_uint8(read_images(files, None))
+    return read_image_folder(x)
 
 
 def detectability(real: Any, generated: Any, *, detector: dict[str, Any] | None = None, eval_fraction: float = 0.3,

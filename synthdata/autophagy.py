@@ -23,7 +23,7 @@ from synthdata.metrics.detectability import detectability, real_vs_real
 from synthdata.metrics.downstream import downstream_accuracy
 from synthdata.metrics.features import FeatureExtractor, RealReference, feature_metrics, train_feature_extractor
 from synthdata.seeds import Purpose, stream_seed
-from synthdata.spec import MeasuredStudy
+from synthdata.spec import LoopStudy, MeasuredStudy
 
 
 @dataclass
@@ -32,18 +32,25 @@ class StudyContext:
 
     reference: RealReference | None = None  # real held-out features (metric: features)
     extractor: FeatureExtractor | None = None  # None: the data are vectors, used as their own features
+    pretrained: dict[str, torch.Tensor] | None = None  # a loop's `loop.pretrained` weights, read in the driver
 
 
 def study_context(spec: MeasuredStudy, splits: Splits, seed: int = 0) -> StudyContext:
-    """The frozen feature extractor and the real features of one seed's split, when the study measures features."""
+    """What a seed's arms share: the frozen feature extractor and the real features of the seed's split (when the
+    study measures features), and a loop's pretrained weights (read here, so workers need no access to the file)."""
+    pretrained = None
+    if isinstance(spec, LoopStudy) and spec.loop.pretrained is not None:
+        from synthdata.generators import pretrained_state
+
+        pretrained = pretrained_state(spec.loop.pretrained, spec.generator, splits.train.shape, splits.train.num_classes)
     if "features" not in spec.metrics:
-        return StudyContext()
+        return StudyContext(pretrained=pretrained)
     heldout = splits.heldout
     if heldout.images.shape[-1] == 1:  # toy vectors are their own features
-        return StudyContext(RealReference.build(None, heldout.images.flatten(1), heldout.labels))
+        return StudyContext(RealReference.build(None, heldout.images.flatten(1), heldout.labels), pretrained=pretrained)
     extractor = train_feature_extractor(splits.train.images, splits.train.labels, splits.train.num_classes, spec.features,
                                         seed=stream_seed(seed, Purpose.FEATURES))
-    return StudyContext(RealReference.build(extractor, heldout.images, heldout.labels), extractor)
+    return StudyContext(RealReference.build(extractor, heldout.images, heldout.labels), extractor, pretrained)
 
 
 def _real_share(n_synthetic: int, real_fraction: float, available: int) -> int:

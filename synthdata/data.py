@@ -169,6 +169,14 @@ def read_images(paths: list[Path], image_size: int | None, mode: str | None = No
     return np.stack(arrays)
 
 
+def read_image_folder(folder: Path, image_size: int | None = None, mode: str | None = None) -> torch.Tensor:
+    """Every image file under `folder` (recursively, in name order) as (N, C, H, W) in [-1, 1]."""
+    files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not files:
+        raise DataError(f"{folder}: no image files in this folder")
+    return from_uint8(read_images(files, image_size, mode))
+
+
 def _stratified_split(labels: np.ndarray, sizes: list[int], rng: np.random.Generator) -> list[np.ndarray]:
     """Split indices into disjoint parts of the given sizes, keeping class proportions."""
     n = len(labels)

@@ -15,6 +15,7 @@ required method when the study file is validated.
 from __future__ import annotations
 
 import importlib
+import inspect
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -70,3 +71,14 @@ def check_generator_class(cls: Any, field: str) -> None:
     if missing:
         raise SpecError(f"{field}: {getattr(cls, '__name__', cls)!r} is not a generator: it has no {', '.join(missing)} "
                         "(see synthdata.generators.Generator)")
+
+
+def check_params(obj: Any, name: str, params: dict[str, Any], **given: Any) -> None:
+    """Refuse `params` that do not fit `obj`'s signature, next to the arguments the project passes (`given`):
+    a typo fails when the study file is validated, not on a worker minutes later."""
+    try:
+        inspect.signature(obj).bind(**given, **params)
+    except TypeError as err:
+        raise SpecError(f"params: {err} ({name})") from None
+    except ValueError:  # no signature to check (a C extension's callable)
+        pass

@@ -79,6 +79,27 @@ def loop_display(table: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def paired_by_seed(a: pd.DataFrame, b: pd.DataFrame, metric: str) -> Interval:
+    """`metric` of the arms in `a` minus that of the arms in `b` with the same seed (the study's one pairing).
+
+    Several seeds: the mean difference with its t interval and paired t-test; one seed: a
+    MOVER interval from the two arms' own 95% intervals where the metric has them, else the
+    difference alone; no common seed: an empty (nan) interval.
+    """
+    ci = [c for c in (f"{metric}_ci_low", f"{metric}_ci_high") if c in a and c in b]
+    cols = [metric, *ci]
+    pairs = a.set_index("seed")[cols].join(b.set_index("seed")[cols], rsuffix="_b", how="inner").dropna()
+    nan = float("nan")
+    if pairs.empty:
+        return Interval(nan, nan, nan, 0)
+    if len(pairs) > 1:
+        return paired_difference(pairs[metric], pairs[f"{metric}_b"])
+    r = pairs.iloc[0]
+    if ci:
+        return mover_difference(r[metric], r[ci[0]], r[ci[1]], r[f"{metric}_b"], r[f"{ci[0]}_b"], r[f"{ci[1]}_b"])
+    return Interval(float(r[metric] - r[f"{metric}_b"]), nan, nan, 1)
+
+
 def loop_differences(table: pd.DataFrame,
                      metrics: tuple[str, ...] = ("detectability", "downstream_accuracy", "fd", "fid", "w2_to_truth")) -> pd.DataFrame:
     """Each loop type against a reference (augment when the study has it) at the last generation, paired by seed.
@@ -95,22 +116,15 @@ def loop_differences(table: pd.DataFrame,
     ref = "augment" if "augment" in types else types[0]
     rows = []
     for swept, g in at.groupby("swept", sort=False):
-        base = g[g["loop_type"] == ref].set_index("seed")
+        base = g[g["loop_type"] == ref]
         for loop_type in (t for t in types if t != ref):
-            other = g[g["loop_type"] == loop_type].set_index("seed")
+            other = g[g["loop_type"] == loop_type]
             for metric in (m for m in metrics if m in g and g[m].notna().any()):
-                cols = [metric, *(c for c in (f"{metric}_ci_low", f"{metric}_ci_high") if c in g)]
-                pairs = other[cols].join(base[cols], rsuffix="_ref", how="inner").dropna()
-                if pairs.empty:
+                d = paired_by_seed(other, base, metric)
+                if d.n == 0:
                     continue
-                if len(pairs) > 1:
-                    d = paired_difference(pairs[metric], pairs[f"{metric}_ref"])
-                elif len(cols) == 3:
-                    d = mover_difference(*pairs.iloc[0][cols].tolist(), *pairs.iloc[0][[f"{c}_ref" for c in cols]].tolist())
-                else:
-                    d = Interval(float(pairs[metric].iloc[0] - pairs[f"{metric}_ref"].iloc[0]), float("nan"), float("nan"), 1)
                 rows.append({"gen": last, "difference": f"{loop_type} - {ref}" + (f" ({swept})" if swept else ""),
-                             "metric": METRIC[metric].header, "seeds": len(pairs),
+                             "metric": METRIC[metric].header, "seeds": d.n,
                              "Δ (95% CI)": d.text(METRIC[metric].fmt, signed=True), "p": _p(d.p)})
     return pd.DataFrame(rows)
 
@@ -164,13 +178,13 @@ def mix_table(rows: list[dict], decisions: dict[str, str] | None = None) -> pd.D
 def _paired(table: pd.DataFrame, a: pd.DataFrame, b: pd.DataFrame) -> dict[str, str]:
     """a - b paired by seed: the mean difference [t interval] and its t-test p, and McNemar's p per seed on the
     shared test set, combined over seeds (`combine_p_values`)."""
-    cols = [MIX_METRIC, *(c for c in ("test_correct", "n_test") if c in table)]
-    pairs = a.set_index("seed")[cols].join(b.set_index("seed")[cols], rsuffix="_b", how="inner")
-    if pairs.empty:
+    d = paired_by_seed(a, b, MIX_METRIC)
+    if d.n == 0:
         return {"Δ": "", "p (t)": "", "p (McNemar)": ""}
-    d = paired_difference(pairs[MIX_METRIC], pairs[f"{MIX_METRIC}_b"])
     mcnemar = []
-    if len(cols) == 3:
+    if "test_correct" in table and "n_test" in table:
+        cols = ["test_correct", "n_test"]
+        pairs = a.set_index("seed")[cols].join(b.set_index("seed")[cols], rsuffix="_b", how="inner")
         for _, r in pairs.dropna(subset=["test_correct", "test_correct_b"]).iterrows():
             n = int(r["n_test"])
             mcnemar.append(mcnemar_p(unpack_decisions(r["test_correct"], n), unpack_decisions(r["test_correct_b"], n)))
@@ -189,7 +203,7 @@ def mix_summary(table: pd.DataFrame) -> pd.DataFrame:
     out = []
     for (mode, ratio), g in done.groupby(["mode", "ratio"], sort=True):
         row = {"mode": mode, "ratio": ratio, "seeds": g["seed"].nunique(), "n_real": int(g["n_real"].iloc[0]),
-               "n_synthetic": int(g["n_synthetic"].iloc[0]), METRIC[MIX_METRIC].header: mean_interval(g[MIX_METRIC], bounds=(0.0, 1.0)).text()}
+               "n_synthetic": int(g["n_synthetic"].iloc[0]), METRIC[MIX_METRIC].header: mean_interval(g[MIX_METRIC], bounds=METRIC[MIX_METRIC].bounds).text()}
         vs = _paired(table, g, baseline) if ratio != 0 and not baseline.empty else {"Δ": "", "p (t)": "", "p (McNemar)": ""}
         row.update({f"{k} vs real-only": v for k, v in vs.items()})
         out.append(row)
@@ -199,12 +213,11 @@ def mix_summary(table: pd.DataFrame) -> pd.DataFrame:
 def differences_to_real_only(table: pd.DataFrame) -> pd.DataFrame:
     """Per mode and ratio r > 0: accuracy minus real-only (r = 0) paired by seed, as numbers (for the figure)."""
     done = table[table[MIX_METRIC].notna()]
-    base = done[done["ratio"] == 0].drop_duplicates("seed").set_index("seed")[MIX_METRIC]
+    base = done[done["ratio"] == 0].drop_duplicates("seed")
     rows = []
     for (mode, ratio), g in done[done["ratio"] > 0].groupby(["mode", "ratio"], sort=True):
-        pairs = g.set_index("seed")[MIX_METRIC].to_frame().join(base, rsuffix="_0", how="inner")
-        if not pairs.empty:
-            d = paired_difference(pairs[MIX_METRIC], pairs[f"{MIX_METRIC}_0"])
+        d = paired_by_seed(g, base, MIX_METRIC)
+        if d.n:
             rows.append({"mode": mode, "ratio": ratio, "difference": d.value, "low": d.low, "high": d.high, "seeds": d.n})
     return pd.DataFrame(rows)
 
@@ -344,7 +357,7 @@ def guide_summary(table: pd.DataFrame) -> pd.DataFrame:
     t-test's p over seeds; one seed: a MOVER interval from the two sets' own intervals.
     """
     out = []
-    unguided = table[table["scale"] == "0"].set_index("seed")
+    unguided = table[table["scale"] == "0"]
     for scale, g in table.groupby("scale", sort=False):
         row: dict[str, Any] = {"sampling": "real data" if scale == "real" else ("unguided" if float(scale) == 0 else f"w = {scale}"),
                                "seeds": len(g)}
@@ -369,14 +382,7 @@ def guide_summary(table: pd.DataFrame) -> pd.DataFrame:
 
 def _guided_change(g: pd.DataFrame, unguided: pd.DataFrame) -> tuple[str, str]:
     """Detectability at a scale minus unguided, paired by seed: the difference's text and its p-value."""
-    cols = ["detectability", "detectability_ci_low", "detectability_ci_high"]
-    pairs = g.set_index("seed")[cols].join(unguided[cols], rsuffix="_0", how="inner").dropna()
-    if pairs.empty:
-        return "", ""
-    if len(pairs) > 1:
-        d = paired_difference(pairs["detectability"], pairs["detectability_0"])
-    else:
-        d = mover_difference(*pairs.iloc[0][cols].tolist(), *pairs.iloc[0][[f"{c}_0" for c in cols]].tolist())
+    d = paired_by_seed(g, unguided, "detectability")
     return d.text(".3f", signed=True), _p(d.p)
 
 

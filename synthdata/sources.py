@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from synthdata.data import IMAGE_EXTENSIONS, ImageSet, from_uint8, quantize, read_images
+from synthdata.data import ImageSet, quantize, read_image_folder
 from synthdata.errors import DataError
 from synthdata.seeds import Purpose, stream_seed
 from synthdata.spec import CheckpointSource, PipelineSource, SourceSpec
@@ -57,11 +57,8 @@ def load_source(spec: SourceSpec, real: ImageSet, *, seed: int, device: str = "c
             raise DataError(f"{spec.path}: cannot read sample set ({type(err).__name__}: {err})") from None
         return to_real_format(images, real, str(spec.path))
     if spec.type == "folder":
-        files = sorted(p for p in Path(spec.path).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
-        if not files:
-            raise DataError(f"{spec.path}: no image files in this folder")
-        arrays = read_images(files, real.shape[-1], mode="L" if real.shape[0] == 1 else "RGB")
-        return to_real_format(from_uint8(arrays), real, str(spec.path))
+        images = read_image_folder(spec.path, real.shape[-1], mode="L" if real.shape[0] == 1 else "RGB")
+        return to_real_format(images, real, str(spec.path))
     if spec.type == "pipeline":
         return _from_pipeline(spec, real, seed=seed, device=device)
     raise ValueError(f"unknown source type {spec.type!r}")

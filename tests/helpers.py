@@ -59,3 +59,21 @@ def tiny_mlp(in_channels: int, num_classes: int, image_size: int, hidden: int = 
     import torch.nn as nn
 
     return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * image_size * image_size, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
+
+
+def kill_a_worker_when(ready, title: str, running, timeout: float = 240, poll: float = 0.1) -> int | None:
+    """SIGKILL the first Ray worker titled `title` once `ready()` holds, as a lost node would; its pid (None: never).
+
+    Polls while `running()` (the study's thread is alive) for at most `timeout` seconds.
+    """
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline and running():
+        if ready():
+            workers = ray_workers(title)
+            if workers:
+                workers[0].kill()
+                return workers[0].pid
+        time.sleep(poll)
+    return None

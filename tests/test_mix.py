@@ -144,26 +144,21 @@ def _epochs_logged(c: MlflowClient, parent_id: str) -> dict[str, list[int]]:
 @pytest.mark.slow
 def test_a_killed_mix_worker_is_retried_without_logging_an_epoch_twice(local_ray, tracking_uri, tmp_path):
     import threading
-    import time
 
-    from helpers import ray_workers
+    from helpers import kill_a_worker_when
 
     epochs = 40
     spec = parse_spec(_mix_spec(tmp_path, epochs))
     out: dict = {}
     thread = threading.Thread(target=lambda: out.setdefault("result", run_study(spec, tracking_uri=tracking_uri, show_progress=False)))
     thread.start()
-    killed, deadline = None, time.time() + 240
-    while killed is None and time.time() < deadline and thread.is_alive():
+    def arm_under_way() -> bool:
         c = MlflowClient(tracking_uri)
         exp = c.get_experiment_by_name("mixr")
         runs = c.search_runs([exp.experiment_id], "tags.`synthdata.role` = 'arm'") if exp else []
-        if any(r.data.metrics.get("epoch", 0) >= 3 and r.info.status == "RUNNING" for r in runs):
-            workers = ray_workers("ray::ImplicitFunc.train")  # Tune trials run as this actor method
-            if workers:
-                workers[0].kill()  # SIGKILL: the trial's worker dies mid-arm, as on a lost node
-                killed = workers[0].pid
-        time.sleep(0.1)
+        return any(r.data.metrics.get("epoch", 0) >= 3 and r.info.status == "RUNNING" for r in runs)
+
+    killed = kill_a_worker_when(arm_under_way, "ray::ImplicitFunc.train", thread.is_alive)  # Tune trials run as this method
     assert killed is not None, "no arm worker to kill"
     thread.join(timeout=400)
     result = out["result"]

@@ -196,6 +196,7 @@ def test_your_own_data_loader_in_every_layout_and_its_bad_returns():
     ({"source": "no_such_package.data:load"}, "data.source: cannot import 'no_such_package.data'"),
     ({"source": "helpers:load_blobz"}, "data.source: module 'helpers' has no attribute 'load_blobz'"),
     ({"source": "digits", "params": {"n": 3}}, "data.params: only your own loader takes params"),
+    ({"source": "helpers:load_blobs", "params": {"nn": 3}}, "data.params: got an unexpected keyword argument 'nn' (helpers:load_blobs)"),
 ])
 def test_a_data_source_that_cannot_load_is_refused_when_the_file_is_validated(data, message):
     with pytest.raises(SpecError, match=re.escape(message)):

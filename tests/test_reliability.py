@@ -3,10 +3,9 @@ and the same study run twice."""
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
-from helpers import ray_workers, tiny_study
+from helpers import kill_a_worker_when, tiny_study
 from mlflow.tracking import MlflowClient
 
 from loops.study import run_study
@@ -37,17 +36,11 @@ def test_killed_worker_is_retried_from_its_last_finished_generation(local_ray, t
     thread = threading.Thread(target=lambda: out.setdefault("result", run_study(spec, tracking_uri=tracking_uri, show_progress=False)))
     thread.start()
 
-    killed = None
-    deadline = time.time() + 240
-    while killed is None and time.time() < deadline and thread.is_alive():
-        _, arms = _arms(tracking_uri, "tiny")
-        done = {name: int(r.data.metrics.get("generation_done", -1)) for name, r in arms.items()}
-        if len(done) == 2 and min(done.values()) >= 0:  # generation 1 under way: in the two arms' shared task
-            workers = ray_workers("ray::arm_task")  # the loop arm tasks running now
-            if workers:
-                workers[0].kill()  # SIGKILL: the worker dies mid-generation, as on a lost node
-                killed = workers[0].pid
-        time.sleep(0.2)
+    def generation_one_under_way() -> bool:  # in the two arms' shared task
+        done = {name: int(r.data.metrics.get("generation_done", -1)) for name, r in _arms(tracking_uri, "tiny")[1].items()}
+        return len(done) == 2 and min(done.values()) >= 0
+
+    killed = kill_a_worker_when(generation_one_under_way, "ray::arm_task", thread.is_alive, poll=0.2)  # a loop arm task
     assert killed is not None, "no arm worker to kill"
     thread.join(timeout=400)
     result = out["result"]

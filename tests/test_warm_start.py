@@ -7,6 +7,7 @@ import torch
 from helpers import tiny_study
 
 from loops.autophagy import Arm, GenerationResult, ResumeState, run_arm
+from synthdata.autophagy import study_context
 from synthdata.data import make_splits
 from synthdata.errors import SpecError
 from synthdata.spec import DataSpec, PluginSpec, parse_spec
@@ -79,7 +80,9 @@ def test_a_pretrained_diffusers_model_starts_generation_one(tmp_path):
         spec = parse_spec(tiny_study(generator=TINY_DIFFUSION, metrics=["detectability"], detector={"epochs": 1}, data={"limit": 60}, loop={
             "types": ["replace"], "generations": 1, "samples_per_generation": 20, "pretrained": str(tmp_path / "pretrained"),
             "pretrained_steps": steps}))
-        return next(e for e in run_arm(spec, splits, Arm("replace", 0)) if isinstance(e, GenerationResult) and e.generation == 1)
+        context = study_context(spec, splits)  # reads the pretrained weights once, in the driver
+        return next(e for e in run_arm(spec, splits, Arm("replace", 0), context=context)
+                    if isinstance(e, GenerationResult) and e.generation == 1)
 
     as_is = generation_one(0)
     assert as_is.metrics["warm_start"] == 1.0 and "generator_loss" not in as_is.metrics  # sampled, not trained

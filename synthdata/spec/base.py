@@ -111,17 +111,18 @@ class DataSpec(Strict):
     def _root_exists(self) -> "DataSpec":
         if self.source not in DATA_SOURCES:  # a loader of the user's: it must resolve now, it is called when the study runs
             from synthdata.errors import SpecError
-            from synthdata.plugins import is_import_path, registered, resolve
+            from synthdata.plugins import check_params, is_import_path, registered, resolve
 
             if not is_import_path(self.source) and self.source not in registered("data"):
                 known = ", ".join([*DATA_SOURCES, *registered("data")])
                 raise ValueError(f"source: unknown source {self.source!r} (choose {known}, or your own loader as package.module:load)")
             try:
                 loader = resolve("data", self.source, "source")
-            except SpecError as err:  # its message starts "source: ", so the file's field reads data.source
+                if not callable(loader):
+                    raise SpecError(f"source: {self.source!r} is not callable (a loader is called as load(**params))")
+                check_params(loader, self.source, self.params)
+            except SpecError as err:  # its message starts with the field, so the file's reads data.source / data.params
                 raise ValueError(str(err)) from None
-            if not callable(loader):
-                raise ValueError(f"source: {self.source!r} is not callable (a loader is called as load(**params))")
             return self
         if self.params:
             raise ValueError(f"params: only your own loader takes params; source {self.source!r} is built in")
@@ -191,21 +192,13 @@ class ClassifierSpec(Strict):
 
 def _check_factory(name: str, params: dict[str, Any]) -> None:
     """A classifier factory must import and take (in_channels, num_classes, image_size, **params)."""
-    import inspect
-
     from synthdata.errors import SpecError
-    from synthdata.plugins import resolve
+    from synthdata.plugins import check_params, resolve
 
     try:
-        factory = resolve("classifier", name, "name")
-    except SpecError as err:
+        check_params(resolve("classifier", name, "name"), name, params, in_channels=1, num_classes=2, image_size=8)
+    except SpecError as err:  # as a ValueError, so that the message names the section's field
         raise ValueError(str(err)) from None
-    try:
-        inspect.signature(factory).bind(in_channels=1, num_classes=2, image_size=8, **params)
-    except TypeError as err:
-        raise ValueError(f"params: {err} ({name})") from None
-    except ValueError:  # no signature to check
-        pass
 
 
 class FeatureSpec(ClassifierSpec):

@@ -6,6 +6,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from synthdata.spec.base import ExistingPath, Strict, Unique
+from synthdata.spec.generators import PluginSpec
 from synthdata.spec.study import MeasuredStudy
 
 LoopType = Literal["replace", "augment", "fresh", "accumulate"]
@@ -88,6 +89,16 @@ class LoopStudy(MeasuredStudy):
             if why and not warm_startable(self.generator):
                 raise ValueError(f"loop.{key}: generator {self.generator.name!r} cannot start from given weights "
                                  "(its fit takes no init=state)")
+        if self.loop.pretrained_steps and isinstance(self.generator, PluginSpec):  # the fine-tune sets params.train_steps
+            from synthdata.errors import SpecError
+            from synthdata.plugins import check_params, resolve
+
+            cls = self.generator._factory or resolve("generator", self.generator.name, "generator.name")
+            try:
+                check_params(cls, self.generator.name, {**self.generator.params, "train_steps": 1}, shape=(1, 1, 1),
+                             num_classes=1, device="cpu")
+            except SpecError:
+                raise ValueError(f"loop.pretrained_steps: generator {self.generator.name!r} takes no train_steps") from None
         return self
 
     @model_validator(mode="after")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from loops.ray_tools import wait_arms
+from loops.ray_tools import short_reason, wait_arms
 from loops.study import Prepared, Study
 from synthdata.compute import configure_worker
 from synthdata.data import ImageSet, Splits, concat
@@ -60,11 +60,11 @@ def load_sources(spec: DetectStudy, splits: dict[int, Splits], read: dict[str, I
     for (seed, name), ref in refs.items():
         try:
             out[seed][name] = ray.get(ref)
-        except ray.exceptions.RayTaskError as err:
+        except ray.exceptions.RayTaskError as err:  # a bad file, or a generator (a plug-in's) whose fit raised
             cause = getattr(err, "cause", None)
             if isinstance(cause, UserError):
                 raise type(cause)(f"detect.sources.{name}: {cause}") from None
-            raise
+            raise UserError(f"detect.sources.{name}: seed {seed}: {short_reason(err)}") from None
     for sources in out.values():
         for name, images in sources.items():
             if len(images) < 10:

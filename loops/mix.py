@@ -18,9 +18,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from loops.ray_tools import short_reason
 from loops.study import Prepared, Study
 from synthdata.data import ImageSet, Splits
-from synthdata.errors import DataError
+from synthdata.errors import DataError, UserError
 from synthdata.figures import mix_difference_figure, mix_figure, sample_grid
 from synthdata.generators import check_generator
 from synthdata.mixing import load_pool, make_pool, mix_training_set, real_subset, synthetic_count
@@ -97,7 +98,10 @@ def make_pools(spec: MixStudy, splits: dict[int, Splits], show_progress: bool, s
         print(f"training {len(refs)} generator(s), one per seed, for pools of {size} samples{guided}", file=sys.stderr, flush=True)
     pools = {}
     for seed, ref in refs.items():
-        pools[seed], info = ray.get(ref)
+        try:
+            pools[seed], info = ray.get(ref)
+        except ray.exceptions.RayTaskError as err:  # the generator (a plug-in's, say) raised: no arm can run without it
+            raise UserError(f"generator: the pool of seed {seed} could not be made: {short_reason(err)}") from None
         if show_progress:
             print(f"  pool seed {seed}: " + " ".join(f"{k}={v:.3g}" for k, v in info.items()), file=sys.stderr, flush=True)
     return pools

@@ -227,3 +227,15 @@ def test_your_own_classifier_factory_trains_as_detector_or_downstream_model(digi
         parse_spec(tiny_study(detector={"name": "no_such_package.nets:ResNet"}))
     with pytest.raises(SpecError, match=re.escape("detector.params: only your own classifier takes params; 'cnn' is built in")):
         parse_spec(tiny_study(detector={"name": "cnn", "params": {"hidden": 3}}))
+
+
+def test_a_plugin_source_whose_fit_raises_stops_a_detect_study_with_one_line(local_ray, tracking_uri, tmp_path):
+    """A detect source is every arm's input: its failure ends the study (exit 2 from the CLI), naming the source."""
+    import synthdata
+    from synthdata.errors import UserError
+
+    study = {"name": "bad_source", "kind": "detect", "data": {"limit": 200}, "detector": {"epochs": 1},
+             "detect": {"sources": {"vae": {"type": "generator", "generator": {"name": "vae", "params": {"lr": float("nan")}}}},
+                        "real_vs_real": False}, "tracking": {"report_dir": str(tmp_path / "runs")}}
+    with pytest.raises(UserError, match=r"detect.sources.vae: seed 0: "):
+        synthdata.run(study, tracking_uri=tracking_uri, progress=False)

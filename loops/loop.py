@@ -10,11 +10,12 @@ from __future__ import annotations
 import itertools
 import sys
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import torch
 
 from loops.autophagy import Arm, GenerationResult, Progress, ResumeState, run_arm
 from loops.ray_tools import short_reason, widest_node_cpus
@@ -23,10 +24,10 @@ from loops.study import Prepared, Study
 from synthdata.autophagy import StudyContext, study_context
 from synthdata.data import ImageSet, Splits
 from synthdata.figures import metric_figures, sample_grid
-from synthdata.generators import check_generator, pretrained_state
+from synthdata.generators import check_generator, pretrained_overlap
 from synthdata.metrics.registry import progress_metrics
 from synthdata.results import format_table, results_table  # noqa: F401  format_table: this runner's text form
-from synthdata.runs import download_generator_state, download_samples, loop_rows, study_to_resume
+from synthdata.runs import download_generator_state, download_samples, loop_rows, pretrained_weights, study_to_resume
 from synthdata.spec import LoopStudy
 
 RESUMABLE = True
@@ -157,14 +158,40 @@ def _resume_states(spec: LoopStudy, uri: str, arms: list[Arm], real: ImageSet) -
     return Prepared(found, states)
 
 
+@dataclass
+class LoopPlan:
+    """What the driver starts from: each resumed arm's state, and generation 1's pretrained weights."""
+
+    states: dict[str, ResumeState | None]
+    pretrained: dict | None = None
+
+
 def prepare(spec: LoopStudy, splits: dict[int, Splits], uri: str, resume: bool) -> Prepared:
-    """Check the generator against the data (and the pretrained weights against the generator) and, with
-    --resume, find where every arm stopped."""
+    """Check the generator against the data, read the pretrained weights once (weights that do not fit the generator,
+    or an MLflow URI that names nothing, stop the study here in one line) and, with --resume, find where every arm
+    stopped."""
     real = splits[spec.loop.seeds[0]].train
     check_generator(spec.generator, real.shape)
-    if spec.loop.pretrained is not None:  # weights that do not fit the generator stop the study here, in one line
-        pretrained_state(spec.loop.pretrained, spec.generator, real.shape, real.num_classes)
-    return _resume_states(spec, uri, arms_of(spec), real) if resume else Prepared(None, {})
+    pretrained = None
+    if spec.loop.pretrained is not None:
+        pretrained = pretrained_weights(spec.loop.pretrained, uri, spec.generator, real.shape, real.num_classes)
+        _warn_of_overlap(spec, splits)
+    found = _resume_states(spec, uri, arms_of(spec), real) if resume else Prepared(None, {})
+    return Prepared(found.resume, LoopPlan(found.state, pretrained))
+
+
+def _warn_of_overlap(spec: LoopStudy, splits: dict[int, Splits]) -> None:
+    """Say so when a pretrained model trained on images a seed evaluates on: its detectability and downstream
+    accuracy would then be measured partly on the generator's own training data."""
+    if not isinstance(spec.loop.pretrained, Path):
+        return
+    evaluated = {seed: torch.cat([s.heldout.images, s.test.images]) for seed, s in splits.items()}
+    record, overlap = pretrained_overlap(spec.loop.pretrained, evaluated)
+    for seed, n in overlap.items():
+        if n:
+            print(f"WARNING: seed {seed}: {n} of its {len(evaluated[seed])} held-out and test images were in loop.pretrained's "
+                  f"training data (study {record.get('study')!r}, seed {record.get('seed')}); use the split it was "
+                  f"pretrained on (data.split_seed: {record.get('split_seed')})", file=sys.stderr, flush=True)
 
 
 class _Driver:
@@ -175,7 +202,7 @@ class _Driver:
 
         spec, tracker = study.spec, study.tracker
         self.study, self.spec, self.tracker = study, spec, tracker
-        self.arms, self.states = arms_of(spec), study.prepared
+        self.arms, self.states = arms_of(spec), study.prepared.states
         found = tracker.resumed
         self.done: dict[str, int] = dict(found.done) if found else {}
         self.kept = {name: list(state.history) for name, state in self.states.items() if state is not None}
@@ -185,7 +212,9 @@ class _Driver:
         self.streams: dict[Any, list[Arm]] = {}  # a running arm task -> the arms its events stand for (several: a shared prefix)
         self.pending: list = []
         # Each seed's real split and what is measured against it (the feature space trained on it), put once.
-        self.refs = {seed: (ray.put(split), ray.put(study_context(spec, split, seed))) for seed, split in study.splits.items()}
+        pretrained = study.prepared.pretrained
+        self.refs = {seed: (ray.put(split), ray.put(study_context(spec, split, seed, pretrained)))
+                     for seed, split in study.splits.items()}
         if found:  # generations before the resume
             study.results.extend(loop_rows(study.uri, tracker.parent_id))
         self.bars = _Bars(self.arms, spec.loop.generations, study.show_progress, self.done)

@@ -5,9 +5,11 @@
     result.table, result.parent_run_id, result.figures
     stats = synthdata.detectability(real_images, generated_images)   # tensors or folders
     stats.accuracy, stats.ci_low, stats.p_value, stats.auc
+    synthdata.pretrain("studies/quickstart.yaml", "runs/pretrained/digits", train_steps=3000)  # -> loop.pretrained
 
 `run` drives the same runners as `synthdata run` (Ray, MLflow, resume, the table and the
-figures); a Ray it starts stays up for the next call. `detectability` runs in this process.
+figures); a Ray it starts stays up for the next call. `detectability` and `pretrain` run in
+this process.
 """
 from __future__ import annotations
 
@@ -22,6 +24,19 @@ if TYPE_CHECKING:
     from synthdata.spec import StudySpec
 
 
+def _spec_of(study: str | Path | dict | StudySpec) -> tuple[StudySpec, str]:
+    """A validated spec and where it came from (for the run's provenance)."""
+    from synthdata.spec import StudyBase, load_spec, parse_spec
+
+    if isinstance(study, (str, Path)):
+        return load_spec(study), str(Path(study).resolve())
+    if isinstance(study, dict):
+        return parse_spec(study, source="<dict>"), "<python>"
+    if isinstance(study, StudyBase):
+        return study, "<python>"
+    raise TypeError(f"study: a path, a dict or a spec, not {type(study).__name__}")
+
+
 def run(study: str | Path | dict | StudySpec, *, generator: Any = None, params: dict[str, Any] | None = None,
         tracking_uri: str | None = None, address: str | None = None, progress: bool = True, resume: bool = False) -> StudyResult:
     """Run a study from a study file, a mapping of its keys, or a validated spec; return its `StudyResult`
@@ -32,21 +47,59 @@ def run(study: str | Path | dict | StudySpec, *, generator: Any = None, params: 
     follows `synthdata.generators.Generator` and travels to the Ray workers with the study.
     """
     from loops.study import run_study
-    from synthdata.spec import PluginSpec, StudyBase, load_spec, parse_spec
+    from synthdata.spec import PluginSpec
 
-    if isinstance(study, (str, Path)):
-        spec, source = load_spec(study), str(Path(study).resolve())
-    elif isinstance(study, dict):
-        spec, source = parse_spec(study, source="<dict>"), "<python>"
-    elif isinstance(study, StudyBase):
-        spec, source = study, "<python>"
-    else:
-        raise TypeError(f"study: a path, a dict or a spec, not {type(study).__name__}")
+    spec, source = _spec_of(study)
     if generator is not None:
         if "generator" not in type(spec).model_fields:
             raise TypeError(f"generator: a {spec.kind} study has no generator to replace")
         spec = spec.model_copy(update={"generator": PluginSpec.of(generator, params or {})})
     return run_study(spec, address=address, tracking_uri=tracking_uri, show_progress=progress, resume=resume, source=source)
+
+
+def pretrain(study: str | Path | dict | StudySpec, out: str | Path, *, seed: int = 0, train_steps: int | None = None,
+             device: str = "cpu", progress: bool = True) -> Path:
+    """Train a study's generator on one seed's real training split and save it: a pretrained start for loops
+    (`loop.pretrained: <returned path>`) or a `checkpoint` source for detect studies.
+
+    The generator is the study's `generator` section (`train_steps` overrides its steps), fitted
+    on exactly the real training images seed `seed` of that study trains on (`data.split_seed`),
+    with the seed's random streams. A generator with `save_pretrained` (the diffusion model) is
+    saved as a diffusers directory `out`; any other as `out` (a .safetensors file, or
+    `out/generator.safetensors`). Beside it, `pretrained.json` records the study, seed, steps and a
+    fingerprint of every training image, so a loop started from it can warn when its held-out
+    or test images were among them.
+    """
+    import time
+
+    from synthdata.data import fingerprints, split_seed_of, study_splits
+    from synthdata.fitting import fit_generator
+    from synthdata.generators import save_pretrained_generator
+
+    spec, _ = _spec_of(study)
+    if "generator" not in type(spec).model_fields:
+        raise TypeError(f"study: a {spec.kind} study has no generator to pretrain")
+    train = study_splits(spec.data, [seed])[seed].train
+    bar = _bar(progress, f"pretraining {spec.generator.name}")
+    start = time.perf_counter()
+    generator, info = fit_generator(spec.generator, train, seed=seed, device=device, train_steps=train_steps or None,
+                                    progress=bar and (lambda stage, f: bar.update(round(100 * f) - bar.n)))
+    if bar:
+        bar.close()
+    record = {"study": spec.name, "data": spec.data.model_dump(mode="json"), "seed": seed,
+              "split_seed": split_seed_of(spec.data, seed), "generator": spec.generator.name, "train_steps": train_steps,
+              "seconds": round(time.perf_counter() - start, 1), "fit": info, "train_fingerprints": fingerprints(train.images)}
+    return save_pretrained_generator(generator, Path(out), record)
+
+
+def _bar(show: bool, what: str) -> Any:
+    if not show:
+        return None
+    import sys
+
+    from tqdm.auto import tqdm
+
+    return tqdm(total=100, desc=what, unit="%", file=sys.stderr)
 
 
 def _images(x: Any, what: str) -> torch.Tensor:

@@ -35,14 +35,13 @@ class StudyContext:
     pretrained: dict[str, torch.Tensor] | None = None  # a loop's `loop.pretrained` weights, read in the driver
 
 
-def study_context(spec: MeasuredStudy, splits: Splits, seed: int = 0) -> StudyContext:
+def study_context(spec: MeasuredStudy, splits: Splits, seed: int = 0,
+                  pretrained: dict[str, torch.Tensor] | None = None) -> StudyContext:
     """What a seed's arms share: the frozen feature extractor and the real features of the seed's split (when the
-    study measures features), and a loop's pretrained weights (read here, so workers need no access to the file)."""
-    pretrained = None
-    if isinstance(spec, LoopStudy) and spec.loop.pretrained is not None:
-        from synthdata.generators import pretrained_state
-
-        pretrained = pretrained_state(spec.loop.pretrained, spec.generator, splits.train.shape, splits.train.num_classes)
+    study measures features), and a loop's pretrained weights (`synthdata.runs.pretrained_weights`, read once in
+    the driver, so workers need no access to the file or the tracking store)."""
+    if isinstance(spec, LoopStudy) and (spec.loop.pretrained is None) != (pretrained is None):
+        raise ValueError("loop.pretrained: pass its weights (synthdata.runs.pretrained_weights) exactly when the study has one")
     if "features" not in spec.metrics:
         return StudyContext(pretrained=pretrained)
     heldout = splits.heldout

@@ -355,6 +355,14 @@ def class_balanced_labels(n: int, reference: torch.Tensor, num_classes: int, gen
     return labels[torch.randperm(n, generator=generator)]
 
 
+def fingerprints(images: torch.Tensor) -> list[str]:
+    """One short hash per image (its exact values): to tell whether two image sets share images without keeping them."""
+    import hashlib
+
+    flat = images.detach().cpu().float().contiguous().flatten(1).numpy()
+    return [hashlib.blake2b(row.tobytes(), digest_size=8).hexdigest() for row in flat]
+
+
 def save_samples(samples: ImageSet, path: Path) -> None:
     """Samples as safetensors: quantized images as uint8 codes of their levels (exact), else float32."""
     from safetensors.torch import save_file

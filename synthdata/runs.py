@@ -174,19 +174,40 @@ def download_samples(uri: str, run_id: str, generation: int) -> ImageSet:
 
 def download_generator_state(uri: str, run_id: str, generation: int, spec, shape: tuple[int, int, int], num_classes: int) -> dict:
     """The weights a finished generation kept in its checkpoint (what a warm-started loop resumes from)."""
+    from synthdata.errors import DataError
+
+    try:
+        return pretrained_weights(f"runs:/{run_id}/{checkpoint_dir(generation)}", uri, spec, shape, num_classes)
+    except DataError:
+        raise UserError(f"--resume: generation {generation} kept no checkpoint, and loop.init: previous starts the next "
+                        "generation from it (tracking.checkpoints: true)") from None
+
+
+def pretrained_weights(source: Path | str, uri: str, spec, shape: tuple[int, int, int], num_classes: int) -> dict:
+    """A loop's `loop.pretrained` weights as the generator's state_dict: from a local checkpoint, or from an MLflow
+    artifact URI (`runs:/<run_id>/checkpoints/generation_003/generator`) read through the tracking store `uri`.
+    DataError (one line, exit 2) when the URI names nothing there or the weights do not fit `spec`'s generator."""
     import mlflow.artifacts
 
+    from synthdata.errors import DataError
     from synthdata.generators import pretrained_state
+    from synthdata.spec.base import is_mlflow_uri
 
+    if not is_mlflow_uri(source):
+        return pretrained_state(Path(source), spec, shape, num_classes)
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            local = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=checkpoint_dir(generation), dst_path=tmp,
-                                                             tracking_uri=uri))
-        except Exception:
-            raise UserError(f"--resume: generation {generation} kept no checkpoint, and loop.init: previous starts the next "
-                            "generation from it (tracking.checkpoints: true)") from None
-        path = local / "generator" if (local / "generator").is_dir() else local / "generator.safetensors"
-        return pretrained_state(path, spec, shape, num_classes)
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=str(source), dst_path=tmp, tracking_uri=uri))
+        except Exception as err:
+            raise DataError(f"loop.pretrained: {source}: not found in {uri} ({type(err).__name__}: {str(err)[:160]})") from None
+        if local.is_dir() and not (local / "unet").is_dir() and (local / "generator").is_dir():
+            local = local / "generator"  # the generation's checkpoint folder itself: its diffusers model
+        elif local.is_dir() and (local / "generator.safetensors").is_file():
+            local = local / "generator.safetensors"  # a state-only checkpoint (a generator without save_pretrained)
+        try:
+            return pretrained_state(local, spec, shape, num_classes)
+        except DataError as err:  # name what the user wrote, not the download's temporary folder
+            raise DataError(str(err).replace(str(local), f"loop.pretrained: {source}")) from None
 
 
 def download_sample_set(uri: str, run_id: str, artifact_path: str) -> ImageSet:

@@ -68,6 +68,7 @@ def test_a_generator_that_cannot_warm_start_is_refused_when_the_file_is_validate
 def test_a_pretrained_diffusers_model_starts_generation_one(tmp_path):
     """A tiny UNet the test saves itself (diffusers' save_pretrained): used as it is with 0 steps, fine-tuned otherwise."""
     from synthdata.generators import create_generator, draw_samples, pretrained_state
+    from synthdata.runs import pretrained_weights
     from synthdata.seeds import Purpose, stream_seed
 
     splits = make_splits(DataSpec(limit=60))
@@ -80,7 +81,8 @@ def test_a_pretrained_diffusers_model_starts_generation_one(tmp_path):
         spec = parse_spec(tiny_study(generator=TINY_DIFFUSION, metrics=["detectability"], detector={"epochs": 1}, data={"limit": 60}, loop={
             "types": ["replace"], "generations": 1, "samples_per_generation": 20, "pretrained": str(tmp_path / "pretrained"),
             "pretrained_steps": steps}))
-        context = study_context(spec, splits)  # reads the pretrained weights once, in the driver
+        weights = pretrained_weights(spec.loop.pretrained, "unused: a local path", spec.generator, splits.train.shape, 10)
+        context = study_context(spec, splits, pretrained=weights)  # the weights are read once, in the driver
         return next(e for e in run_arm(spec, splits, Arm("replace", 0), context=context)
                     if isinstance(e, GenerationResult) and e.generation == 1)
 
@@ -104,6 +106,7 @@ def test_a_warm_started_diffusion_loop_hands_its_weights_on_through_ray(local_ra
     """Generations 0-1 are shared by the two arms; each arm's generation 2 then starts from the shared G1, and generation
     3 from its own G2. The weights kept in MLflow are what a resume starts from."""
     import synthdata
+    from synthdata.errors import DataError
     from synthdata.runs import child_runs, download_generator_state
 
     study = tiny_study(name="warm", generator=TINY_DIFFUSION, metrics=["detectability"], data={"limit": 100},
@@ -121,6 +124,22 @@ def test_a_warm_started_diffusion_loop_hands_its_weights_on_through_ray(local_ra
     from synthdata.generators import create_generator
 
     create_generator(spec.generator, (1, 8, 8), 10).load_state_dict(state)  # a whole, loadable generator
+
+    # Another loop starts from that checkpoint through its MLflow URI, sampled as it is: its generation 1 is those weights.
+    source = f"runs:/{run.info.run_id}/checkpoints/generation_003/generator"
+    again = tiny_study(name="from_mlflow", generator=TINY_DIFFUSION, metrics=["detectability"], data={"limit": 100},
+                       tracking={"report_dir": str(tmp_path / "runs")},
+                       loop={"types": ["replace"], "generations": 1, "samples_per_generation": 40, "pretrained": source,
+                             "pretrained_steps": 0})
+    second = synthdata.run(again, tracking_uri=tracking_uri, progress=False)
+    assert not second.failed and second.table.set_index("generation").loc[1, "warm_start"] == 1.0
+    arm = next(r for r in child_runs(tracking_uri, second.parent_run_id) if r.info.run_name == "replace/seed0")
+    started = download_generator_state(tracking_uri, arm.info.run_id, 1, spec.generator, (1, 8, 8), 10)
+    assert started.keys() == state.keys() and all(torch.equal(started[k], state[k]) for k in state)
+    # A URI that names nothing stops the study before any arm, in one line.
+    missing = {**again, "loop": {**again["loop"], "pretrained": f"runs:/{run.info.run_id}/checkpoints/generation_009"}}
+    with pytest.raises(DataError, match=r"loop.pretrained: runs:/\w+/checkpoints/generation_009: not found in"):
+        synthdata.run(missing, tracking_uri=tracking_uri, progress=False)
 
 
 def pd_isna(value) -> bool:
@@ -146,3 +165,34 @@ def test_a_pretrained_directory_that_is_not_a_model_exits_2_with_one_line(tmp_pa
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-2000:]
     assert lines[0].startswith(f"error: {tmp_path / 'junk'}: not a diffusers model")
     assert not (tmp_path / "m.db").exists()  # refused before any run opened
+
+
+def test_synthdata_pretrain_saves_a_start_that_knows_what_it_was_trained_on(tmp_path, capsys):
+    """`synthdata pretrain` fits the study's generator on one seed's training split and saves it; a loop's seed whose
+    held-out or test images were among that split's is told so (a per-seed split: seed 1's overlaps seed 0's)."""
+    import yaml
+
+    from synthdata.cli import main
+    from synthdata.data import study_splits
+    from synthdata.generators import pretrained_overlap, pretrained_state
+
+    study = tiny_study(name="pre", generator=TINY_DIFFUSION, data={"limit": 100})
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(study))
+    assert main(["pretrain", str(tmp_path / "study.yaml"), "--out", str(tmp_path / "unet"), "--steps", "2", "--no-progress"]) == 0
+    assert (tmp_path / "unet" / "unet" / "config.json").is_file() and (tmp_path / "unet" / "pretrained.json").is_file()
+    assert "start a loop from it with" in capsys.readouterr().out
+    spec = parse_spec(study)
+    splits = study_splits(spec.data, [0, 1])
+    state = pretrained_state(tmp_path / "unet", spec.generator, splits[0].train.shape, 10)
+    assert state  # loadable by the study's generator
+    evaluated = {s: torch.cat([splits[s].heldout.images, splits[s].test.images]) for s in (0, 1)}
+    record, overlap = pretrained_overlap(tmp_path / "unet", evaluated)
+    assert record["seed"] == 0 and record["train_steps"] == 2 and len(record["train_fingerprints"]) == len(splits[0].train)
+    assert overlap[0] == 0 and overlap[1] > 0  # seed 0 evaluates on images the pretraining never saw; seed 1 does not
+    # Same seed, same steps: the same weights (the fit draws from the seed's streams).
+    assert main(["pretrain", str(tmp_path / "study.yaml"), "--out", str(tmp_path / "again"), "--steps", "2", "--no-progress"]) == 0
+    again = pretrained_state(tmp_path / "again", spec.generator, splits[0].train.shape, 10)
+    assert all(torch.equal(state[k], again[k]) for k in state)
+    # A bad step count is refused in one line.
+    assert main(["pretrain", str(tmp_path / "study.yaml"), "--out", str(tmp_path / "x"), "--steps", "0"]) == 2
+    assert "--steps: give a positive number" in capsys.readouterr().err

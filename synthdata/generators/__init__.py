@@ -106,6 +106,46 @@ def checkpoint_files(generator: Generator) -> dict[str, bytes]:
     return {"generator.safetensors": save(generator.state_dict())}
 
 
+PRETRAINED_RECORD = "pretrained.json"  # beside a pretrained checkpoint: what it was trained on
+
+
+def save_pretrained_generator(generator: Generator, out: Path, record: dict) -> Path:
+    """Save a fitted generator as a pretrained start and return the path `loop.pretrained` takes: a diffusers
+    directory `out` when it has `save_pretrained`, else a .safetensors state (`out` itself when it ends so, else
+    `out/generator.safetensors`). `record` (what it was trained on, with `train_fingerprints`) is written beside it."""
+    import json
+
+    from safetensors.torch import save_file
+
+    if hasattr(generator, "save_pretrained"):
+        out.mkdir(parents=True, exist_ok=True)
+        generator.save_pretrained(out)
+        path, record_path = out, out / PRETRAINED_RECORD
+    else:
+        path = out if out.suffix == ".safetensors" else out / "generator.safetensors"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.detach().cpu().contiguous() for k, v in generator.state_dict().items()}, str(path))
+        record_path = path.with_name(PRETRAINED_RECORD)
+    record_path.write_text(json.dumps(record, indent=1))
+    return path
+
+
+def pretrained_overlap(path: Path, evaluated: dict[int, torch.Tensor]) -> tuple[dict, dict[int, int]]:
+    """How many of each seed's evaluation images (held-out and test) were among a pretrained checkpoint's training
+    images, from the record `synthdata pretrain` wrote beside it; ({}, {}) when it has none (made elsewhere)."""
+    import json
+
+    from synthdata.data import fingerprints
+
+    path = Path(path)
+    record_path = (path if path.is_dir() else path.parent) / PRETRAINED_RECORD
+    if not record_path.is_file():
+        return {}, {}
+    record = json.loads(record_path.read_text())
+    seen = set(record.get("train_fingerprints", ()))
+    return record, {seed: sum(f in seen for f in fingerprints(images)) for seed, images in evaluated.items()}
+
+
 def pretrained_state(path: Path, spec: GeneratorSpec, shape: tuple[int, int, int], num_classes: int) -> dict[str, torch.Tensor]:
     """The weights a loop's generation 1 starts from (`loop.pretrained`), as the generator's `state_dict`.
 

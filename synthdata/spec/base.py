@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 
 def _existing_file(path: Path) -> Path:
@@ -32,6 +32,25 @@ def _existing_path(path: Path) -> Path:
 ExistingFile = Annotated[Path, AfterValidator(_existing_file)]
 ExistingDir = Annotated[Path, AfterValidator(_existing_dir)]
 ExistingPath = Annotated[Path, AfterValidator(_existing_path)]  # a file or a directory
+
+MLFLOW_URI_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/")
+
+
+def is_mlflow_uri(text: object) -> bool:
+    """An MLflow artifact URI (`runs:/<run_id>/<path>`, ...): read through the study's tracking store, not the disk."""
+    return isinstance(text, str) and text.startswith(MLFLOW_URI_SCHEMES)
+
+
+def _path_or_mlflow_uri(value: object) -> object:
+    if is_mlflow_uri(value):
+        if value in MLFLOW_URI_SCHEMES or value.rstrip("/").endswith(":"):
+            raise ValueError(f"{value!r}: name the run and the artifact, e.g. runs:/<run_id>/checkpoints/generation_001/generator")
+        return value
+    return _existing_path(Path(value)) if isinstance(value, (str, Path)) else value
+
+
+# A local file or directory (checked when the file is validated), or an MLflow artifact URI (read when the study starts).
+ExistingPathOrUri = Annotated[Path | str, BeforeValidator(_path_or_mlflow_uri)]
 
 
 class Strict(BaseModel):

@@ -5,7 +5,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from synthdata.spec.base import ExistingPath, Strict, Unique
+from synthdata.spec.base import ExistingPathOrUri, Strict, Unique
 from synthdata.spec.generators import PluginSpec
 from synthdata.spec.study import MeasuredStudy
 
@@ -42,9 +42,10 @@ class LoopSpec(Strict):
         "scratch", description="scratch: every generation trains a fresh generator; previous: generation t starts from "
         "G(t-1)'s weights and fine-tunes on D(t) (Bertrand et al., ICLR 2024). Needs a generator that can warm start.",
     )
-    pretrained: ExistingPath | None = Field(
+    pretrained: ExistingPathOrUri | None = Field(
         None, description="Generation 1 starts from these weights and fine-tunes on the real data: a generator checkpoint "
-        "directory (diffusers save_pretrained, as this project writes them) or a .safetensors state of `generator`.",
+        "directory (diffusers save_pretrained, as this project and `synthdata pretrain` write them), a .safetensors state "
+        "of `generator`, or either of them in MLflow (runs:/<run_id>/checkpoints/generation_003/generator).",
     )
     pretrained_steps: int | None = Field(
         None, ge=0, description="Optimizer steps of generation 1's fine-tune from `pretrained` (default: the generator's "

@@ -47,7 +47,8 @@ def metric_figures(table: pd.DataFrame, out_dir: str | Path, group: str = "group
 
     `table` needs columns `generation`, `group` (the line: loop type, plus any swept
     value) and one column per metric; rows of the same group and generation from
-    different seeds make the band (mean and standard deviation).
+    different seeds make the band (the mean with a 95% t interval; the median and IQR on a log axis).
+    The y axis names the metric; the title says the rest (feature space, what the band is).
     """
     plt, sns = _pyplot()
     out_dir = Path(out_dir)
@@ -71,12 +72,12 @@ def metric_figures(table: pd.DataFrame, out_dir: str | Path, group: str = "group
                      estimator="median" if log else "mean", errorbar=("pi", 50) if log else t_interval, ax=ax)
         if metric == "detectability":
             ax.axhline(0.5, color="grey", linestyle="--", linewidth=1, label="chance")
+        ax.set_ylabel(label.split(" (")[0])  # the long label would not fit beside the axis
         if log:
             ax.set_yscale("log")
-            label += " (median, IQR over seeds)"
+            label += "\n(median, IQR over seeds)"
         elif "seed" in table and table["seed"].nunique() > 1:
             label += "\n(mean, 95% t interval over seeds)"
-        ax.set_ylabel(label)
         ax.set_title(f"{title}: {label}" if title else label, fontsize=11)
         if short:
             ax.set_xticks(sorted(data["generation"].unique()))

@@ -24,9 +24,11 @@ def test_defaults_are_a_valid_study():
 
 @pytest.mark.parametrize("path", sorted((REPO / "studies").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_studies_validate(path, tmp_path, monkeypatch):
-    # GPU-sized studies name a data root the user provides (data/cifar10); an empty one stands in here.
+    # GPU-sized studies name a data root the user provides (data/cifar10), and pretrained_digits a model that
+    # `synthdata pretrain` makes first (its weights are checked when the study starts): empty ones stand in here.
     monkeypatch.chdir(tmp_path)
     (tmp_path / "data" / "cifar10").mkdir(parents=True)
+    (tmp_path / "runs" / "pretrained" / "digits_unet").mkdir(parents=True)
     assert isinstance(load_spec(path), tuple(STUDY_KINDS.values()))
 
 

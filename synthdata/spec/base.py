@@ -46,7 +46,10 @@ def _path_or_mlflow_uri(value: object) -> object:
         if value in MLFLOW_URI_SCHEMES or value.rstrip("/").endswith(":"):
             raise ValueError(f"{value!r}: name the run and the artifact, e.g. runs:/<run_id>/checkpoints/generation_001/generator")
         return value
-    return _existing_path(Path(value)) if isinstance(value, (str, Path)) else value
+    if isinstance(value, (str, Path)) and not Path(value).exists():
+        raise ValueError(f"does not exist: {value} (make one with `synthdata pretrain STUDY --out {value}`, "
+                         "or name a checkpoint in MLflow: runs:/<run_id>/checkpoints/generation_001/generator)")
+    return Path(value) if isinstance(value, str) else value
 
 
 # A local file or directory (checked when the file is validated), or an MLflow artifact URI (read when the study starts).

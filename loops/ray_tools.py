@@ -1,7 +1,6 @@
 """What every runner needs from Ray: starting or joining it, waiting on arm tasks, and a worker's error in one line."""
 from __future__ import annotations
 
-import _thread
 import ast
 import contextlib
 import os
@@ -9,7 +8,7 @@ import re
 import sys
 from typing import Any, Callable, Iterator
 
-from loops.stopping import check_stopped
+from loops.stopping import StudyStopped, check_stopped, request_stop
 from synthdata.errors import UserError
 from synthdata.spec import ResourcesSpec
 
@@ -76,7 +75,9 @@ class InfeasibleWatch:
             found = re.search(r"(\{[^{}]*\})", line) if self.PHRASE in line else None
             if found and _literal(found.group(1)) == self.request:
                 self.message = line.split(":event_summary:")[-1].strip().removeprefix("Error: ")
-                _thread.interrupt_main()  # the driver waits in ray.wait/ray.get, which see it as Ctrl-C
+                # The driver waits in ray.wait/ray.get, which see it as Ctrl-C; recorded too, since that raise can be
+                # lost in Ray's C code, and the waiting loops' check_stopped then raises it within a second.
+                request_stop(StudyStopped(f"infeasible: {self.message}", 2))
                 return
 
 

@@ -29,6 +29,15 @@ def raise_stopped(signum: int, frame: Any) -> None:
     raise stop
 
 
+def request_stop(stop: StudyStopped) -> None:
+    """Stop the study from another thread (the autoscaler watch): recorded for `check_stopped`, and raised in the
+    main thread at once as Ctrl-C is, where that raise gets through."""
+    import _thread
+
+    STOPS.append(stop)
+    _thread.interrupt_main()
+
+
 def check_stopped() -> None:
     """Raise the stop a signal asked for, if the raise in its handler did not get through.
 

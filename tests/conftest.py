@@ -11,15 +11,6 @@ os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under pytest-xdist (`-n 2`, the default: see pyproject), the tests on the shared local Ray run in one worker, in
-    file order: one Ray start per run, not one per worker, and its two CPUs are not fought over by two sets of arms.
-    Everything else (unit tests, CLI subprocesses with their own Ray, the two-node cluster) spreads over the workers."""
-    for item in items:
-        if "local_ray" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.xdist_group("local_ray"))
-
-
 @pytest.fixture
 def tracking_uri(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'mlflow.db'}"

@@ -33,10 +33,17 @@ def write_png(path: Path, array: np.ndarray) -> None:
 
 
 def ray_workers(title: str) -> list:
-    """Ray worker processes whose title starts with `title` (Ray titles a worker `ray::<task or actor method>`)."""
+    """This process's local Ray's workers whose title starts with `title` (Ray titles a worker `ray::<task or actor
+    method>`). Only descendants: a Ray another test process started (pytest-xdist) is not ours to kill."""
     import psutil
 
-    return [p for p in psutil.process_iter(["cmdline"]) if " ".join(p.info["cmdline"] or []).startswith(title)]
+    def title_of(p) -> str:
+        try:
+            return " ".join(p.cmdline())
+        except psutil.Error:
+            return ""
+
+    return [p for p in psutil.Process().children(recursive=True) if title_of(p).startswith(title)]
 
 
 def load_blobs(n: int = 240, size: int = 8, classes: int = 3, channels_last: bool = True, seed: int = 0):

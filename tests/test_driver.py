@@ -180,3 +180,29 @@ def test_a_stop_whose_raise_was_lost_is_raised_at_the_next_wait():
         check_stopped()
     assert stop.value.exit_code == 143 and str(stop.value) == "SIGTERM"
     STOPS.clear()
+
+
+def test_the_autoscalers_infeasible_verdict_on_an_arm_is_recorded_as_a_stop():
+    """The watch interrupts the main thread and records the stop: if Ray's C code swallows the interrupt, the waiting
+    loops' check_stopped still ends the study (the case a CI run once hit: a study waiting past its timeout)."""
+    import pytest
+
+    from loops.ray_tools import InfeasibleWatch
+    from loops.stopping import STOPS, StudyStopped, check_stopped
+    from synthdata.spec import ResourcesSpec
+
+    STOPS.clear()
+    watch = InfeasibleWatch(ResourcesSpec(cpus_per_arm=64))
+    line = "Error: No available node types can fulfill resource request {'CPU': %s}. Add suitable node types to this cluster."
+    watch({"pid": "autoscaler", "lines": [line % "4.0"]})  # another request than the arm's: not ours
+    watch({"pid": 1234, "lines": [line % "64.0"]})  # a worker's line, not the autoscaler's
+    assert watch.message is None and not STOPS
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            watch({"pid": "autoscaler", "lines": [line % "64.0"]})
+            time.sleep(2)  # the interrupt lands here
+        assert watch.message.startswith("No available node types can fulfill resource request {'CPU': 64.0}")
+        with pytest.raises(StudyStopped, match="infeasible"):
+            check_stopped()
+    finally:
+        STOPS.clear()

@@ -27,6 +27,31 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> bool:
     return not address
 
 
+def local_cpus() -> int:
+    """The CPUs a local Ray started here would have: Ray's own count (cgroup quotas included), else os.cpu_count()."""
+    try:
+        from ray._private.utils import get_num_cpus  # Ray-internal; the fallback below is a machine's plain count
+
+        return int(get_num_cpus())
+    except Exception:
+        return os.cpu_count() or 1
+
+
+def refuse_before_start(resources: ResourcesSpec, address: str | None) -> None:
+    """An arm wider than this machine, on a local Ray not started yet: refused now (exit 2), not after a Ray start."""
+    import ray
+
+    if ray.is_initialized() or address or os.environ.get("RAY_ADDRESS"):
+        return
+    if resources.cpus_per_arm > local_cpus():
+        raise _too_wide("cpus_per_arm", resources.cpus_per_arm, local_cpus(), "CPUs")
+
+
+def _too_wide(field: str, asked: float, most: float, what: str) -> UserError:
+    hint = f"at most {most:g}" if most else "0 (none is visible)"
+    return UserError(f"resources.{field}: {asked:g} {what} per arm, but this machine's Ray has {most:g}; set {hint}")
+
+
 def most_on_one_node(resource: str) -> float:
     """The most of `resource` (CPU, GPU) one live node has: a task asking for more is never scheduled there."""
     import ray
@@ -51,8 +76,7 @@ def check_resources(resources: ResourcesSpec, local: bool) -> None:
         if asked <= most:
             continue
         if local:
-            hint = f"at most {most:g}" if most else "0 (none is visible)"
-            raise UserError(f"resources.{field}: {asked:g} {what} per arm, but this machine's Ray has {most:g}; set {hint}")
+            raise _too_wide(field, asked, most, what)
         print(f"waiting: no node of the cluster has {asked:g} {what} for an arm yet (resources.{field}); "
               "the autoscaler may add one", file=sys.stderr, flush=True)
 

@@ -116,7 +116,7 @@ def run_study(spec: StudySpec, runner: ModuleType | None = None, *, address: str
     `source` (the study file's path, or the command that built the spec) is recorded on every run.
     """
     from loops import runner_for
-    from loops.ray_tools import check_resources, init_ray, watch_infeasible
+    from loops.ray_tools import check_resources, init_ray, refuse_before_start, watch_infeasible
 
     runner = runner or runner_for(spec.kind)
     start = time.perf_counter()
@@ -125,6 +125,7 @@ def run_study(spec: StudySpec, runner: ModuleType | None = None, *, address: str
     splits = study_splits(spec.data, spec.seeds)  # per seed; data errors surface here, before Ray or MLflow
     uri = resolve_tracking_uri(tracking_uri or spec.tracking.uri)
     prepared: Prepared = runner.prepare(spec, splits, uri, resume)  # bad input stops the study here too
+    refuse_before_start(spec.resources, address or spec.resources.address)  # an arm wider than this machine
     store = _StoreOpener(uri)  # MLflow's store (a new SQLite file: its tables) is made while Ray starts
     started_ray = False
     try:

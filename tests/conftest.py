@@ -9,10 +9,31 @@ import pytest
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Two test processes on two cores: one intra-op thread each (two 2-thread OpenMP pools spin against each other).
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def empty_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An MLflow SQLite store with its tables made, once: a new store runs every schema migration (0.6 s and more)."""
+    from synthdata.tracking import mlflow_client
+
+    path = tmp_path_factory.mktemp("store") / "empty.db"
+    mlflow_client(f"sqlite:///{path}")
+    return path
 
 
 @pytest.fixture
-def tracking_uri(tmp_path: Path) -> str:
+def tracking_uri(tmp_path: Path, empty_store: Path) -> str:
+    """A test's own MLflow store: a copy of the empty one (what a new store holds once opened, made in milliseconds).
+    Tests about creating a store (a refused study leaves none) name their own path instead."""
+    import shutil
+
+    shutil.copyfile(empty_store, tmp_path / "mlflow.db")
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
 
 
@@ -21,6 +42,7 @@ def local_ray():
     """A real local Ray for the whole session, two CPUs, no dashboard."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    # "local": a new Ray of its own, never one that `ray start` (the cluster tests) left on this machine.
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
     yield ray
     ray.shutdown()

@@ -76,7 +76,7 @@ def test_sigterm_stops_the_study_with_one_line_and_leaves_no_ray_behind(tmp_path
 
 
 def test_an_arm_no_node_can_hold_is_refused_before_any_run_opens(tmp_path):
-    """64 CPUs per arm on the Ray this command starts: exit 2, one line, nothing tracked; not a silent wait."""
+    """64 CPUs per arm on a local Ray: exit 2, one line, before that Ray starts, nothing tracked; not a silent wait."""
     study = yaml.safe_load(_study(tmp_path).read_text())
     study["resources"] = {"cpus_per_arm": 64}
     path = tmp_path / "big.yaml"

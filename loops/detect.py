@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -52,7 +53,8 @@ def load_sources(spec: DetectStudy, splits: dict[int, Splits], read: dict[str, I
     task = ray.remote(_source_task).options(num_cpus=spec.resources.cpus_per_arm, num_gpus=spec.resources.gpus_per_arm,
                                             max_retries=0)
     expensive = [name for name, source in spec.detect.sources.items() if source.type in EXPENSIVE]
-    refs = {(seed, name): task.remote(spec.detect.sources[name], splits[seed].train, seed, spec.resources)
+    local = {name: _absolute(spec.detect.sources[name]) for name in expensive}
+    refs = {(seed, name): task.remote(local[name][0], splits[seed].train, seed, spec.resources)
             for seed in spec.detect.seeds for name in expensive}
     if show_progress and refs:
         print(f"sampling {', '.join(expensive)} for seed(s) {', '.join(map(str, spec.detect.seeds))}", file=sys.stderr, flush=True)
@@ -62,14 +64,24 @@ def load_sources(spec: DetectStudy, splits: dict[int, Splits], read: dict[str, I
             out[seed][name] = ray.get(ref)
         except ray.exceptions.RayTaskError as err:  # a bad file, or a generator (a plug-in's) whose fit raised
             cause = getattr(err, "cause", None)
-            if isinstance(cause, UserError):
-                raise type(cause)(f"detect.sources.{name}: {cause}") from None
+            if isinstance(cause, UserError):  # named as the study file names it
+                raise type(cause)(f"detect.sources.{name}: {str(cause).replace(*local[name][1])}") from None
             raise UserError(f"detect.sources.{name}: seed {seed}: {short_reason(err)}") from None
     for sources in out.values():
         for name, images in sources.items():
             if len(images) < 10:
                 raise UserError(f"detect.sources.{name}: {len(images)} images are too few (at least 10)")
     return {seed: {name: sources[name] for name in spec.detect.sources} for seed, sources in out.items()}
+
+
+def _absolute(source: Any) -> tuple[Any, tuple[str, str]]:
+    """A source whose local path is absolute (a Ray worker may run in another directory than the driver: a shared or
+    notebook's Ray), and (absolute, as written) to put the user's spelling back into its errors."""
+    path = getattr(source, "path", None)
+    if path is None or not Path(path).exists() or Path(path).is_absolute():
+        return source, ("", "")
+    full = Path(path).resolve()
+    return source.model_copy(update={"path": full if isinstance(path, Path) else str(full)}), (str(full), str(path))
 
 
 def _log_arm(tracker, result: DetectResult) -> None:

@@ -64,8 +64,10 @@ def load_sources(spec: DetectStudy, splits: dict[int, Splits], read: dict[str, I
             out[seed][name] = ray.get(ref)
         except ray.exceptions.RayTaskError as err:  # a bad file, or a generator (a plug-in's) whose fit raised
             cause = getattr(err, "cause", None)
-            if isinstance(cause, UserError):  # named as the study file names it
-                raise type(cause)(f"detect.sources.{name}: {str(cause).replace(*local[name][1])}") from None
+            if isinstance(cause, UserError):
+                full, written = local[name][1]
+                message = str(cause).replace(full, written) if full else str(cause)  # the path as the study file writes it
+                raise type(cause)(f"detect.sources.{name}: {message}") from None
             raise UserError(f"detect.sources.{name}: seed {seed}: {short_reason(err)}") from None
     for sources in out.values():
         for name, images in sources.items():
@@ -78,7 +80,7 @@ def _absolute(source: Any) -> tuple[Any, tuple[str, str]]:
     """A source whose local path is absolute (a Ray worker may run in another directory than the driver: a shared or
     notebook's Ray), and (absolute, as written) to put the user's spelling back into its errors."""
     path = getattr(source, "path", None)
-    if path is None or not Path(path).exists() or Path(path).is_absolute():
+    if path is None or not Path(path).exists() or Path(path).is_absolute():  # a hub id, or nothing to resolve
         return source, ("", "")
     full = Path(path).resolve()
     return source.model_copy(update={"path": full if isinstance(path, Path) else str(full)}), (str(full), str(path))

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import torch
 
 from loops.autophagy import Arm, GenerationResult, Progress, ResumeState, run_arm
 from loops.ray_tools import short_reason, widest_node_cpus
@@ -185,11 +184,10 @@ def _warn_of_overlap(spec: LoopStudy, splits: dict[int, Splits]) -> None:
     accuracy would then be measured partly on the generator's own training data."""
     if not isinstance(spec.loop.pretrained, Path):
         return
-    evaluated = {seed: torch.cat([s.heldout.images, s.test.images]) for seed, s in splits.items()}
-    record, overlap = pretrained_overlap(spec.loop.pretrained, evaluated)
-    for seed, n in overlap.items():
+    record, overlap = pretrained_overlap(spec.loop.pretrained, splits)
+    for seed, (n, total) in overlap.items():
         if n:
-            print(f"WARNING: seed {seed}: {n} of its {len(evaluated[seed])} held-out and test images were in loop.pretrained's "
+            print(f"WARNING: seed {seed}: {n} of its {total} held-out and test images were in loop.pretrained's "
                   f"training data (study {record.get('study')!r}, seed {record.get('seed')}); use the split it was "
                   f"pretrained on (data.split_seed: {record.get('split_seed')})", file=sys.stderr, flush=True)
 

@@ -43,8 +43,9 @@ def refuse_before_start(resources: ResourcesSpec, address: str | None) -> None:
 
     if ray.is_initialized() or address or os.environ.get("RAY_ADDRESS"):
         return
-    if resources.cpus_per_arm > local_cpus():
-        raise _too_wide("cpus_per_arm", resources.cpus_per_arm, local_cpus(), "CPUs")
+    most = local_cpus()
+    if resources.cpus_per_arm > most:
+        raise _too_wide("cpus_per_arm", resources.cpus_per_arm, most, "CPUs")
 
 
 def _too_wide(field: str, asked: float, most: float, what: str) -> UserError:

@@ -162,7 +162,6 @@ def _detect(args: argparse.Namespace) -> int:
 def _pretrain(args: argparse.Namespace) -> int:
     """`synthdata pretrain`: the study's generator, fitted on seed's real training split, saved for `loop.pretrained`."""
     import json
-    import time
 
     from synthdata.api import pretrain
     from synthdata.generators import PRETRAINED_RECORD
@@ -173,11 +172,10 @@ def _pretrain(args: argparse.Namespace) -> int:
         raise UserError(f"{args.study}: a {spec.kind} study has no generator to pretrain")
     if args.steps is not None and args.steps < 1:
         raise UserError(f"--steps: give a positive number of optimizer steps, got {args.steps}")
-    start = time.perf_counter()
     path = pretrain(spec, args.out, seed=args.seed, train_steps=args.steps, device=args.device, progress=not args.no_progress)
-    fit = json.loads((path if path.is_dir() else path.parent).joinpath(PRETRAINED_RECORD).read_text())["fit"]
-    loss = f", final loss {fit['generator_loss']:.4f}" if "generator_loss" in fit else ""
-    print(f"pretrained {spec.generator.name} on seed {args.seed}'s real training split in {time.perf_counter() - start:.0f}s{loss}: "
+    record = json.loads((path if path.is_dir() else path.parent).joinpath(PRETRAINED_RECORD).read_text())
+    loss = f", final loss {record['fit']['generator_loss']:.4f}" if "generator_loss" in record["fit"] else ""
+    print(f"pretrained {spec.generator.name} on seed {args.seed}'s real training split in {record['seconds']:.0f}s{loss}: "
           f"{path}\nstart a loop from it with  loop: {{pretrained: {path}, pretrained_steps: 0}}  "
           f"(and the same split: data.split_seed or seed {args.seed})")
     return 0

@@ -185,8 +185,8 @@ def test_synthdata_pretrain_saves_a_start_that_knows_what_it_was_trained_on(tmp_
     splits = study_splits(spec.data, [0, 1])
     state = pretrained_state(tmp_path / "unet", spec.generator, splits[0].train.shape, 10)
     assert state  # loadable by the study's generator
-    evaluated = {s: torch.cat([splits[s].heldout.images, splits[s].test.images]) for s in (0, 1)}
-    record, overlap = pretrained_overlap(tmp_path / "unet", evaluated)
+    record, counts = pretrained_overlap(tmp_path / "unet", splits)
+    overlap = {seed: n for seed, (n, _) in counts.items()}
     assert record["seed"] == 0 and record["train_steps"] == 2 and len(record["train_fingerprints"]) == len(splits[0].train)
     assert overlap[0] == 0 and overlap[1] > 0  # seed 0 evaluates on images the pretraining never saw; seed 1 does not
     # Same seed, same steps: the same weights (the fit draws from the seed's streams).

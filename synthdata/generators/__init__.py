@@ -12,7 +12,7 @@ from typing import Callable, Protocol
 
 import torch
 
-from synthdata.data import ImageSet
+from synthdata.data import ImageSet, Splits
 from synthdata.spec import GeneratorSpec
 
 ProgressFn = Callable[[float], None]  # called with the fraction done (0..1); loops turn it into progress events
@@ -130,9 +130,10 @@ def save_pretrained_generator(generator: Generator, out: Path, record: dict) -> 
     return path
 
 
-def pretrained_overlap(path: Path, evaluated: dict[int, torch.Tensor]) -> tuple[dict, dict[int, int]]:
-    """How many of each seed's evaluation images (held-out and test) were among a pretrained checkpoint's training
-    images, from the record `synthdata pretrain` wrote beside it; ({}, {}) when it has none (made elsewhere)."""
+def pretrained_overlap(path: Path, splits: dict[int, Splits]) -> tuple[dict, dict[int, tuple[int, int]]]:
+    """For each seed, how many of its evaluation images (held-out and test) were among a pretrained checkpoint's
+    training images, and of how many: from the record `synthdata pretrain` wrote beside it; ({}, {}) when it has
+    none (a checkpoint made elsewhere)."""
     import json
 
     from synthdata.data import fingerprints
@@ -143,7 +144,11 @@ def pretrained_overlap(path: Path, evaluated: dict[int, torch.Tensor]) -> tuple[
         return {}, {}
     record = json.loads(record_path.read_text())
     seen = set(record.get("train_fingerprints", ()))
-    return record, {seed: sum(f in seen for f in fingerprints(images)) for seed, images in evaluated.items()}
+    overlap = {}
+    for seed, split in splits.items():
+        evaluated = fingerprints(torch.cat([split.heldout.images, split.test.images]))
+        overlap[seed] = (sum(f in seen for f in evaluated), len(evaluated))
+    return record, overlap
 
 
 def pretrained_state(path: Path, spec: GeneratorSpec, shape: tuple[int, int, int], num_classes: int) -> dict[str, torch.Tensor]:

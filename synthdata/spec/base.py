@@ -22,16 +22,9 @@ def _existing_dir(path: Path) -> Path:
     return path
 
 
-def _existing_path(path: Path) -> Path:
-    if not path.exists():
-        raise ValueError(f"does not exist: {path}")
-    return path
-
-
 # Paths checked when the study file is validated, so a typo fails before anything runs.
 ExistingFile = Annotated[Path, AfterValidator(_existing_file)]
 ExistingDir = Annotated[Path, AfterValidator(_existing_dir)]
-ExistingPath = Annotated[Path, AfterValidator(_existing_path)]  # a file or a directory
 
 MLFLOW_URI_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/")
 

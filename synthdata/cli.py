@@ -42,7 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     pre.add_argument("--out", required=True, help="Where to save it: a diffusers directory (or a .safetensors file).")
     pre.add_argument("--seed", type=int, default=0, help="Whose real training split and random streams (default: 0).")
     pre.add_argument("--steps", type=int, default=None, help="Optimizer steps (default: the generator's train_steps).")
-    pre.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu).")
+    pre.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="cpu or cuda (default: cpu).")
     pre.add_argument("--no-progress", action="store_true", help="Do not draw a progress bar.")
 
     rep = sub.add_parser("report", help="Build an HTML page, tables and figures for a study from what MLflow holds.")
@@ -172,6 +172,14 @@ def _pretrain(args: argparse.Namespace) -> int:
         raise UserError(f"{args.study}: a {spec.kind} study has no generator to pretrain")
     if args.steps is not None and args.steps < 1:
         raise UserError(f"--steps: give a positive number of optimizer steps, got {args.steps}")
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UserError("--device cuda: no CUDA GPU is visible here (use --device cpu)")
+    out = Path(args.out)
+    if out.is_file() and out.suffix != ".safetensors":
+        raise UserError(f"--out {args.out}: a file is there; give a new or empty directory (or a .safetensors path)")
     path = pretrain(spec, args.out, seed=args.seed, train_steps=args.steps, device=args.device, progress=not args.no_progress)
     record = json.loads((path if path.is_dir() else path.parent).joinpath(PRETRAINED_RECORD).read_text())
     loss = f", final loss {record['fit']['generator_loss']:.4f}" if "generator_loss" in record["fit"] else ""

@@ -193,6 +193,12 @@ def test_synthdata_pretrain_saves_a_start_that_knows_what_it_was_trained_on(tmp_
     assert main(["pretrain", str(tmp_path / "study.yaml"), "--out", str(tmp_path / "again"), "--steps", "2", "--no-progress"]) == 0
     again = pretrained_state(tmp_path / "again", spec.generator, splits[0].train.shape, 10)
     assert all(torch.equal(state[k], again[k]) for k in state)
-    # A bad step count is refused in one line.
+    # A bad step count, an --out that is a file, and a GPU that is not there are refused in one line.
     assert main(["pretrain", str(tmp_path / "study.yaml"), "--out", str(tmp_path / "x"), "--steps", "0"]) == 2
     assert "--steps: give a positive number" in capsys.readouterr().err
+    (tmp_path / "taken").write_text("")
+    assert main(["pretrain", str(tmp_path / "study.yaml"), "--out", str(tmp_path / "taken"), "--steps", "2"]) == 2
+    assert "a file is there" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main(["pretrain", str(tmp_path / "study.yaml"), "--out", str(tmp_path / "x"), "--device", "cuda"]) == 2
+        assert "--device cuda: no CUDA GPU is visible here" in capsys.readouterr().err

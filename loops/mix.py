@@ -9,6 +9,7 @@ figure built from the MLflow runs.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from loops.ray_tools import short_reason
+from loops.stopping import signals_kept
 from loops.study import Prepared, Study
 from synthdata.data import ImageSet, Splits
 from synthdata.errors import DataError, UserError
@@ -269,6 +271,7 @@ def schedule(study: Study) -> None:
     """Make the pools (logged on the study run), then run the Tune sweep with every arm logged as a child run."""
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no CSV/JSON/TensorBoard files per trial
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")  # Ctrl-C stops a mix study as it stops every other kind
     spec, tracker, plan = study.spec, study.tracker, study.prepared
     missing = tuple(seed for seed in spec.mix.seeds if seed not in plan.pools)
     made = make_pools(spec, study.splits, study.show_progress, plan.saved, seeds=missing) if missing else {}
@@ -282,7 +285,8 @@ def schedule(study: Study) -> None:
     arms = [arm for arm in planned_arms(spec) if arm_name(arm) not in plan.finished]
     if not arms:
         return
-    results = _tuner(study, arms, {**plan.pools, **made}, dict(plan.logged)).fit()
+    with signals_kept(signal.SIGINT, signal.SIGUSR1):  # Tune's handlers would outlive the sweep
+        results = _tuner(study, arms, {**plan.pools, **made}, dict(plan.logged)).fit()
     for result in results:
         if result.error is not None:
             name = arm_name(result.config)

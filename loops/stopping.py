@@ -50,6 +50,31 @@ def check_stopped() -> None:
 
 
 @contextlib.contextmanager
+def signals_kept(*signums: int):
+    """Put these signals' handlers back after the block, as they were before it.
+
+    Ray Tune's `Tuner.fit` installs its own SIGINT and SIGUSR1 handlers in the main thread
+    and leaves them there: afterwards Ctrl-C (and `request_stop`) only sets a finished Tune
+    run's event instead of raising, and SIGUSR1 no longer dumps the stacks. A handler
+    registered with `faulthandler` (SIGUSR1, by the CLI) is registered again.
+    """
+    import faulthandler
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.getsignal(s) for s in signums}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            if handler is not None and signal.getsignal(s) is not handler:
+                signal.signal(s, handler)
+            if faulthandler.unregister(s):  # faulthandler's own table says it was registered: put it back in front
+                faulthandler.register(s, all_threads=True)
+
+
+@contextlib.contextmanager
 def on_sigterm(action: Any):
     """SIGTERM's handler for the block: `raise_stopped` while the study runs (as Ctrl-C raises
     KeyboardInterrupt), SIG_IGN while a stopped study writes its last table and ends its runs.

@@ -1,6 +1,8 @@
 """Mix studies: the training-set arithmetic, and a tiny sweep through real Ray Tune into a temporary MLflow store."""
 from __future__ import annotations
 
+import signal
+
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
@@ -82,8 +84,12 @@ def test_tiny_sweep_through_ray_tune_logs_every_arm(local_ray, tracking_uri, tmp
         "mix": {"modes": ["augment", "replace"], "ratios": [0.0, 1.0], "seeds": [0]},
         "tracking": {"report_dir": str(tmp_path / "runs")},
     })
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGUSR1)}
     result = run_study(spec, tracking_uri=tracking_uri, show_progress=False)
     assert not result.failed
+    # Tune's fit installs SIGINT/SIGUSR1 handlers of its own; left behind, Ctrl-C (and the autoscaler watch's
+    # interrupt) would no longer raise in this process: a later study, or test, could not be stopped.
+    assert {s: signal.getsignal(s) for s in handlers} == handlers
 
     c = MlflowClient(tracking_uri)
     runs = c.search_runs([c.get_experiment_by_name("mix").experiment_id], f"tags.`mlflow.parentRunId` = '{result.parent_run_id}'")

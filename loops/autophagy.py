@@ -4,7 +4,9 @@
 Ray streaming task in a study (see `loops/loop.py`). The science (each generation's
 training set, fit then guide, the measurements) is `synthdata.autophagy` and
 `synthdata.generators`; this module puts it in order. Generation 0 carries the real-data
-reference values. A resumed arm starts after its last finished generation.
+reference values. A resumed arm starts after its last finished generation. A generator
+whose fit becomes singular (`synthdata.generators.Collapsed`: a Gaussian's variance
+collapsed to 0) ends the arm with a `Collapse` event: the loop's finding, not an error.
 
 With `guidance.scale` > 0, S_t is drawn with detector guidance: a guiding classifier
 trained on the real training set against G_t's unguided samples steers G_t's sampling (so
@@ -22,7 +24,7 @@ import torch
 from synthdata.autophagy import StudyContext, build_training_set, grid_subset, measure_samples
 from synthdata.data import ImageSet, Splits
 from synthdata.fitting import fit_generator
-from synthdata.generators import checkpoint_files, draw_samples
+from synthdata.generators import Collapsed, checkpoint_files, draw_samples
 from synthdata.metrics.toy import toy_metrics
 from synthdata.seeds import Purpose, stream_seed
 from synthdata.spec import LoopStudy, with_value
@@ -86,6 +88,16 @@ class GenerationResult:
 
 
 @dataclass
+class Collapse:
+    """The arm's last event when its generator collapsed at `generation` (its fit became singular): the arm ends
+    there, FINISHED, and its last finite metrics are generation - 1's. `reason`: what became singular."""
+
+    arm: str
+    generation: int
+    reason: str
+
+
+@dataclass
 class ResumeState:
     """Where a resumed arm picks up: the next generation and the samples it needs."""
 
@@ -138,8 +150,13 @@ def run_arm(
     device: str = "cpu",
     context: StudyContext | None = None,
     resume: ResumeState | None = None,
-) -> Iterator[Progress | GenerationResult]:
-    """Run the generations of one arm in order, yielding progress events and one result per generation."""
+) -> Iterator[Progress | GenerationResult | Collapse]:
+    """Run the generations of one arm in order, yielding progress events and one result per generation.
+
+    A generation whose generator collapses (`Collapsed`, from its fit or its sampling) yields a `Collapse` and
+    ends the arm; at generation 1, which fits the real training set, a singular fit is the model's misfit to the
+    data, not a loop's collapse, and raises ValueError (the arm fails with the reason).
+    """
     spec = arm.spec_for(spec)
     context = context or StudyContext()
     if spec.loop.pretrained is not None and context.pretrained is None:
@@ -169,20 +186,26 @@ def run_arm(
             init, steps = context.pretrained, loop.pretrained_steps
         else:
             init, steps = (previous if loop.init == "previous" else None), None
-        generator, info = yield from _with_progress(
-            lambda report: fit_generator(spec.generator, train_set, seed=arm.seed, generation=t, device=device,
-                                         guidance=guidance, real=real, progress=report, init=init, train_steps=steps),
-            arm.name, t)
+        try:
+            generator, info = yield from _with_progress(
+                lambda report: fit_generator(spec.generator, train_set, seed=arm.seed, generation=t, device=device,
+                                             guidance=guidance, real=real, progress=report, init=init, train_steps=steps),
+                arm.name, t)
+            metrics: dict[str, float] = {"train_set_size": float(len(train_set)), **info}
+            slow = metrics["time_fit_s"] > 1.0  # worth telling the driver about stages only when generations are slow
+            if slow:
+                yield Progress(arm.name, t, "sampling")
+            start = time.perf_counter()
+            drawn = draw_samples(generator, n + n_eval, real, label_seed=seed_of(t, Purpose.LABELS),
+                                 sample_seed=seed_of(t, Purpose.SAMPLES), context=f"generator diverged at generation {t}")
+        except Collapsed as err:
+            if t == 1:
+                raise ValueError(f"generation 1 (fitted on the real training set): {err}; "
+                                 "a loop needs a fit of the real data that is not singular (gaussian: generator.ridge above 0)") from err
+            yield Collapse(arm.name, t, str(err))
+            return
         if loop.init == "previous":
             previous = {k: v.detach().cpu() for k, v in generator.state_dict().items()}
-        metrics: dict[str, float] = {"train_set_size": float(len(train_set)), **info}
-        slow = metrics["time_fit_s"] > 1.0  # worth telling the driver about stages only when generations are slow
-        if slow:
-            yield Progress(arm.name, t, "sampling")
-
-        start = time.perf_counter()
-        drawn = draw_samples(generator, n + n_eval, real, label_seed=seed_of(t, Purpose.LABELS),
-                             sample_seed=seed_of(t, Purpose.SAMPLES), context=f"generator diverged at generation {t}")
         metrics["time_sample_s"] = time.perf_counter() - start
         samples = drawn.subset(torch.arange(n))
         held_out_fakes = drawn.images[n:]  # never trained on, by the detector or the next generator

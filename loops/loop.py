@@ -3,7 +3,9 @@
 spec -> real data (loaded and checked once, in `loops.study`) -> the study's shared context
 (feature extractor, real features) -> Ray arms (whose first generations, when they are one
 computation, run once for all of them) -> per-generation events -> MLflow + progress -> a
-table and figures.
+table and figures. An arm whose generator collapses (its fit became singular) ends FINISHED
+with the generation recorded (`collapsed_at_generation`, tag `synthdata.collapsed`), and a
+resumed study leaves it there.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from typing import Any
 
 import pandas as pd
 
-from loops.autophagy import Arm, GenerationResult, Progress, ResumeState, run_arm
+from loops.autophagy import Arm, Collapse, GenerationResult, Progress, ResumeState, run_arm
 from loops.ray_tools import short_reason, widest_node_cpus
 from loops.stopping import check_stopped
 from loops.study import Prepared, Study
@@ -24,7 +26,7 @@ from synthdata.autophagy import StudyContext, study_context
 from synthdata.data import ImageSet, Splits
 from synthdata.figures import metric_figures, sample_grid
 from synthdata.generators import check_generator, pretrained_overlap
-from synthdata.metrics.registry import progress_metrics
+from synthdata.metrics.registry import COLLAPSED, progress_metrics
 from synthdata.results import format_table, results_table  # noqa: F401  format_table: this runner's text form
 from synthdata.runs import download_generator_state, download_samples, loop_rows, pretrained_weights, study_to_resume
 from synthdata.spec import LoopStudy
@@ -134,6 +136,12 @@ class _Bars:
             print(f"{ev.arm.ljust(self.width)}  generation {ev.generation}/{self.total}  {summary}  ({secs:.1f}s)",
                   file=sys.stderr, flush=True)
 
+    def collapsed(self, arm: str, generation: int, line: str) -> None:
+        """An arm's generator collapsed: its bar says so, and one line says where (with or without bars)."""
+        if self.live:
+            self.bars[arm].set_postfix_str(f"gen {generation}: collapsed")
+        print(line, file=sys.stderr, flush=True)
+
     def close(self) -> None:
         for bar in self.bars.values():
             bar.close()
@@ -145,7 +153,7 @@ def _resume_states(spec: LoopStudy, uri: str, arms: list[Arm], real: ImageSet) -
     states: dict[str, ResumeState | None] = {}
     for arm in arms:
         done = found.done.get(arm.name, -1)
-        if done < 0:
+        if done < 0 or arm.name in found.collapsed:  # nothing done yet, or a collapsed arm (ended: nothing to download)
             states[arm.name] = None
             continue
         keep = range(1, done + 1) if arm.loop_type == "accumulate" else range(max(1, done), done + 1)
@@ -203,6 +211,8 @@ class _Driver:
         self.arms, self.states = arms_of(spec), study.prepared.states
         found = tracker.resumed
         self.done: dict[str, int] = dict(found.done) if found else {}
+        # Arms whose generator collapsed (earlier, before a resume, or in this run): ended, never relaunched.
+        self.collapsed: dict[str, int] = dict(found.collapsed) if found else {}
         self.kept = {name: list(state.history) for name, state in self.states.items() if state is not None}
         # The latest weights of each arm whose generations warm-start: a continuation starts from them.
         self.weights = {name: state.state for name, state in self.states.items() if state is not None and state.state is not None}
@@ -237,9 +247,9 @@ class _Driver:
         generations = self.spec.loop.generations
         for arm in self.arms:
             self.tracker.start_arm(arm.name, arm.params())
-            if self.done.get(arm.name, -1) >= generations:
+            if self.done.get(arm.name, -1) >= generations or arm.name in self.collapsed:
                 self.tracker.end_arm(arm.name, "FINISHED")
-        for group in share_groups(self.spec, self.arms, self.states):
+        for group in share_groups(self.spec, [a for a in self.arms if a.name not in self.collapsed], self.states):
             if len(group) == 1 and self.done.get(group[0].name, -1) >= generations:
                 continue
             if len(group) > 1:
@@ -251,7 +261,7 @@ class _Driver:
     def ended(self, group: list[Arm]) -> None:
         """A stream ran out: its arms are finished, or a shared prefix hands each arm on to its own stream."""
         for arm in group:
-            if len(group) > 1 and 0 <= self.done.get(arm.name, -1) < self.spec.loop.generations:
+            if len(group) > 1 and 0 <= self.done.get(arm.name, -1) < self.spec.loop.generations and arm.name not in self.collapsed:
                 self.launch([arm], ResumeState(self.done[arm.name] + 1, self.kept.get(arm.name, []), self.weights.get(arm.name)))
             else:
                 self.tracker.end_arm(arm.name, "FINISHED")
@@ -265,6 +275,9 @@ class _Driver:
         """The worker or its node died: restart each arm from its last finished generation, a few times."""
         limit = self.spec.resources.max_arm_retries
         for arm in group:
+            if arm.name in self.collapsed:  # it had ended before its worker went: nothing to redo
+                self.tracker.end_arm(arm.name, "FINISHED")
+                continue
             self.retries[arm.name] = self.retries.get(arm.name, 0) + 1
             if self.retries[arm.name] > limit:
                 self.fail([arm], f"{short_reason(err)} (gave up after {limit} retries)")
@@ -276,11 +289,15 @@ class _Driver:
             self.launch([arm], ResumeState(last + 1, self.kept.get(arm.name, []), self.weights.get(arm.name)) if last >= 0 else None)
 
     def log(self, group: list[Arm], events: list) -> None:
-        """Progress to the bars; each finished generation into every arm's run it stands for."""
+        """Progress to the bars; each finished generation (or collapse) into every arm's run it stands for."""
         for event in events:
             if isinstance(event, Progress):
                 for arm in group:
                     self.bars.progress(replace(event, arm=arm.name))
+                continue
+            if isinstance(event, Collapse):
+                for arm in group:
+                    self.collapse(arm, event)
                 continue
             grid = sample_grid(event.grid[0]) if self.spec.tracking.sample_grid and event.grid is not None else None
             for arm in group:  # a shared generation is logged in each arm's run, as if it had run there
@@ -294,6 +311,21 @@ class _Driver:
                     history = self.kept.get(arm.name, []) if arm.loop_type == "accumulate" else []
                     self.kept[arm.name] = history + [event.samples]
                 self.bars.done(replace(event, arm=arm.name))
+
+    def collapse(self, arm: Arm, event: Collapse) -> None:
+        """The arm's generator collapsed: a result, not a failure. The generation goes into its run (metric
+        `collapsed_at_generation` at that step, tag `synthdata.collapsed` with the reason and the last finite
+        metrics) and the table; the stream ends next and the arm with it, FINISHED."""
+        t = event.generation
+        self.collapsed[arm.name] = t
+        last = next((r for r in reversed(self.study.results) if r["arm"] == arm.name and r["generation"] == t - 1), {})
+        shown = " ".join(f"{k}={last[k]:.3g}" for k in (*self.bars.shown, "w2_to_truth") if k in last)
+        note = (f"collapsed at generation {t}: {event.reason}; its last finite metrics are generation {t - 1}'s"
+                + (f" ({shown})" if shown else ""))
+        self.tracker.log_metrics(arm.name, {COLLAPSED: float(t)}, step=t)
+        self.tracker.set_tag("synthdata.collapsed", note, arm.name)
+        self.study.results.append({**arm.row(t), COLLAPSED: float(t)})
+        self.bars.collapsed(arm.name, t, f"{arm.name}: {note}; the arm ends FINISHED")
 
     def run(self) -> None:
         import ray

@@ -7,12 +7,13 @@ Also the sample grids every study logs.
 """
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from synthdata.metrics.registry import figure_metrics
+from synthdata.metrics.registry import METRIC, UNIT, figure_metrics
 
 if TYPE_CHECKING:
     import numpy as np
@@ -47,7 +48,8 @@ def metric_figures(table: pd.DataFrame, out_dir: str | Path, group: str = "group
 
     `table` needs columns `generation`, `group` (the line: loop type, plus any swept
     value) and one column per metric; rows of the same group and generation from
-    different seeds make the band (the mean with a 95% t interval; the median and IQR on a log axis).
+    different seeds make the band (the mean with a 95% t interval within the metric's range; the median and IQR
+    on a log axis).
     The y axis names the metric; the title says the rest (feature space, what the band is).
     """
     plt, sns = _pyplot()
@@ -69,7 +71,8 @@ def metric_figures(table: pd.DataFrame, out_dir: str | Path, group: str = "group
         log = bool(len(positive)) and (data[metric] >= 0).all() and positive.min() < 1e-2 * positive.max()
         fig, ax = plt.subplots(figsize=(7.6, 4.2))
         sns.lineplot(data=data, x="generation", y=metric, hue=hue, style=style, marker="o" if short else None,
-                     estimator="median" if log else "mean", errorbar=("pi", 50) if log else t_interval, ax=ax)
+                     estimator="median" if log else "mean", errorbar=("pi", 50) if log else partial(t_interval, bounds=info.bounds),
+                     ax=ax)
         if metric == "detectability":
             ax.axhline(0.5, color="grey", linestyle="--", linewidth=1, label="chance")
         ax.set_ylabel(label.split(" (")[0])  # the long label would not fit beside the axis
@@ -86,12 +89,16 @@ def metric_figures(table: pd.DataFrame, out_dir: str | Path, group: str = "group
     return paths
 
 
-def t_interval(values) -> tuple[float, float]:
-    """seaborn's error bar: a 95% t interval for the mean over seeds (none from one seed), not a spread."""
+def t_interval(values, bounds: tuple[float, float] | None = None) -> tuple[float, float]:
+    """seaborn's error bar: a 95% t interval for the mean over seeds (none from one seed), not a spread, clipped
+    to `bounds` (the metric's range: a distance's band never reaches below 0)."""
     from synthdata.metrics.stats import mean_interval
 
-    est = mean_interval(values)
+    est = mean_interval(values, bounds=bounds)
     return (est.value, est.value) if est.n < 2 else (est.low, est.high)
+
+
+unit_interval = partial(t_interval, bounds=UNIT)  # accuracies' error bars
 
 
 def mix_figure(table: pd.DataFrame, path: Path, title: str, metric: str = "downstream_accuracy") -> Path:
@@ -99,7 +106,8 @@ def mix_figure(table: pd.DataFrame, path: Path, title: str, metric: str = "downs
     plt, sns = _pyplot()
     fig, ax = plt.subplots(figsize=(7.0, 4.2))
     data = table[table[metric].notna()]
-    sns.lineplot(data=data, x="ratio", y=metric, hue="mode", marker="o", errorbar=t_interval, err_style="bars", ax=ax)
+    sns.lineplot(data=data, x="ratio", y=metric, hue="mode", marker="o", errorbar=partial(t_interval, bounds=METRIC[metric].bounds),
+                 err_style="bars", ax=ax)
     ax.set_xlabel("r  (augment: synthetic images added per real one; replace: share of real swapped)", fontsize=9)
     ax.set_ylabel("downstream accuracy (real test set)\nmean over seeds, 95% t interval", fontsize=9)
     ax.set_title(title, fontsize=11)
@@ -145,7 +153,7 @@ def _seed_interval(g: pd.DataFrame) -> pd.Series:
 
     if len(g) == 1:
         return g[["detectability", "detectability_ci_low", "detectability_ci_high"]].iloc[0]
-    est = mean_interval(g["detectability"])
+    est = mean_interval(g["detectability"], bounds=UNIT)
     return pd.Series({"detectability": est.value, "detectability_ci_low": est.low, "detectability_ci_high": est.high})
 
 
@@ -180,7 +188,7 @@ def detect_figures(table: pd.DataFrame, out_dir: str | Path, title: str = "") ->
             continue
         rows["x"] = pd.to_numeric(rows["setting"].str.extract(r"([\d.]+)$")[0])
         fig, ax = plt.subplots(figsize=(7.0, 4.2))
-        sns.lineplot(data=rows, x="x", y="detectability", hue="source", marker="o", errorbar=t_interval, ax=ax)
+        sns.lineplot(data=rows, x="x", y="detectability", hue="source", marker="o", errorbar=unit_interval, ax=ax)
         if analysis == "size":
             ax.set_xscale("log")
         ax.set_xlabel(xlabel)
@@ -188,7 +196,7 @@ def detect_figures(table: pd.DataFrame, out_dir: str | Path, title: str = "") ->
     bands = table[table["analysis"] == "band"]
     if not bands.empty:
         fig, ax = plt.subplots(figsize=(7.0, 4.2))
-        sns.barplot(data=bands, x="setting", y="detectability", hue="source", errorbar=t_interval, ax=ax)
+        sns.barplot(data=bands, x="setting", y="detectability", hue="source", errorbar=unit_interval, ax=ax)
         ax.set_xlabel("frequency band kept (radius as a fraction of Nyquist)")
         ax.set_ylim(0, 1.02)
         save(fig, ax, "detectability_by_band.png", "per frequency band")
@@ -216,13 +224,13 @@ def guide_figures(table: pd.DataFrame, out_dir: str | Path, title: str = "") -> 
             both = guided.melt(id_vars=["w", "seed"], value_vars=["detectability", "guiding_detectability"], var_name="judge")
             both["judge"] = both["judge"].map({"detectability": "fresh detector (trained after sampling)",
                                                "guiding_detectability": "guiding classifier (last step)"})
-            sns.lineplot(data=both, x="w", y="value", hue="judge", marker="o", errorbar=t_interval, ax=ax)
+            sns.lineplot(data=both, x="w", y="value", hue="judge", marker="o", errorbar=unit_interval, ax=ax)  # both accuracies
             ax.axhline(0.5, color="grey", linestyle="--", linewidth=1, label="chance")
             if "detectability" in real and real["detectability"].notna().any():
                 ax.axhline(real["detectability"].mean(), color="green", linestyle=":", linewidth=1, label="real vs real")
             ax.legend(fontsize=9, frameon=False)
         else:
-            sns.lineplot(data=guided, x="w", y=metric, marker="o", errorbar=t_interval, ax=ax)
+            sns.lineplot(data=guided, x="w", y=metric, marker="o", errorbar=partial(t_interval, bounds=info.bounds), ax=ax)
         if metric in real and real[metric].notna().any() and metric != "detectability":
             ax.axhline(real[metric].mean(), color="green", linestyle="--", linewidth=1, label="real data")
             ax.legend(fontsize=9, frameon=False)

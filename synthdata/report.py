@@ -27,6 +27,7 @@ from synthdata.results import (
     LOOP_DIFFERENCE_NOTE,
     MIX_METRIC,
     MIX_NOTE,
+    collapse_lines,
     detect_summary,
     detect_table,
     differences_to_real_only,
@@ -131,6 +132,7 @@ def _loop_part(report: Report, uri: str, parent: Any, children: list[Any], out_d
     if table["loop_type"].nunique() > 1:
         report.tables["Loop types compared at the last generation"] = loop_differences(table)
         report.notes.append(LOOP_DIFFERENCE_NOTE)
+    report.notes += collapse_lines(table)  # arms whose generator collapsed: a finding, where it happened
     _add_figures(report, metric_figures(table, out_dir, title=report.title))
     report.samples = _last_grids(uri, children, out_dir)
 

@@ -10,13 +10,15 @@ from typing import Any
 
 import pandas as pd
 
-from synthdata.metrics.registry import METRIC
+from synthdata.metrics.registry import COLLAPSED, METRIC, UNIT
 from synthdata.metrics.stats import (
     Interval,
     combine_p_values,
+    difference_bounds,
     mcnemar_p,
     mean_interval,
     mover_difference,
+    number,
     paired_difference,
     q_values,
     unpack_decisions,
@@ -32,9 +34,10 @@ Arms = list[tuple[str, dict[str, str], dict[str, float]]]  # (run name, params, 
 
 
 def _value(v: float, name: str, ci: tuple[float, float] | None = None) -> str:
-    """A metric's value in its registry format, with its interval when given."""
-    fmt = METRIC[name].fmt
-    return f"{v:{fmt}}" + (f" [{ci[0]:{fmt}}, {ci[1]:{fmt}}]" if ci is not None else "")
+    """A metric's value in its registry format, with its interval (within the metric's range) when given."""
+    if ci is None:
+        return number(v, METRIC[name].fmt)
+    return Interval(v, *ci, 1).clip(METRIC[name].bounds).text(METRIC[name].fmt)
 
 
 def _p(p: float) -> str:
@@ -59,12 +62,35 @@ def format_table(table: pd.DataFrame, max_rows: int = 60) -> str:
     written beside the figures has every row.
     """
     if len(table) > max_rows:
-        return summary_table(table) + format_loop_differences(table)
-    return loop_display(table).to_string(index=False) + format_loop_differences(table)
+        return summary_table(table) + format_loop_differences(table) + collapse_note(table)
+    return loop_display(table).to_string(index=False) + format_loop_differences(table) + collapse_note(table)
+
+
+def collapsed_arms(table: pd.DataFrame) -> dict[str, int]:
+    """Arm -> the generation at which its generator collapsed (its fit became singular), for arms that did."""
+    if COLLAPSED not in table:
+        return {}
+    rows = table[table[COLLAPSED].notna()]
+    return {arm: int(g) for arm, g in zip(rows["arm"], rows[COLLAPSED])}
+
+
+def collapse_lines(table: pd.DataFrame) -> list[str]:
+    """A line per arm whose generator collapsed: where, and that its rows end there."""
+    return [f"{arm}: collapsed at generation {g} (its fit became singular: tag synthdata.collapsed says how); the arm "
+            f"ended there, FINISHED; its last finite metrics are generation {g - 1}'s" for arm, g in collapsed_arms(table).items()]
+
+
+def collapse_note(table: pd.DataFrame) -> str:
+    """`collapse_lines` below a table ('' when no arm collapsed)."""
+    return "".join("\n" + line for line in collapse_lines(table))
 
 
 def loop_display(table: pd.DataFrame) -> pd.DataFrame:
-    """The loop table as text columns for reading: intervals beside accuracies, a few digits per metric."""
+    """The loop table as text columns for reading: intervals beside accuracies, a few digits per metric.
+
+    Rows that only mark a collapse (`collapsed_at_generation`) are left to `collapse_note`."""
+    if COLLAPSED in table:
+        table = table[table[COLLAPSED].isna()]
     out = pd.DataFrame({"arm": table["arm"], "gen": table["generation"]})
 
     for col in LOOP_COLUMNS:
@@ -82,9 +108,11 @@ def loop_display(table: pd.DataFrame) -> pd.DataFrame:
 def paired_by_seed(a: pd.DataFrame, b: pd.DataFrame, metric: str) -> Interval:
     """`metric` of the arms in `a` minus that of the arms in `b` with the same seed (the study's one pairing).
 
-    Several seeds: the mean difference with its t interval and paired t-test; one seed: a
-    MOVER interval from the two arms' own 95% intervals where the metric has them, else the
-    difference alone; no common seed: an empty (nan) interval.
+    Several seeds: the mean difference with its t interval (none where the differences are
+    all equal) and the sign-flip test over seeds; one seed: a MOVER interval from the two
+    arms' own 95% intervals where the metric has them, else the difference alone; no common
+    seed: an empty (nan) interval. Intervals stay where a difference of the metric can lie
+    ([-1, 1] for an accuracy).
     """
     ci = [c for c in (f"{metric}_ci_low", f"{metric}_ci_high") if c in a and c in b]
     cols = [metric, *ci]
@@ -92,11 +120,12 @@ def paired_by_seed(a: pd.DataFrame, b: pd.DataFrame, metric: str) -> Interval:
     nan = float("nan")
     if pairs.empty:
         return Interval(nan, nan, nan, 0)
+    bounds = difference_bounds(METRIC[metric].bounds if metric in METRIC else None)
     if len(pairs) > 1:
-        return paired_difference(pairs[metric], pairs[f"{metric}_b"])
+        return paired_difference(pairs[metric], pairs[f"{metric}_b"], bounds=bounds)
     r = pairs.iloc[0]
     if ci:
-        return mover_difference(r[metric], r[ci[0]], r[ci[1]], r[f"{metric}_b"], r[f"{ci[0]}_b"], r[f"{ci[1]}_b"])
+        return mover_difference(r[metric], r[ci[0]], r[ci[1]], r[f"{metric}_b"], r[f"{ci[0]}_b"], r[f"{ci[1]}_b"]).clip(bounds)
     return Interval(float(r[metric] - r[f"{metric}_b"]), nan, nan, 1)
 
 
@@ -105,11 +134,13 @@ def loop_differences(table: pd.DataFrame,
     """Each loop type against a reference (augment when the study has it) at the last generation, paired by seed.
 
     Arms of one seed and swept values share the real data and generations 0-1. Several
-    seeds: the mean paired difference [95% t interval] and the paired t-test; one seed: the
-    difference with a MOVER interval from the two arms' own 95% intervals where the metric
-    has one (accuracies), else the difference alone (no test).
+    seeds: the mean paired difference [95% t interval] and the sign-flip test over seeds;
+    one seed: the difference with a MOVER interval from the two arms' own 95% intervals
+    where the metric has one (accuracies), else the difference alone (no test). An arm whose
+    generator collapsed has no row at the last generation (its collapse row is not one).
     """
-    last = int(table["generation"].max())
+    measured = table[table[COLLAPSED].isna()] if COLLAPSED in table else table
+    last = int(measured["generation"].max())
     at = table[table["generation"] == last].copy()
     at["swept"] = at["group"].str.partition(" ")[2]
     types = list(dict.fromkeys(at["loop_type"]))
@@ -129,8 +160,11 @@ def loop_differences(table: pd.DataFrame,
     return pd.DataFrame(rows)
 
 
-LOOP_DIFFERENCE_NOTE = ("(Δ: paired by seed; several seeds: mean difference [95% t interval] and paired t-test p; "
-                        "one seed: MOVER interval from the two arms' own 95% intervals, no test)")
+SIGN_FLIP_NOTE = ("two-sided exact sign-flip test over the seeds' paired differences (all 2^k sign patterns; "
+                  "its smallest p with k seeds is 2^(1-k): 0.5 with 2, 0.0625 with 5); no interval where the differences "
+                  "are all equal")
+LOOP_DIFFERENCE_NOTE = ("(Δ: paired by seed; several seeds: mean difference [95% t interval], p: " + SIGN_FLIP_NOTE
+                        + "; one seed: MOVER interval from the two arms' own 95% intervals, no test)")
 
 
 def format_loop_differences(table: pd.DataFrame) -> str:
@@ -176,11 +210,11 @@ def mix_table(rows: list[dict], decisions: dict[str, str] | None = None) -> pd.D
 
 
 def _paired(table: pd.DataFrame, a: pd.DataFrame, b: pd.DataFrame) -> dict[str, str]:
-    """a - b paired by seed: the mean difference [t interval] and its t-test p, and McNemar's p per seed on the
-    shared test set, combined over seeds (`combine_p_values`)."""
+    """a - b paired by seed: the mean difference [t interval] and its sign-flip p over seeds, and McNemar's p per
+    seed on the shared test set, combined over seeds (`combine_p_values`)."""
     d = paired_by_seed(a, b, MIX_METRIC)
     if d.n == 0:
-        return {"Δ": "", "p (t)": "", "p (McNemar)": ""}
+        return {"Δ": "", "p (sign-flip)": "", "p (McNemar)": ""}
     mcnemar = []
     if "test_correct" in table and "n_test" in table:
         cols = ["test_correct", "n_test"]
@@ -188,14 +222,14 @@ def _paired(table: pd.DataFrame, a: pd.DataFrame, b: pd.DataFrame) -> dict[str, 
         for _, r in pairs.dropna(subset=["test_correct", "test_correct_b"]).iterrows():
             n = int(r["n_test"])
             mcnemar.append(mcnemar_p(unpack_decisions(r["test_correct"], n), unpack_decisions(r["test_correct_b"], n)))
-    return {"Δ": d.text(".3f", signed=True), "p (t)": _p(d.p), "p (McNemar)": _p(combine_p_values(mcnemar)) if mcnemar else ""}
+    return {"Δ": d.text(".3f", signed=True), "p (sign-flip)": _p(d.p), "p (McNemar)": _p(combine_p_values(mcnemar)) if mcnemar else ""}
 
 
 def mix_summary(table: pd.DataFrame) -> pd.DataFrame:
     """Accuracy per mode and ratio: mean over seeds [t interval], and the paired difference to real-only (r = 0).
 
     Arms of one seed share its real images, its pool and the test set, so differences are
-    taken per seed: the mean difference with its t interval and paired t-test over seeds, and
+    taken per seed: the mean difference with its t interval and sign-flip test over seeds, and
     McNemar's test of the two classifiers' decisions on the shared test set per seed.
     """
     done = table[table[MIX_METRIC].notna()]
@@ -204,7 +238,8 @@ def mix_summary(table: pd.DataFrame) -> pd.DataFrame:
     for (mode, ratio), g in done.groupby(["mode", "ratio"], sort=True):
         row = {"mode": mode, "ratio": ratio, "seeds": g["seed"].nunique(), "n_real": int(g["n_real"].iloc[0]),
                "n_synthetic": int(g["n_synthetic"].iloc[0]), METRIC[MIX_METRIC].header: mean_interval(g[MIX_METRIC], bounds=METRIC[MIX_METRIC].bounds).text()}
-        vs = _paired(table, g, baseline) if ratio != 0 and not baseline.empty else {"Δ": "", "p (t)": "", "p (McNemar)": ""}
+        vs = (_paired(table, g, baseline) if ratio != 0 and not baseline.empty
+              else {"Δ": "", "p (sign-flip)": "", "p (McNemar)": ""})
         row.update({f"{k} vs real-only": v for k, v in vs.items()})
         out.append(row)
     return pd.DataFrame(out)
@@ -237,7 +272,7 @@ def mode_differences(table: pd.DataFrame) -> pd.DataFrame:
 
 MIX_NOTE = (
     "(accuracy: mean over seeds [95% t interval for the mean]; Δ: paired by seed (same real images, pool and test set), "
-    "mean difference [95% t interval], p (t): paired t-test over seeds, p (McNemar): exact McNemar test of the two "
+    "mean difference [95% t interval], p (sign-flip): " + SIGN_FLIP_NOTE + ", p (McNemar): exact McNemar test of the two "
     "classifiers' decisions on the shared test set per seed, combined over seeds as K/r x the r-th smallest)"
 )
 
@@ -289,8 +324,8 @@ def real_vs_real_warning(table: pd.DataFrame) -> str | None:
 def _cell_value(g: pd.DataFrame, col: str, low: str, high: str, fmt: str = ".3f") -> str:
     """One seed: the value with its own interval; several: the mean over seeds with a t interval for that mean."""
     if len(g) == 1:
-        return Interval(g[col].iloc[0], g[low].iloc[0], g[high].iloc[0], 1).text(fmt) if low in g else f"{g[col].iloc[0]:{fmt}}"
-    return mean_interval(g[col], bounds=(0.0, 1.0)).text(fmt)  # accuracies and AUCs
+        return Interval(g[col].iloc[0], g[low].iloc[0], g[high].iloc[0], 1).clip(UNIT).text(fmt) if low in g else number(g[col].iloc[0], fmt)
+    return mean_interval(g[col], bounds=UNIT).text(fmt)  # accuracies and AUCs
 
 
 def detect_summary(table: pd.DataFrame) -> pd.DataFrame:
@@ -353,8 +388,8 @@ def guide_summary(table: pd.DataFrame) -> pd.DataFrame:
     interval for one seed.
 
     `Δ detectability` is the paired change against the unguided samples of the same seed
-    (same generator, same noise): the mean difference [95% t interval] with the paired
-    t-test's p over seeds; one seed: a MOVER interval from the two sets' own intervals.
+    (same generator, same noise): the mean difference [95% t interval] with the sign-flip
+    test's p over seeds; one seed: a MOVER interval from the two sets' own intervals.
     """
     out = []
     unguided = table[table["scale"] == "0"]
@@ -368,9 +403,9 @@ def guide_summary(table: pd.DataFrame) -> pd.DataFrame:
                 continue
             v = g[col].dropna()
             if len(v) == 1 and f"{col}_ci_low" in g:
-                row[name] = f"{v.iloc[0]:{fmt}} [{g[col + '_ci_low'].iloc[0]:{fmt}}, {g[col + '_ci_high'].iloc[0]:{fmt}}]"
+                row[name] = _value(v.iloc[0], col, (g[col + "_ci_low"].iloc[0], g[col + "_ci_high"].iloc[0]))
             elif len(v) == 1:
-                row[name] = f"{v.iloc[0]:{fmt}}"
+                row[name] = _value(v.iloc[0], col)
             else:
                 row[name] = mean_interval(v, bounds=METRIC[col].bounds).text(fmt)
             if col == "detectability":
@@ -391,5 +426,5 @@ def format_guide_table(table: pd.DataFrame) -> str:
     return guide_summary(table).to_string(index=False) + (
         "\n(detectability: a fresh detector trained after sampling on real vs these samples, held-out accuracy; "
         "guiding clf's verdict: the classifier that steered sampling, on the same held-out images. "
-        "Δ detectability: paired with the unguided samples of the same seed, p (Δ): paired t-test over seeds. "
+        "Δ detectability: paired with the unguided samples of the same seed, p (Δ): " + SIGN_FLIP_NOTE + ". "
         "One seed: 95% intervals (Δ: MOVER); several: mean over seeds [95% t interval])")

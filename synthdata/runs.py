@@ -12,6 +12,7 @@ from typing import Any
 
 from synthdata.data import ImageSet, load_samples
 from synthdata.errors import UserError
+from synthdata.metrics.registry import COLLAPSED
 from synthdata.tracking import DONE_METRIC, checkpoint_dir, mlflow_client
 
 
@@ -122,6 +123,7 @@ class Resumable:
     arm_runs: dict[str, str] = field(default_factory=dict)
     done: dict[str, int] = field(default_factory=dict)  # arm -> last finished generation or epoch (-1: none)
     arm_status: dict[str, str] = field(default_factory=dict)  # arm -> its run's status when the study stopped
+    collapsed: dict[str, int] = field(default_factory=dict)  # arm -> the generation its generator collapsed at (it ended there)
 
 
 def find_resumable(uri: str, experiment: str, study: str, progress_metric: str = DONE_METRIC) -> tuple[Resumable | None, str | None]:
@@ -149,6 +151,8 @@ def find_resumable(uri: str, experiment: str, study: str, progress_metric: str =
         found.arm_status[arm] = run.info.status
         history = client.get_metric_history(run.info.run_id, progress_metric)
         found.done[arm] = int(max((m.step for m in history), default=-1))
+        if COLLAPSED in run.data.metrics:
+            found.collapsed[arm] = int(run.data.metrics[COLLAPSED])
     return found, parent.data.tags.get("synthdata.spec_hash")
 
 

@@ -1,11 +1,12 @@
 """The loop library in-process (no Ray): training sets per loop type, arms, events, seeding."""
+import pytest
 import torch
 from helpers import tiny_study
 
-from loops.autophagy import Arm, GenerationResult, ResumeState, run_arm
+from loops.autophagy import Arm, GenerationResult, Progress, ResumeState, run_arm
 from loops.loop import arms_of, share_groups
 from synthdata.autophagy import build_training_set
-from synthdata.data import ImageSet, Splits, ToyTruth, make_splits
+from synthdata.data import ImageSet, Splits, ToyTruth, make_splits, study_splits
 from synthdata.spec import parse_spec
 
 
@@ -121,3 +122,43 @@ def test_feature_metrics_in_the_loop():
     for r in res:
         assert {"fd", "kd", "precision", "recall", "density", "coverage", "diversity"} <= set(r.metrics)
     assert res[0].metrics["fd"] < res[1].metrics["fd"]  # real train vs real held-out is the floor
+
+
+COLLAPSING = {  # a replace loop whose variance reaches 0 in float32 at generation 9: ridge 0, temperature 0.01
+    "name": "collapse",
+    "data": {"source": "gaussian", "toy": {"dim": 1, "classes": 1, "std": 1.0, "train": 20, "heldout": 2, "test": 2}},
+    "generator": {"name": "gaussian", "ridge": 0.0, "temperature": 0.01},
+    "metrics": ["toy"],
+    "loop": {"types": ["replace"], "generations": 30, "samples_per_generation": 20},
+}
+
+
+def test_a_collapsed_generator_ends_its_arm_with_the_generation_not_an_error():
+    from loops.autophagy import Collapse
+    from synthdata.generators import Collapsed, create_generator
+    from synthdata.spec import GaussianSpec
+
+    # A class whose samples are all alike has a singular fit: Collapsed, saying which class and its variance.
+    flat = ImageSet(torch.full((6, 1, 1, 1), 0.3), torch.zeros(6, dtype=torch.long), 1, levels=None)
+    with pytest.raises(Collapsed, match=r"covariance of class 0 is singular \(mean variance 0\)"):
+        create_generator(GaussianSpec(ridge=0.0), (1, 1, 1), 1).fit(flat, seed=0)
+
+    spec = parse_spec(COLLAPSING)
+    splits = study_splits(spec.data, [0])[0]
+    events = [e for e in run_arm(spec, splits, Arm("replace", 0)) if not isinstance(e, Progress)]
+    *results, last = events
+    assert isinstance(last, Collapse) and last.generation == 9 and "class 0 is singular" in last.reason, last
+    assert [r.generation for r in results] == list(range(9))  # every generation before it, finite
+    assert 0 < results[-1].metrics["fitted_variance"] < 1e-12
+    # Resumed from the generation before, the arm collapses at the same generation.
+    again = list(run_arm(spec, splits, Arm("replace", 0), resume=ResumeState(8, [results[7].samples])))
+    assert [type(e).__name__ for e in again] == ["GenerationResult", "Collapse"] and again[-1].generation == 9
+
+
+def test_a_fit_singular_on_the_real_data_is_an_error_not_a_collapse():
+    # Two real points per class in three dimensions: a full covariance of rank 1, singular without a ridge.
+    study = {**COLLAPSING, "data": {"source": "gaussian", "toy": {"dim": 3, "train": 2, "heldout": 2, "test": 2}},
+             "generator": {"name": "gaussian", "ridge": 0.0}}
+    spec = parse_spec(study)
+    with pytest.raises(ValueError, match=r"^generation 1 \(fitted on the real training set\): the fitted covariance of class 0 "):
+        list(run_arm(spec, study_splits(spec.data, [0])[0], Arm("replace", 0)))

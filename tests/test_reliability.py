@@ -83,6 +83,41 @@ def test_a_diverging_generator_fails_its_arm_with_the_reason(local_ray, tracking
     assert parent.info.status == "FAILED"
 
 
+def test_a_collapsed_variance_is_a_finding_its_arm_finished_and_resume_leaves_it(local_ray, tracking_uri, capsys):
+    # ridge 0 and temperature 0.01: replace's variance reaches 0 in float32 at generation 9 and its fit becomes singular
+    # (a Cholesky error before); augment keeps the real data and runs on. A real error still fails an arm (above).
+    study = {
+        "name": "tiny", "data": {"source": "gaussian", "toy": {"dim": 1, "train": 20, "heldout": 2, "test": 2}},
+        "generator": {"name": "gaussian", "ridge": 0.0, "temperature": 0.01}, "metrics": ["toy"],
+        "loop": {"types": ["replace", "augment"], "generations": 30, "samples_per_generation": 20},
+    }
+    spec = parse_spec(study)
+    result = run_study(spec, tracking_uri=tracking_uri, show_progress=False)
+    assert not result.failed, result.failed
+    err = capsys.readouterr().err
+    assert "replace/seed0: collapsed at generation 9: the fitted covariance of class 0 is singular" in err
+    assert "its last finite metrics are generation 8's (fitted_variance=" in err and "the arm ends FINISHED" in err
+    c, arms = _arms(tracking_uri, "tiny")
+    collapsed, kept = arms["replace/seed0"], arms["augment/seed0"]
+    parent = c.get_run(collapsed.data.tags["mlflow.parentRunId"])
+    assert parent.info.status == "FINISHED" and collapsed.info.status == "FINISHED" and kept.info.status == "FINISHED"
+    assert collapsed.data.metrics["collapsed_at_generation"] == 9 and collapsed.data.tags["synthdata.collapsed"].startswith(
+        "collapsed at generation 9: ")
+    assert _steps(c, collapsed, "generation_done") == list(range(9)) and _steps(c, kept, "generation_done") == list(range(31))
+    assert "its last finite metrics are generation 8's (fitted_variance=" in collapsed.data.tags["synthdata.collapsed"]
+    text = c.download_artifacts(parent.info.run_id, "results.txt")
+    assert "replace/seed0: collapsed at generation 9" in open(text).read()
+
+    # --resume leaves the collapsed arm where it ended: nothing recomputed, nothing logged twice.
+    again = run_study(spec, tracking_uri=tracking_uri, show_progress=False, resume=True)
+    assert not again.failed
+    c, arms = _arms(tracking_uri, "tiny")
+    assert arms["replace/seed0"].info.status == "FINISHED"
+    assert _steps(c, arms["replace/seed0"], "collapsed_at_generation") == [9]
+    assert _steps(c, arms["replace/seed0"], "generation_done") == list(range(9))
+    assert "collapsed at generation" not in capsys.readouterr().err
+
+
 def test_same_study_and_seed_give_the_same_metrics(local_ray, tmp_path):
     # Diffusion training's determinism is checked in-process (test_loop.py); here the CNN detector and
     # downstream classifier train inside Ray workers, twice.

@@ -12,9 +12,11 @@ from synthdata.metrics.stats import (
     combine_p_values,
     mcnemar_p,
     mean_interval,
+    number,
     paired_difference,
     q_values,
     rank_test_p,
+    sign_flip_p,
 )
 
 
@@ -83,14 +85,39 @@ def test_t_interval_for_a_mean_covers_it_about_95_percent_with_three_seeds():
 def test_paired_difference_sees_a_shift_that_the_spread_between_seeds_hides():
     """Two arms per seed share the seed's luck (a large seed effect); their difference is small but constant-ish."""
     rng = np.random.default_rng(5)
-    seed_effect = rng.normal(0, 0.05, 5)
-    a = 0.80 + seed_effect + rng.normal(0, 0.002, 5)
-    b = 0.79 + seed_effect + rng.normal(0, 0.002, 5)
+    seed_effect = rng.normal(0, 0.05, 8)
+    a = 0.80 + seed_effect + rng.normal(0, 0.002, 8)
+    b = 0.79 + seed_effect + rng.normal(0, 0.002, 8)
     d = paired_difference(a, b)
-    assert d.low < 0.01 < d.high and d.p < 0.001
+    assert d.low < 0.01 < d.high and d.p == 2 / 2**8  # every seed's difference positive: the sign-flip test's floor
     assert stats.ttest_ind(a, b).pvalue > 0.5  # unpaired, the same data say nothing
-    nulls = np.array([paired_difference(rng.normal(size=4), rng.normal(size=4)).p for _ in range(4000)])
-    assert abs((nulls <= 0.05).mean() - 0.05) < 0.015
+    # An exact test keeps its level under the null, at every level its few values allow.
+    nulls = np.array([paired_difference(rng.normal(size=8), rng.normal(size=8)).p for _ in range(4000)])
+    assert (nulls <= 0.05).mean() <= 0.058 and abs((nulls <= 0.5).mean() - 0.5) < 0.03
+
+
+def test_sign_flip_p_enumerates_every_pattern_and_matches_scipys_permutation_test():
+    # [1, 2, 3]: only the two patterns of one sign reach |sum| = 6 of 8; zeros say nothing.
+    assert sign_flip_p([1.0, 2.0, 3.0]) == 2 / 8 and sign_flip_p([0.0, 0.0, 0.0]) == 1.0
+    assert sign_flip_p([0.1, 0.2, -0.05]) == 4 / 8  # |±0.1 ± 0.2 ± 0.05| >= 0.25 in 4 patterns of 8
+    for k in (2, 5, 16):  # equal differences: the smallest p with k seeds, 2^(1-k)
+        assert sign_flip_p(np.full(k, 0.022)) == 2.0 ** (1 - k)
+    assert math.isnan(sign_flip_p([0.3]))
+    d = np.random.default_rng(8).normal(0.3, 1, 10)
+    exact = stats.permutation_test((d,), np.mean, permutation_type="samples", n_resamples=np.inf, vectorized=True, axis=-1)
+    assert sign_flip_p(d) == pytest.approx(exact.pvalue)
+    # Beyond 16 seeds, random patterns from a fixed stream: close to the exact p, and the same every time.
+    many = np.random.default_rng(9).normal(0.2, 1, 24)
+    assert sign_flip_p(many) == sign_flip_p(many)
+    assert sign_flip_p(np.full(24, 0.5)) == pytest.approx(1 / 100_001, abs=3e-5)
+
+
+def test_equal_differences_over_seeds_are_not_certainty():
+    """Two seeds whose differences are equal: no zero-width interval and no t-test p of 0, the sign-flip p of 0.5."""
+    d = paired_difference([0.912, 0.871], [0.890, 0.849])
+    assert d.value == pytest.approx(0.022) and math.isnan(d.low) and math.isnan(d.high)
+    assert d.p == 0.5 and d.text(signed=True) == "+0.022"
+    assert paired_difference([0.5, 0.5, 0.5], [0.5, 0.5, 0.5]).p == 1.0  # no difference at all
 
 
 def test_mcnemar_exact_closed_form_and_null():
@@ -148,12 +175,17 @@ def test_mix_summary_pairs_arms_by_seed_against_real_only_and_between_modes():
                          "n_real": 100, "n_synthetic": int(100 * ratio), "n_test": n})
     table = mix_table(rows, decisions)
     summary = mix_summary(table).set_index(["mode", "ratio"])
-    assert summary.loc[("augment", 1.0), "Δ vs real-only"] == "+0.020 [+0.020, +0.020]"  # 8 / 400 in every seed
-    assert summary.loc[("replace", 1.0), "Δ vs real-only"] == "-0.030 [-0.030, -0.030]"
+    # 8 / 400 more right in every seed: no spread, so no t interval, and the sign-flip p of 3 seeds at its floor.
+    assert summary.loc[("augment", 1.0), "Δ vs real-only"] == "+0.020"
+    assert summary.loc[("augment", 1.0), "p (sign-flip) vs real-only"] == "0.25"
+    assert summary.loc[("replace", 1.0), "Δ vs real-only"] == "-0.030"
     # McNemar per seed: 8 discordant images all one way, p = 2 / 2^8; combined over three equal seeds: 1.5 x that.
     assert summary.loc[("augment", 1.0), "p (McNemar) vs real-only"] == f"{1.5 * 2 / 2**8:.2g}"
     between = mode_differences(table).set_index("ratio")
-    assert between.loc[1.0, "Δ augment - replace"] == "+0.050 [+0.050, +0.050]"
+    assert between.loc[1.0, "Δ augment - replace"] == "+0.050" and between.loc[1.0, "p (sign-flip) augment - replace"] == "0.25"
+    from synthdata.results import format_mix_table
+
+    assert "p (sign-flip): two-sided exact sign-flip test" in format_mix_table(table)  # the note names the test
     assert pd.isna(pd.to_numeric(summary.loc[("augment", 0.0), "Δ vs real-only"], errors="coerce"))  # no difference to itself
 
 
@@ -180,4 +212,47 @@ def test_mover_interval_of_a_difference_and_loop_types_compared_by_seed():
     assert one["difference"] == "replace - augment" and one["seeds"] == 1 and one["p"] == ""
     assert one["Δ (95% CI)"] == f"{-0.15:+.3f} [{-0.15 - 0.02 * 2**0.5:+.3f}, {-0.15 + 0.02 * 2**0.5:+.3f}]"
     several = loop_differences(pd.DataFrame(rows([0, 1, 2]))).iloc[0]
-    assert several["seeds"] == 3 and float(several["p"]) < 0.001  # -0.15, -0.149, -0.148: tiny spread, clear test
+    # -0.15, -0.149, -0.148: a tiny spread, a narrow t interval, and the sign-flip p of 3 seeds at its floor (2 / 8).
+    assert several["seeds"] == 3 and several["p"] == "0.25"
+
+
+def test_every_metric_has_a_range_and_intervals_and_figure_bands_keep_to_it(tmp_path, monkeypatch):
+    """A toy loop's W2 over two seeds (0.1, 3.3): its t interval [-18.7, 22.1] is cut at 0; negative zeros print as 0."""
+    import pandas as pd
+
+    from synthdata import figures
+    from synthdata.metrics.registry import METRICS
+    from synthdata.results import loop_differences, loop_summary
+
+    for info in METRICS:
+        low, high = info.bounds
+        assert low < high, info.name
+    assert number(-1e-6, ".4f") == "0.0000" and number(-0.0, ".3f", signed=True) == "+0.000" and number(-0.02, ".1f") == "0.0"
+    assert number(-0.06, ".1f") == "-0.1"
+
+    rows = []
+    for seed, (w2, var, det) in enumerate([(0.1, 0.0, 0.95), (3.3, 2e-7, 0.05)]):
+        for loop_type, shift in (("replace", 0.0), ("augment", 1.0)):
+            rows += [{"arm": f"{loop_type}/seed{seed}", "group": loop_type, "loop_type": loop_type, "seed": seed, "generation": g,
+                      "w2_to_truth": w2 + shift * (g == 1), "fitted_variance": var, "detectability": det if loop_type == "replace" else 0.5,
+                      "detectability_ci_low": 0.0, "detectability_ci_high": 1.0} for g in (0, 1)]
+    table = pd.DataFrame(rows)
+    summary = loop_summary(table).set_index(["group", "gen"])
+    w2 = summary.loc[("replace", 1), "W2 to truth"]
+    assert w2.startswith("1.700 [0.000, ") and "-" not in w2, w2
+    assert summary.loc[("replace", 1), "fitted var"] == "0.0000 [0.0000, 0.0000]"  # not [-0.0000, 0.0000]
+    assert summary.loc[("replace", 1), "detectability"] == "0.500 [0.000, 1.000]"  # an accuracy stays in [0, 1]
+    diff = loop_differences(table).set_index("metric")
+    assert diff.loc["detectability", "Δ (95% CI)"] == "+0.000 [-1.000, +1.000]"  # an accuracy's difference: in [-1, 1]
+
+    bands = {}
+    save = figures._save
+
+    def keep_band(fig, path):  # what the figure draws, read before it is written
+        bands[path.stem] = [c.get_paths()[0].vertices[:, 1] for c in fig.axes[0].collections if c.get_paths()]
+        return save(fig, path)
+
+    monkeypatch.setattr(figures, "_save", keep_band)
+    figures.metric_figures(table, tmp_path)
+    assert bands["w2_to_truth"] and min(v.min() for v in bands["w2_to_truth"]) >= 0.0
+    assert max(v.max() for v in bands["detectability"]) <= 1.0

@@ -18,6 +18,15 @@ from synthdata.spec import GeneratorSpec
 ProgressFn = Callable[[float], None]  # called with the fraction done (0..1); loops turn it into progress events
 
 
+class Collapsed(ArithmeticError):
+    """A fit that became singular: the model has collapsed (a Gaussian's variance reached 0) and cannot be sampled.
+
+    In a loop this is a finding, not a crash: the arm records the generation and ends
+    FINISHED (`loops.autophagy.Collapse`). Any generator, a plug-in's too, may raise it
+    from `fit` or `sample`; the message says what became singular.
+    """
+
+
 class Generator(Protocol):
     """What every generator offers; a plug-in is built as `Class(shape=(C, H, W), num_classes=K, device=..., **params)`.
 
@@ -28,7 +37,7 @@ class Generator(Protocol):
     """
 
     def fit(self, data: ImageSet, *, seed: int, progress: ProgressFn | None = None) -> dict[str, float]:
-        """Train from scratch; return summary figures (final loss, ...)."""
+        """Train from scratch; return summary figures (final loss, ...). Raise `Collapsed` when the fit is singular."""
 
     def sample(self, labels: torch.Tensor, *, seed: int) -> torch.Tensor:
         """Images (N, C, H, W) in [-1, 1], one per label."""

@@ -3,19 +3,28 @@
 Fast enough for hundreds of generations, and the Gaussian's collapse under
 self-consumption has a closed form (the ML variance shrinks by (n-1)/n per `replace`
 generation; sampling with temperature lambda multiplies it by lambda), so these are
-how the loops are checked against theory.
+how the loops are checked against theory. With `ridge: 0` a `replace` loop's variance
+reaches 0 (its samples all alike in float32) and the fit becomes singular: `fit` then
+raises `Collapsed`, which a loop records as the arm's end, not as an error.
 """
 from __future__ import annotations
 
 import torch
 
 from synthdata.data import ImageSet
-from synthdata.generators import ProgressFn
+from synthdata.generators import Collapsed, ProgressFn
 from synthdata.spec import GaussianSpec, GMMSpec
 
 
-def _cholesky(cov: torch.Tensor) -> torch.Tensor:
-    return torch.linalg.cholesky(cov)
+def _cholesky(cov: torch.Tensor, what: str = "class") -> torch.Tensor:
+    """Cholesky factors of a stack of covariances (..., D, D); `Collapsed` naming the first singular one (a `what`)."""
+    chol, info = torch.linalg.cholesky_ex(cov)
+    bad = torch.nonzero(info.reshape(-1)).flatten()
+    if len(bad):
+        k = int(bad[0])
+        variance = float(torch.diagonal(cov.reshape(-1, *cov.shape[-2:])[k]).mean())
+        raise Collapsed(f"the fitted covariance of {what} {k} is singular (mean variance {variance:.3g})")
+    return chol
 
 
 class GaussianGenerator:
@@ -25,6 +34,7 @@ class GaussianGenerator:
         self.num_classes = num_classes
         self.means: torch.Tensor | None = None  # (K, D) float64
         self.covs: torch.Tensor | None = None  # (K, D, D) float64, ridge included
+        self._chols: torch.Tensor | None = None  # Cholesky factors of covs * temperature, once fitted or loaded
 
     def fit(self, data: ImageSet, *, seed: int, progress: ProgressFn | None = None) -> dict[str, float]:
         """Maximum-likelihood mean and covariance per class (the (n-1) covariance if `unbiased`)."""
@@ -45,6 +55,8 @@ class GaussianGenerator:
             means.append(mu)
             covs.append(cov + self.spec.ridge * torch.eye(d, dtype=x.dtype))
         self.means, self.covs = torch.stack(means), torch.stack(covs)
+        # What `sample` needs, factored once here: a singular fit (ridge 0, variance collapsed to 0) stops at the fit.
+        self._chols = _cholesky(self.covs * self.spec.temperature)
         if progress:
             progress(1.0)
         return {"fitted_variance": float(torch.stack(variances).mean())}
@@ -57,7 +69,9 @@ class GaussianGenerator:
         assert self.means is not None, "fit() first"
         g = torch.Generator().manual_seed(seed)
         z = torch.randn(len(labels), self.means.shape[1], generator=g, dtype=torch.float64)
-        chols = _cholesky(self.covs * self.spec.temperature)
+        if self._chols is None:
+            self._chols = _cholesky(self.covs * self.spec.temperature)
+        chols = self._chols
         x = self.means[labels] + torch.einsum("nij,nj->ni", chols[labels], z)
         return x.float().reshape(len(labels), *self.shape)
 
@@ -66,6 +80,7 @@ class GaussianGenerator:
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.means, self.covs = state["means"].double(), state["covs"].double()
+        self._chols = None
 
 
 class GMMGenerator:
@@ -125,7 +140,7 @@ class GMMGenerator:
             idx = torch.nonzero(labels == k).flatten()
             comp = torch.multinomial(self.weights[k], len(idx), replacement=True, generator=g)
             z = torch.randn(len(idx), d, generator=g, dtype=torch.float64)
-            chols = _cholesky(self.covs[k] * self.spec.temperature)
+            chols = _cholesky(self.covs[k] * self.spec.temperature, f"class {k}'s component")
             out[idx] = self.means[k][comp] + torch.einsum("nij,nj->ni", chols[comp], z)
         return out.float().reshape(len(labels), *self.shape)
 

@@ -2,11 +2,13 @@
 
 Tables, figures, progress lines, the report and bench all read it, so a metric is named
 and formatted the same everywhere. `better` says which way is good for a generator's
-samples ("higher", "lower", or None where neither is, like a fitted variance).
+samples ("higher", "lower", or None where neither is, like a fitted variance), and
+`bounds` where its values lie ([0, 1] for accuracies, [0, inf) for distances).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -19,31 +21,40 @@ class MetricInfo:
     interval: bool = False  # logged with `<name>_ci_low` / `<name>_ci_high` (a 95% interval)
     figure: bool = True  # worth a figure against generation / scale
     progress: bool = False  # shown on a progress line when a generation finishes
-    bounds: tuple[float, float] | None = None  # where the values lie (intervals over seeds are clipped to them)
+    # Where the values lie, (low, high), required of every metric: every interval of a table and band of a figure
+    # is clipped to it (a distance's t interval over seeds never reaches below 0).
+    bounds: tuple[float, float] = field(kw_only=True)
 
 
-UNIT = (0.0, 1.0)  # accuracies and shares
+INF = float("inf")
+UNIT = (0.0, 1.0)  # accuracies, probabilities and shares
+NONNEGATIVE = (0.0, INF)  # distances, variances, densities, times
+REAL = (-INF, INF)  # estimates that can fall below 0: the unbiased kernel distance (an MMD^2 estimate)
+COLLAPSED = "collapsed_at_generation"  # a loop arm's generation whose fit became singular (its generator collapsed)
 METRICS: tuple[MetricInfo, ...] = (
     MetricInfo("detectability", "detectability (held-out accuracy)", "detectability", ".3f", "lower", interval=True, progress=True, bounds=UNIT),
     MetricInfo("guiding_detectability", "guiding classifier's verdict (held-out accuracy)", "guiding clf's verdict", ".3f",
                "lower", figure=False, bounds=UNIT),
     MetricInfo("downstream_accuracy", "downstream accuracy (real test set)", "downstream acc", ".3f", "higher", interval=True,
                progress=True, bounds=UNIT),
-    MetricInfo("detectability_jsd_lower_bound", "JSD lower bound (nats)", "JSD bound", ".3f", "lower"),
-    MetricInfo("fd", "Fréchet distance (features trained in the study; not FID)", "FD", ".2f", "lower", progress=True),
-    MetricInfo("kd", "kernel distance (features trained in the study; not KID)", "KD", ".4f", "lower"),
-    MetricInfo("fid", "FID (Inception features)", "FID", ".2f", "lower", progress=True),
-    MetricInfo("kid", "KID (Inception features)", "KID", ".4f", "lower"),
+    MetricInfo("detectability_jsd_lower_bound", "JSD lower bound (nats)", "JSD bound", ".3f", "lower", bounds=(0.0, math.log(2))),
+    MetricInfo("fd", "Fréchet distance (features trained in the study; not FID)", "FD", ".2f", "lower", progress=True,
+               bounds=NONNEGATIVE),
+    MetricInfo("kd", "kernel distance (features trained in the study; not KID)", "KD", ".4f", "lower", bounds=REAL),
+    MetricInfo("fid", "FID (Inception features)", "FID", ".2f", "lower", progress=True, bounds=NONNEGATIVE),
+    MetricInfo("kid", "KID (Inception features)", "KID", ".4f", "lower", bounds=REAL),
     MetricInfo("precision", "precision", "prec", ".2f", "higher", bounds=UNIT),
     MetricInfo("recall", "recall", "rec", ".2f", "higher", bounds=UNIT),
-    MetricInfo("density", "density", "density", ".2f", "higher"),
+    MetricInfo("density", "density", "density", ".2f", "higher", bounds=NONNEGATIVE),
     MetricInfo("coverage", "coverage", "cov", ".2f", "higher", bounds=UNIT),
-    MetricInfo("diversity", "diversity (per-class spread / real)", "diversity", ".2f", "higher"),
-    MetricInfo("fitted_variance", "fitted variance", "fitted var", ".4f", progress=True),
-    MetricInfo("fitted_mean_error", "|fitted mean - true mean|", "mean error", ".3f", "lower"),
-    MetricInfo("w2_to_truth", "W2 distance to the true distribution", "W2 to truth", ".3f", "lower"),
-    MetricInfo("time_fit_s", "generator training time (s)", "fit s", ".0f", figure=False),
-    MetricInfo("time_sample_s", "sampling time (s)", "sample s", ".0f", figure=False),
+    MetricInfo("diversity", "diversity (per-class spread / real)", "diversity", ".2f", "higher", bounds=NONNEGATIVE),
+    MetricInfo("fitted_variance", "fitted variance", "fitted var", ".4f", progress=True, bounds=NONNEGATIVE),
+    MetricInfo("fitted_mean_error", "|fitted mean - true mean|", "mean error", ".3f", "lower", bounds=NONNEGATIVE),
+    MetricInfo("w2_to_truth", "W2 distance to the true distribution", "W2 to truth", ".3f", "lower", bounds=NONNEGATIVE),
+    MetricInfo("time_fit_s", "generator training time (s)", "fit s", ".0f", figure=False, bounds=NONNEGATIVE),
+    MetricInfo("time_sample_s", "sampling time (s)", "sample s", ".0f", figure=False, bounds=NONNEGATIVE),
+    MetricInfo(COLLAPSED, "generation at which the generator collapsed (its fit singular)", "collapsed at", ".0f",
+               figure=False, bounds=(1.0, INF)),
 )
 METRIC = {m.name: m for m in METRICS}
 

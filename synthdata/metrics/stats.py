@@ -7,15 +7,21 @@
   one p-value for the cell (`combine_p_values`: a rule valid whatever the dependence between
   the seeds, since they share real data).
 - Paired designs (two arms of one seed share real data and test set): the paired
-  difference over seeds with its t interval and test (`paired_difference`), and per seed
+  difference over seeds with its t interval and the exact sign-flip test over seeds
+  (`paired_difference`, `sign_flip_p`; no interval where the seeds' differences are all
+  equal: a zero spread over a few seeds is not certainty), and per seed
   McNemar's exact test on the two classifiers' decisions on the shared test set (`mcnemar_p`);
   with one seed, a difference's interval from the two estimates' own (`mover_difference`).
 - Many cells in one study: Benjamini-Hochberg q-values (`q_values`).
+
+Intervals are clipped to the range of what they estimate (`Interval.clip`; each metric's
+range is in `synthdata.metrics.registry`), and `number` prints a value that rounds to 0 as
+0, never -0.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy import stats
@@ -98,6 +104,14 @@ def q_values(p_values: np.ndarray | list[float]) -> np.ndarray:
     return out
 
 
+def number(v: float, fmt: str = ".3f", signed: bool = False) -> str:
+    """`v` in format `fmt` (with a sign when `signed`), never a negative zero: what rounds to 0 prints as 0."""
+    sign = "+" if signed else ""
+    text = f"{v:{sign}{fmt}}"
+    zero = f"{0.0:{sign}{fmt}}"
+    return zero if text.startswith("-") and text[1:] == zero.lstrip("+") else text
+
+
 @dataclass(frozen=True)
 class Interval:
     """An estimate with a 95% interval; `p` is its test against zero where one applies (nan otherwise)."""
@@ -109,18 +123,28 @@ class Interval:
     p: float = float("nan")
 
     def text(self, fmt: str = ".3f", signed: bool = False) -> str:
-        """`0.912 [0.890, 0.934]`; a value without an interval (one seed's mean) alone."""
-        sign = "+" if signed else ""
+        """`0.912 [0.890, 0.934]`; a value without an interval (one seed's mean, a difference without spread) alone."""
         if math.isnan(self.value):
             return ""
         if math.isnan(self.low):
-            return f"{self.value:{sign}{fmt}}"
-        return f"{self.value:{sign}{fmt}} [{self.low:{sign}{fmt}}, {self.high:{sign}{fmt}}]"
+            return number(self.value, fmt, signed)
+        return f"{number(self.value, fmt, signed)} [{number(self.low, fmt, signed)}, {number(self.high, fmt, signed)}]"
+
+    def clip(self, bounds: tuple[float, float] | None) -> Interval:
+        """The interval within `bounds` (where the estimated quantity lies); the estimate itself is left as it is."""
+        if bounds is None or math.isnan(self.low):
+            return self
+        return replace(self, low=min(max(bounds[0], self.low), bounds[1]), high=max(min(bounds[1], self.high), bounds[0]))
+
+
+def difference_bounds(bounds: tuple[float, float] | None) -> tuple[float, float] | None:
+    """Where a difference of two values within `bounds` lies: [lo - hi, hi - lo] (an accuracy's: [-1, 1])."""
+    return None if bounds is None else (bounds[0] - bounds[1], bounds[1] - bounds[0])
 
 
 def mean_interval(values: np.ndarray | list[float], confidence: float = 0.95, bounds: tuple[float, float] | None = None) -> Interval:
     """The mean over seeds with Student's t interval for that mean (no interval from one seed), clipped to
-    `bounds` where the quantity has them (an accuracy or an AUC lies in [0, 1])."""
+    `bounds` where the quantity has them (an accuracy or an AUC lies in [0, 1], a distance in [0, inf))."""
     v = np.asarray(values, dtype=np.float64)
     v = v[~np.isnan(v)]
     n = len(v)
@@ -130,22 +154,54 @@ def mean_interval(values: np.ndarray | list[float], confidence: float = 0.95, bo
     if n < 2:
         return Interval(mean, float("nan"), float("nan"), n)
     half = float(stats.t.ppf(0.5 + confidence / 2, n - 1) * v.std(ddof=1) / math.sqrt(n))
-    low, high = mean - half, mean + half
-    if bounds is not None:
-        low, high = max(bounds[0], low), min(bounds[1], high)
-    return Interval(mean, low, high, n)
+    return Interval(mean, mean - half, mean + half, n).clip(bounds)
 
 
-def paired_difference(a: np.ndarray | list[float], b: np.ndarray | list[float], confidence: float = 0.95) -> Interval:
-    """Mean of a - b over pairs (seeds) with its t interval and the paired t-test's two-sided p-value."""
+SIGN_FLIP_EXACT = 16  # up to this many seeds the sign-flip test enumerates every pattern (2^16 = 65,536)
+SIGN_FLIP_DRAWS = 100_000  # beyond it, this many random patterns (a fixed stream: the same p every time)
+
+
+def sign_flip_p(d: np.ndarray | list[float]) -> float:
+    """Two-sided p-value of the paired sign-flip (permutation) test that differences over seeds are centred on 0.
+
+    Under the null each seed's difference is as likely to have either sign (its two arms are
+    exchangeable), so the p-value is the share of the 2^k sign patterns whose |mean| is at
+    least the observed one: exact, without the t-test's normality, and honest with few seeds,
+    where its smallest value is 2^(1-k) (k = 2: 0.5; k = 5: 0.0625). Up to `SIGN_FLIP_EXACT`
+    seeds every pattern is enumerated; beyond, `SIGN_FLIP_DRAWS` random ones give (hits + 1) /
+    (draws + 1). nan with fewer than two differences.
+    """
+    d = np.asarray(d, dtype=np.float64)
+    d = d[~np.isnan(d)]
+    k = len(d)
+    if k < 2:
+        return float("nan")
+    observed = abs(d.sum())
+    slack = 1e-12 * max(1.0, float(np.abs(d).sum()))  # equal sums in exact arithmetic count as equal
+    if k <= SIGN_FLIP_EXACT:
+        signs = 1 - 2 * ((np.arange(2**k)[:, None] >> np.arange(k)) & 1)
+        return float((np.abs(signs @ d) >= observed - slack).mean())
+    signs = np.random.default_rng(0).choice([-1.0, 1.0], size=(SIGN_FLIP_DRAWS, k))
+    return float(((np.abs(signs @ d) >= observed - slack).sum() + 1) / (SIGN_FLIP_DRAWS + 1))
+
+
+def paired_difference(a: np.ndarray | list[float], b: np.ndarray | list[float], confidence: float = 0.95,
+                      bounds: tuple[float, float] | None = None) -> Interval:
+    """Mean of a - b over pairs (seeds) with its t interval and the sign-flip test's two-sided p (`sign_flip_p`).
+
+    Differences that are all equal have no spread: the t interval would have zero width and
+    the t-test a p of 0, as if a few seeds were certainty; there is then no interval, and the
+    sign-flip p is what the seeds can show (its smallest value). `bounds`: where a - b lies.
+    """
     d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
     d = d[~np.isnan(d)]
     est = mean_interval(d, confidence)
     if est.n < 2:
         return est
-    if np.ptp(d) <= 1e-12 * max(1.0, abs(est.value)):  # no spread: the t statistic is undefined
-        return Interval(est.value, est.value, est.value, est.n, 0.0 if est.value != 0 else 1.0)
-    return Interval(est.value, est.low, est.high, est.n, float(stats.ttest_1samp(d, 0.0).pvalue))
+    p = sign_flip_p(d)
+    if np.ptp(d) <= 1e-12 * max(1.0, abs(est.value)):  # no spread: no t interval
+        return Interval(est.value, float("nan"), float("nan"), est.n, p)
+    return Interval(est.value, est.low, est.high, est.n, p).clip(bounds)
 
 
 def mover_difference(a: float, a_low: float, a_high: float, b: float, b_low: float, b_high: float) -> Interval:

@@ -302,7 +302,9 @@ class _Driver:
             grid = sample_grid(event.grid[0]) if self.spec.tracking.sample_grid and event.grid is not None else None
             for arm in group:  # a shared generation is logged in each arm's run, as if it had run there
                 self.tracker.log_generation(arm.name, event.generation, event.metrics, grid, event.samples,
-                                            event.checkpoint, keep_checkpoint=self.spec.tracking.checkpoints)
+                                            event.checkpoint, keep_checkpoint=self.spec.tracking.checkpoints,
+                                            checkpoint_every=self.spec.tracking.checkpoint_every,
+                                            all_samples=arm.loop_type == "accumulate")  # --resume reads all of them
                 self.study.results.append({**arm.row(event.generation), **event.metrics})
                 self.done[arm.name] = event.generation
                 if event.state is not None:

@@ -27,7 +27,7 @@ from synthdata.errors import UserError
 from synthdata.provenance import provenance_tags
 from synthdata.runs import Resumable
 from synthdata.spec import StudySpec, flat_params, spec_hash, spec_yaml
-from synthdata.tracking import StudyTracker, resolve_tracking_uri
+from synthdata.tracking import StudyTracker, check_tracking_server, resolve_tracking_uri
 
 
 @dataclass
@@ -124,6 +124,7 @@ def run_study(spec: StudySpec, runner: ModuleType | None = None, *, address: str
         raise UserError(f"{spec.name}: --resume applies to loop studies; a {spec.kind} study is rerun")
     splits = study_splits(spec.data, spec.seeds)  # per seed; data errors surface here, before Ray or MLflow
     uri = resolve_tracking_uri(tracking_uri or spec.tracking.uri)
+    check_tracking_server(uri)  # a wrong or unreachable server: one line now, not MLflow's minutes of retries later
     prepared: Prepared = runner.prepare(spec, splits, uri, resume)  # bad input stops the study here too
     refuse_before_start(spec.resources, address or spec.resources.address)  # an arm wider than this machine
     store = _StoreOpener(uri)  # MLflow's store (a new SQLite file: its tables) is made while Ray starts

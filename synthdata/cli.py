@@ -88,6 +88,10 @@ def _run(args: argparse.Namespace) -> int:
 
 def _run_spec(spec: StudySpec, args: argparse.Namespace, source: str = "synthdata detect") -> int:
     """Run a validated study of any kind, print its table, and exit 1 if any arm failed."""
+    from synthdata.tracking import check_tracking_server, resolve_tracking_uri
+
+    # A wrong tracking URI is told in a second or two, before the study's imports (torch, Ray) take their seconds.
+    check_tracking_server(resolve_tracking_uri(args.tracking_uri or spec.tracking.uri))
     from loops import runner_for
     from loops.study import run_study
 
@@ -190,9 +194,8 @@ def _pretrain(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from synthdata.report import build_report
     from synthdata.spec import load_spec
-    from synthdata.tracking import resolve_tracking_uri
+    from synthdata.tracking import check_tracking_server, resolve_tracking_uri
 
     if args.study is None and args.run is None:
         raise UserError("report: name a study file, an experiment, or --run RUN_ID")
@@ -202,6 +205,9 @@ def _report(args: argparse.Namespace) -> int:
         experiment, uri = spec.experiment_name, uri or spec.tracking.uri
         out = out or Path(spec.tracking.report_dir) / spec.name / "report"
     uri = resolve_tracking_uri(uri)
+    check_tracking_server(uri)
+    from synthdata.report import build_report
+
     page = build_report(uri, out or Path("runs") / (experiment or args.run) / "report",
                         experiment=None if args.run else experiment, run_id=args.run)
     print(f"report: {page}  (open it in a browser; the PNGs are beside it)")

@@ -12,15 +12,17 @@ import random
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 import numpy as np
 
-from synthdata.data import ImageSet, save_samples
+if TYPE_CHECKING:
+    from synthdata.data import ImageSet
 
 T = TypeVar("T")
 DEFAULT_DB = "mlflow.db"
 DONE_METRIC = "generation_done"  # logged with a generation's metrics: the generation's commit marker
+MAX_BATCH = 1000  # MLflow's log_batch limit on metrics
 
 
 def checkpoint_dir(generation: int) -> str:
@@ -36,6 +38,102 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         uri = f"sqlite:///{Path(uri.removeprefix('sqlite:///')).resolve()}"
     return uri
+
+
+PROBE_TIMEOUT_S = 4.0  # to connect: a server that listens accepts in milliseconds
+PROBE_ANSWER_S = 30.0  # for its answer: a freshly started `mlflow server` opens its store on the first request (seconds)
+_PROBE = "/api/2.0/mlflow/experiments/search"
+
+
+def check_tracking_server(uri: str, timeout: float = PROBE_TIMEOUT_S, answer_within: float = PROBE_ANSWER_S) -> None:
+    """One short request to an http(s) tracking URI; UserError (one line, exit 2) unless an MLflow server answers it.
+
+    MLflow's own client retries a refused connection for about four minutes and then raises
+    a long traceback. This asks once (`GET /api/2.0/mlflow/experiments/search`, one result:
+    `timeout` s to connect, `answer_within` s for the answer), with the credentials the client
+    would send ($MLFLOW_TRACKING_USERNAME and _PASSWORD, or _TOKEN), and says what answered:
+    nothing, a server that is not MLflow, or one that refuses us. Local stores (sqlite:,
+    file:) are not asked: opening them says what is wrong.
+    """
+    if not uri.lower().startswith(("http://", "https://")):
+        return
+    import requests
+
+    from synthdata.errors import UserError
+
+    def refused(what: str) -> UserError:
+        return UserError(f"tracking.uri: {uri}: {what}")
+
+    kwargs, credentials = _request_credentials(uri)
+    try:
+        answer = requests.get(uri.rstrip("/") + _PROBE, params={"max_results": 1}, timeout=(timeout, answer_within),
+                              **kwargs)
+    except requests.exceptions.SSLError as err:
+        raise refused(f"TLS failed ({_reason(err)})") from None
+    except requests.exceptions.ConnectTimeout:
+        raise refused(f"could not connect within {timeout:g}s (nothing reachable there: check the host and port)") from None
+    except requests.exceptions.ReadTimeout:
+        raise refused(f"connected, but no answer within {answer_within:g}s (not an MLflow server, or one that hangs)") from None
+    except requests.exceptions.ConnectionError as err:
+        raise refused(_reason(err)) from None
+    except requests.exceptions.RequestException as err:  # a URL requests cannot use
+        raise refused(f"not a usable URL ({_reason(err)})") from None
+    status = f"HTTP {answer.status_code}{' ' + answer.reason if answer.reason else ''}"
+    try:
+        body = answer.json()
+    except ValueError:
+        body = None
+    if answer.status_code in (401, 403):
+        hint = ("check them" if credentials else
+                "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, or MLFLOW_TRACKING_TOKEN")
+        raise refused(f"the server refused us ({status}{' with the credentials given' if credentials else ''}: {hint})")
+    if answer.ok and isinstance(body, dict):
+        return
+    if isinstance(body, dict) and "error_code" in body:  # MLflow, answering with an error of its own
+        raise refused(f"the MLflow server answered {status}: {str(body.get('message', body['error_code']))[:200]}")
+    kind = answer.headers.get("content-type", "no content type").split(";")[0]
+    raise refused(f"not an MLflow tracking server (GET {_PROBE} answered {status}, {kind})")
+
+
+def _request_credentials(uri: str) -> tuple[dict[str, Any], bool]:
+    """requests' keyword arguments for what MLflow's client would send `uri` (auth, TLS), and whether any auth is sent."""
+    try:
+        from mlflow.utils.credentials import get_default_host_creds
+
+        creds = get_default_host_creds(uri)
+    except Exception:  # an MLflow without this helper: ask without credentials
+        return {}, False
+    kwargs: dict[str, Any] = {"verify": creds.verify}
+    if creds.client_cert_path:
+        kwargs["cert"] = creds.client_cert_path
+    if creds.username and creds.password:
+        kwargs["auth"] = (creds.username, creds.password)
+    elif creds.token:
+        kwargs["headers"] = {"Authorization": f"Bearer {creds.token}"}
+    try:
+        if creds.aws_sigv4:
+            from requests_auth_aws_sigv4 import AWSSigV4
+
+            kwargs["auth"] = AWSSigV4("execute-api")
+        elif creds.auth:
+            from mlflow.tracking.request_auth.registry import fetch_auth
+
+            kwargs["auth"] = fetch_auth(creds.auth)
+    except Exception:  # the plug-in is not there: MLflow's client will say so
+        pass
+    return kwargs, "auth" in kwargs or "headers" in kwargs
+
+
+def _reason(err: Exception) -> str:
+    """The innermost cause of a requests error, in a few words ("connection refused", "host not found")."""
+    text = str(err)
+    if "refused" in text.lower():
+        return "connection refused (nothing listens there: start the server, or fix the host or port)"
+    if any(s in text for s in ("Name or service not known", "nodename nor servname", "NameResolutionError",
+                               "Temporary failure in name resolution", "getaddrinfo failed")):
+        return "host not found (its name does not resolve)"
+    inner = getattr(err.args[0] if err.args else None, "reason", None) or err  # urllib3's MaxRetryError holds the cause
+    return f"{type(inner).__name__}: {str(inner)[:160]}"
 
 
 _READY: set[str] = set()  # tracking URIs whose store this process has opened
@@ -146,12 +244,21 @@ class StudyTracker:
         self._pending: dict[str, list] = {}
         self._pending_since: dict[str, float] = {}  # when each arm's oldest unwritten metric was buffered
         self._flushed: dict[str, float] = {}
+        # Checkpoints (see log_generation): each arm's latest one not uploaded yet, the generations whose uploaded
+        # checkpoint is only there as the latest (removed once a later one is in), and how each arm keeps them.
+        self._held: dict[str, tuple[int, ImageSet | None, dict[str, bytes] | None]] = {}
+        self._interim: dict[str, list[int]] = {}
+        self._newest: dict[str, int] = {}  # arm -> the newest generation whose checkpoint was uploaded
+        self._policy: dict[str, tuple[int, bool]] = {}  # arm -> (checkpoint_every, all_samples)
+        self._artifact_repos: dict[str, Any] = {}
+        self._resumed: dict[str, int] = {}  # arm -> its last finished generation before this run resumed it
         if resume is not None:  # continue the same runs, so each metric keeps one value per generation
             self.parent_id = resume.parent_id
             self.client.update_run(self.parent_id, status="RUNNING")
             for arm, run_id in resume.arm_runs.items():
                 self.arm_runs[arm] = run_id
                 self.client.update_run(run_id, status="RUNNING")
+                self._resumed[arm] = resume.done.get(arm, -1)
             return
         base_tags = {**self.run_tags, "synthdata.study": study, "synthdata.role": "study", **(tags or {})}
         if description:
@@ -190,36 +297,112 @@ class StudyTracker:
         samples: ImageSet | None = None,
         checkpoint: dict[str, bytes] | None = None,
         keep_checkpoint: bool = True,
+        checkpoint_every: int = 1,
+        all_samples: bool = False,
     ) -> None:
         """Artifacts first (sample grid, checkpoint), then all metrics at step=generation in one batch.
 
         The batch carries `generation_done` as well, so a generation counts as finished
         exactly when its metrics are in: a study killed half-way through a generation
         left no metric of it, and a resume redoes it without logging anything twice.
+
+        Checkpoints (`samples`, the generator's `checkpoint` files) stay for every
+        `checkpoint_every`-th generation and for the latest one, which is what `--resume`
+        starts from: a generation's checkpoint is uploaded before its metrics are written
+        (at once for a k-th, else with the buffered metrics, so a toy loop's fast generations
+        upload one checkpoint per flush), and the previous latest is removed only after that
+        write. `all_samples`: keep every generation's samples (an accumulate arm trains on them all).
         """
         from mlflow.entities import Metric
 
+        self._policy[arm] = (max(1, checkpoint_every), all_samples)
+        ts = int(time.time() * 1000)
+        items = [Metric(k, float(v), ts, generation) for k, v in metrics.items() if np.isfinite(v)]
+        items.append(Metric(DONE_METRIC, float(generation), ts, generation))
+        if len(self._pending.get(arm, [])) + len(items) > MAX_BATCH:
+            self.flush(arm)  # one write per flush: a generation_done is never in MLflow without its checkpoint
         run_id = self.arm_runs[arm]
         if grid is not None:
             self.client.log_image(run_id, grid, artifact_file=f"samples/generation_{generation:03d}.png")  # the report's
             self.client.log_image(run_id, grid, key="samples", step=generation, synchronous=True)  # the UI's step slider
-        samples = samples if keep_checkpoint else None
-        checkpoint = checkpoint if keep_checkpoint else None
-        if samples is not None or checkpoint:
-            with tempfile.TemporaryDirectory() as tmp:
-                if samples is not None:
-                    save_samples(samples, Path(tmp) / "samples.safetensors")
-                for name, data in (checkpoint or {}).items():
-                    (Path(tmp) / name).parent.mkdir(parents=True, exist_ok=True)
-                    (Path(tmp) / name).write_bytes(data)
-                self.client.log_artifacts(run_id, tmp, artifact_path=checkpoint_dir(generation))
-        ts = int(time.time() * 1000)
-        items = [Metric(k, float(v), ts, generation) for k, v in metrics.items() if np.isfinite(v)]
-        items.append(Metric(DONE_METRIC, float(generation), ts, generation))
+        if keep_checkpoint and (samples is not None or checkpoint):
+            if generation % max(1, checkpoint_every) == 0:  # kept for good
+                self._held.pop(arm, None)  # an earlier latest, superseded before it was uploaded
+                self._upload_checkpoint(arm, generation, samples, checkpoint)
+            else:
+                if all_samples and samples is not None:  # for good; the generator's files only while they are the latest
+                    self._upload_checkpoint(arm, generation, samples, None, latest=False)
+                    samples = None
+                self._held[arm] = (generation, samples, checkpoint)
         self._pending.setdefault(arm, []).extend(items)
         self._pending_since.setdefault(arm, time.monotonic())
         if time.monotonic() - self._flushed.get(arm, 0.0) >= self.flush_every_s:
             self.flush(arm)
+
+    def _upload_checkpoint(self, arm: str, generation: int, samples: ImageSet | None,
+                           checkpoint: dict[str, bytes] | None, latest: bool = True) -> None:
+        """Upload a generation's checkpoint (`latest`: the arm's newest; one that is not an every-k-th is noted, to be
+        removed once superseded), or an accumulate arm's samples alone (kept for good)."""
+        from synthdata.data import save_samples
+
+        if samples is None and not checkpoint:
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            if samples is not None:
+                save_samples(samples, Path(tmp) / "samples.safetensors")  # or samples.shards.json: a set drawn as shards
+            for name, data in (checkpoint or {}).items():
+                (Path(tmp) / name).parent.mkdir(parents=True, exist_ok=True)
+                (Path(tmp) / name).write_bytes(data)
+            self.client.log_artifacts(self.arm_runs[arm], tmp, artifact_path=checkpoint_dir(generation))
+        if latest:
+            self._newest[arm] = max(generation, self._newest.get(arm, generation))
+            if generation % self._policy[arm][0]:
+                self._interim.setdefault(arm, []).append(generation)
+
+    def _prune_checkpoints(self, arm: str) -> None:
+        """Remove each checkpoint that is neither an every-k-th nor the newest, once the metrics of a newer one are in."""
+        newest = self._newest.get(arm)
+        if newest is None:
+            return
+        interim = self._interim.setdefault(arm, [])
+        if arm in self._resumed:  # what the stopped run left: its latest, and any upload whose metrics never followed
+            interim.extend(self._checkpoints_from(arm, self._resumed.pop(arm)))
+        every, all_samples = self._policy[arm]
+        for generation in sorted({g for g in interim if g < newest}):
+            interim[:] = [g for g in interim if g != generation]
+            if generation % every:  # (what a stopped run left may be a k-th)
+                self._delete_checkpoint(arm, generation, keep_samples=all_samples)
+
+    def _checkpoints_from(self, arm: str, generation: int) -> list[int]:
+        """The generations from `generation` on that hold a checkpoint in the arm's run."""
+        if generation < 1:
+            return []
+        try:
+            entries = self.client.list_artifacts(self.arm_runs[arm], "checkpoints")
+        except Exception:
+            return [generation]
+        found = [int(name.rsplit("_", 1)[1]) for name in (Path(e.path).name for e in entries)
+                 if name.startswith("generation_") and name.rsplit("_", 1)[1].isdigit()]
+        return [g for g in found if g >= generation]
+
+    def _delete_checkpoint(self, arm: str, generation: int, keep_samples: bool) -> None:
+        """Best effort: an artifact store that cannot delete keeps the checkpoint (more files, nothing lost)."""
+        folder = checkpoint_dir(generation)
+        try:
+            repo = self._artifact_repos.get(arm)
+            if repo is None:
+                from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+                artifact_uri = self.client.get_run(self.arm_runs[arm]).info.artifact_uri
+                repo = self._artifact_repos[arm] = get_artifact_repository(artifact_uri, tracking_uri=self.uri)
+            if not keep_samples:
+                repo.delete_artifacts(folder)
+                return
+            for entry in repo.list_artifacts(folder):
+                if not Path(entry.path).name.startswith("samples."):  # samples.safetensors or samples.shards.json
+                    repo.delete_artifacts(entry.path)
+        except Exception:
+            pass
 
     def log_metrics(self, arm: str, metrics: dict[str, float], step: int = 0) -> None:
         """Metrics of a run that has one set of them (a detect study's cell), in one batch."""
@@ -236,11 +419,15 @@ class StudyTracker:
         thousands of generations cost a few writes; slow ones are written at once.
         """
         for name in [arm] if arm is not None else list(self._pending):
+            held = self._held.pop(name, None)
+            if held is not None:  # the latest generation's checkpoint goes in before its metrics
+                self._upload_checkpoint(name, *held)
             items = self._pending.pop(name, [])
             self._pending_since.pop(name, None)
-            for i in range(0, len(items), 1000):  # MLflow's log_batch limit
-                self.client.log_batch(self.arm_runs[name], metrics=items[i : i + 1000])
+            for i in range(0, len(items), MAX_BATCH):
+                self.client.log_batch(self.arm_runs[name], metrics=items[i : i + MAX_BATCH])
             self._flushed[name] = time.monotonic()
+            self._prune_checkpoints(name)
 
     def flush_due(self) -> None:
         """Write the buffer of every arm whose oldest unwritten metric has waited `flush_every_s`.
@@ -281,6 +468,8 @@ class StudyTracker:
 
     def log_samples(self, samples: ImageSet, artifact_file: str, arm: str | None = None) -> None:
         """A sample set (safetensors, `synthdata.data.save_samples`) as an artifact: reusable as `mix.samples` or a source."""
+        from synthdata.data import save_samples
+
         folder, _, name = artifact_file.rpartition("/")
         with tempfile.TemporaryDirectory() as tmp:
             save_samples(samples, Path(tmp) / name)

@@ -241,8 +241,10 @@ class TrackingSpec(Strict):
     uri: str | None = Field(None, description="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db).")
     sample_grid: bool = Field(True, description="Log a grid of samples per generation as an image artifact.")
     checkpoints: bool = Field(
-        True, description="Keep each generation's generator weights and samples as artifacts (needed by --resume)."
-    )
+        True, description="Keep generations' generator weights and samples as artifacts (needed by --resume).")
+    checkpoint_every: int = Field(
+        10, ge=1, description="Which generations' checkpoints stay: every k-th (10, 20, ...) and always the latest; an "
+        "accumulate arm also keeps every generation's samples (its later generations train on them). 1: every generation.")
     report_dir: Path = Field(Path("runs"), description="Figures and tables are also written to REPORT_DIR/<study name>/.")
 
 

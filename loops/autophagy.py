@@ -197,7 +197,8 @@ def run_arm(
                 yield Progress(arm.name, t, "sampling")
             start = time.perf_counter()
             drawn = draw_samples(generator, n + n_eval, real, label_seed=seed_of(t, Purpose.LABELS),
-                                 sample_seed=seed_of(t, Purpose.SAMPLES), context=f"generator diverged at generation {t}")
+                                 sample_seed=seed_of(t, Purpose.SAMPLES), context=f"generator diverged at generation {t}",
+                                 storage=context.sample_storage(arm.name, t), in_memory_mb=spec.data.in_memory_mb)
         except Collapsed as err:
             if t == 1:
                 raise ValueError(f"generation 1 (fitted on the real training set): {err}; "

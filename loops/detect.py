@@ -22,15 +22,17 @@ from synthdata.data import ImageSet, Splits, concat
 from synthdata.detection import DetectArm, DetectResult, arms_for, run_arm
 from synthdata.errors import UserError
 from synthdata.figures import confusion_figure, detect_figures, sample_grid
+from synthdata.imagestore import as_tensor
 from synthdata.results import detect_table, format_detect_table, real_vs_real_warning
+from synthdata.shards import join, study_storage
 from synthdata.sources import load_source
 from synthdata.spec import DetectStudy
 
 EXPENSIVE = ("generator", "checkpoint", "pipeline")  # sampled on Ray; the others are read in the driver
 
 
-def _source_task(source, real: ImageSet, seed: int, resources) -> ImageSet:
-    return load_source(source, real, seed=seed, device=configure_worker(resources))
+def _source_task(source, real: ImageSet, seed: int, resources, storage: str, in_memory_mb: float) -> ImageSet:
+    return load_source(source, real, seed=seed, device=configure_worker(resources), storage=storage, in_memory_mb=in_memory_mb)
 
 
 def _arm_task(arm: DetectArm, spec: DetectStudy, real_train: ImageSet, real_eval: ImageSet, sources: dict[str, ImageSet]) -> DetectResult:
@@ -40,7 +42,8 @@ def _arm_task(arm: DetectArm, spec: DetectStudy, real_train: ImageSet, real_eval
 
 def read_cheap_sources(spec: DetectStudy, real: ImageSet) -> dict[str, ImageSet]:
     """Sample sets and image folders, read in the driver before Ray starts: a bad file stops the study at once."""
-    return {name: load_source(source, real, seed=0) for name, source in spec.detect.sources.items() if source.type not in EXPENSIVE}
+    return {name: load_source(source, real, seed=0, in_memory_mb=spec.data.in_memory_mb)
+            for name, source in spec.detect.sources.items() if source.type not in EXPENSIVE}
 
 
 def load_sources(spec: DetectStudy, splits: dict[int, Splits], read: dict[str, ImageSet], show_progress: bool
@@ -54,7 +57,9 @@ def load_sources(spec: DetectStudy, splits: dict[int, Splits], read: dict[str, I
                                             max_retries=0)
     expensive = [name for name, source in spec.detect.sources.items() if source.type in EXPENSIVE]
     local = {name: _absolute(spec.detect.sources[name]) for name in expensive}
-    refs = {(seed, name): task.remote(local[name][0], splits[seed].train, seed, spec.resources)
+    storage = study_storage(spec.tracking.storage, str(spec.tracking.report_dir), spec.name)  # sources too large to hold
+    refs = {(seed, name): task.remote(local[name][0], splits[seed].train, seed, spec.resources,
+                                      join(storage, "sources", name, f"seed{seed}"), spec.data.in_memory_mb)
             for seed in spec.detect.seeds for name in expensive}
     if show_progress and refs:
         print(f"sampling {', '.join(expensive)} for seed(s) {', '.join(map(str, spec.detect.seeds))}", file=sys.stderr, flush=True)
@@ -121,11 +126,12 @@ def schedule(study: Study) -> None:
     first = spec.detect.seeds[0]
     for name, images in sources[first].items():
         if spec.tracking.sample_grid:
-            tracker.log_image(sample_grid(images.images[:64]), f"sources/{name}.png")
+            tracker.log_image(sample_grid(as_tensor(images.images[:64])), f"sources/{name}.png")
     task = ray.remote(_arm_task).options(num_cpus=spec.resources.cpus_per_arm, num_gpus=spec.resources.gpus_per_arm,
                                          max_retries=1)
     spec_ref = ray.put(spec)
-    # Per seed: its real split (neither eval part trains a detector) and its sources.
+    # Per seed: its real split (neither eval part trains a detector) and its sources; a lazy set travels as its
+    # store's paths and an index, never as pixels.
     args = {seed: [ray.put(x) for x in (split.train, concat(split.heldout, split.test), sources[seed])]
             for seed, split in study.splits.items()}
     refs = {}

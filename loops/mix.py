@@ -26,6 +26,7 @@ from synthdata.data import ImageSet, Splits
 from synthdata.errors import DataError, UserError
 from synthdata.figures import mix_difference_figure, mix_figure, sample_grid
 from synthdata.generators import check_generator
+from synthdata.imagestore import as_tensor
 from synthdata.mixing import load_pool, make_pool, mix_training_set, real_subset, synthetic_count
 from synthdata.results import MIX_METRIC, differences_to_real_only, mix_table
 from synthdata.results import format_mix_table as format_table  # noqa: F401  this runner's text form
@@ -71,19 +72,23 @@ def pool_size(spec: MixStudy, n_train: int) -> int:
     return spec.mix.pool_size or max(1, synthetic_count("augment", spec.mix.max_ratio(), n))
 
 
-def _pool_task(spec: MixStudy, real: ImageSet, size: int, seed: int) -> tuple[ImageSet, dict[str, float]]:
+def _pool_task(spec: MixStudy, real: ImageSet, size: int, seed: int, storage: str) -> tuple[ImageSet, dict[str, float]]:
     from synthdata.compute import configure_worker
 
-    return make_pool(spec.generator, real, size, seed=seed, device=configure_worker(spec.resources), guidance=spec.guidance)
+    return make_pool(spec.generator, real, size, seed=seed, device=configure_worker(spec.resources), guidance=spec.guidance,
+                     storage=storage, in_memory_mb=spec.data.in_memory_mb)
 
 
 def make_pools(spec: MixStudy, splits: dict[int, Splits], show_progress: bool, saved: ImageSet | None = None,
                seeds: tuple[int, ...] | None = None) -> dict[int, ImageSet]:
     """One pool per seed (of `seeds`, default all): a generator trained once on the real training set, in parallel on Ray.
 
-    With `mix.samples`, the saved set (`saved`, if the caller has read it already) is every seed's pool.
+    With `mix.samples`, the saved set (`saved`, if the caller has read it already) is every seed's pool. A pool too
+    large to hold is written as shards (a new folder of the study's storage) and comes back as a view of them.
     """
     import ray
+
+    from synthdata.shards import join, study_storage
 
     seeds = spec.mix.seeds if seeds is None else seeds
     first = splits[spec.mix.seeds[0]].train  # every seed's split has the same sizes and format
@@ -94,7 +99,9 @@ def make_pools(spec: MixStudy, splits: dict[int, Splits], show_progress: bool, s
             raise DataError(f"{spec.mix.samples}: has {len(pool)} samples, the largest ratio needs {size}")
         return {seed: pool for seed in seeds}
     task = ray.remote(_pool_task).options(num_cpus=spec.resources.cpus_per_arm, num_gpus=spec.resources.gpus_per_arm)
-    refs = {seed: task.remote(spec, real_subset(splits[seed].train, spec.mix.real_size, seed=seed), size, seed) for seed in seeds}
+    storage = study_storage(spec.tracking.storage, str(spec.tracking.report_dir), spec.name)
+    refs = {seed: task.remote(spec, real_subset(splits[seed].train, spec.mix.real_size, seed=seed), size, seed,
+                              join(storage, "pools", f"seed{seed}")) for seed in seeds}
     if show_progress:
         guided = f", guided at scale {spec.guidance.scale:g}" if spec.guidance.scale > 0 else ""
         print(f"training {len(refs)} generator(s), one per seed, for pools of {size} samples{guided}", file=sys.stderr, flush=True)
@@ -279,7 +286,7 @@ def schedule(study: Study) -> None:
         if spec.tracking.checkpoints and spec.mix.samples is None:  # reusable as `mix.samples`, and by --resume
             tracker.log_samples(pool, f"pools/seed{seed}.safetensors")
         if spec.tracking.sample_grid and pool.images.shape[-1] > 1:
-            tracker.log_image(sample_grid(pool.images[:64]), f"pools/seed{seed}.png")
+            tracker.log_image(sample_grid(as_tensor(pool.images[:64])), f"pools/seed{seed}.png")
     for name in plan.finished:  # reopened by the resume: they stay as they were
         tracker.end_arm(name, "FINISHED")
     arms = [arm for arm in planned_arms(spec) if arm_name(arm) not in plan.finished]

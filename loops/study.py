@@ -125,6 +125,10 @@ def run_study(spec: StudySpec, runner: ModuleType | None = None, *, address: str
     splits = study_splits(spec.data, spec.seeds)  # per seed; data errors surface here, before Ray or MLflow
     uri = resolve_tracking_uri(tracking_uri or spec.tracking.uri)
     check_tracking_server(uri)  # a wrong or unreachable server: one line now, not MLflow's minutes of retries later
+    if spec.tracking.storage is not None:  # where large sample sets go: a storage that cannot be written, refused now
+        from synthdata.shards import check_writable
+
+        check_writable(spec.tracking.storage)
     prepared: Prepared = runner.prepare(spec, splits, uri, resume)  # bad input stops the study here too
     refuse_before_start(spec.resources, address or spec.resources.address)  # an arm wider than this machine
     store = _StoreOpener(uri)  # MLflow's store (a new SQLite file: its tables) is made while Ray starts

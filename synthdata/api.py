@@ -102,9 +102,11 @@ def _bar(show: bool, what: str) -> Any:
     return tqdm(total=100, desc=what, unit="%", file=sys.stderr)
 
 
-def _images(x: Any, what: str) -> torch.Tensor:
-    """Images (N, C, H, W) in [-1, 1] from a tensor, an ImageSet or a folder of image files."""
+def _images(x: Any, what: str) -> Any:
+    """Images (N, C, H, W) in [-1, 1] from a tensor, an ImageSet or a folder of image files (read per batch when it
+    is larger than `data.in_memory_mb`'s default as float32)."""
     from synthdata.data import ImageSet, read_image_folder
+    from synthdata.spec import DataSpec
 
     if isinstance(x, ImageSet):
         return x.images
@@ -112,7 +114,7 @@ def _images(x: Any, what: str) -> torch.Tensor:
         if x.ndim != 4:
             raise ValueError(f"{what}: images must be (N, C, H, W), got shape {tuple(x.shape)}")
         return x.float()
-    return read_image_folder(x)
+    return read_image_folder(x, in_memory_mb=DataSpec().in_memory_mb)
 
 
 def detectability(real: Any, generated: Any, *, detector: dict[str, Any] | None = None, eval_fraction: float = 0.3,

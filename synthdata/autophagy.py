@@ -19,6 +19,7 @@ from typing import Callable
 import torch
 
 from synthdata.data import ImageSet, Splits, class_balanced_labels, concat, sample_truth
+from synthdata.imagestore import Images, as_tensor
 from synthdata.metrics.detectability import detectability, real_vs_real
 from synthdata.metrics.downstream import downstream_accuracy
 from synthdata.metrics.features import FeatureExtractor, RealReference, feature_metrics, train_feature_extractor
@@ -33,6 +34,15 @@ class StudyContext:
     reference: RealReference | None = None  # real held-out features (metric: features)
     extractor: FeatureExtractor | None = None  # None: the data are vectors, used as their own features
     pretrained: dict[str, torch.Tensor] | None = None  # a loop's `loop.pretrained` weights, read in the driver
+    storage: str | None = None  # where this run writes sample sets too large to hold (synthdata.shards.study_storage)
+
+    def sample_storage(self, arm: str, generation: int) -> str | None:
+        """The folder of one generation's samples, when they are too large to hold (None: the run has no storage)."""
+        if self.storage is None:
+            return None
+        from synthdata.shards import join
+
+        return join(self.storage, arm.replace("/", "_"), f"generation_{generation:03d}")
 
 
 def study_context(spec: MeasuredStudy, splits: Splits, seed: int = 0,
@@ -97,13 +107,13 @@ def build_training_set(
     raise ValueError(f"unknown loop type {loop_type!r}")
 
 
-def grid_subset(images: torch.Tensor, labels: torch.Tensor, per_class: int = 8) -> tuple[torch.Tensor, torch.Tensor] | None:
+def grid_subset(images: Images, labels: torch.Tensor, per_class: int = 8) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Up to `per_class` images of each class, ordered by class, for a readable grid (images only)."""
     if images.shape[-1] == 1:  # vectors, not images
         return None
     picks = [torch.nonzero(labels == k).flatten()[:per_class] for k in labels.unique().sort().values]
     idx = torch.cat(picks)
-    return images[idx], labels[idx]
+    return as_tensor(images[idx]), labels[idx]
 
 
 def measure_samples(
@@ -136,6 +146,6 @@ def measure_samples(
         out.update(acc.as_metrics("downstream_accuracy"))
     if "features" in wants and context.reference is not None:
         # The extractor was built once in the driver, on the CPU; features are cheap there.
-        feats = context.extractor.embed(images.cpu()) if context.extractor is not None else images.flatten(1)
+        feats = context.extractor.embed(images) if context.extractor is not None else as_tensor(images).flatten(1)
         out.update(feature_metrics(context.reference, feats, labels))
     return out

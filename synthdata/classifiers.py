@@ -13,6 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from synthdata.compute import autocast
+from synthdata.imagestore import Images, iter_batches
 from synthdata.spec import AugmentSpec, ClassifierSpec
 
 
@@ -107,13 +108,15 @@ def _validation_split(n: int, fraction: float, labels: torch.Tensor, g: torch.Ge
     return torch.cat(train), torch.cat(val)
 
 
-def _pass(model: nn.Module, opt: torch.optim.Optimizer, sched, images: torch.Tensor, labels: torch.Tensor, order: torch.Tensor,
+def _pass(model: nn.Module, opt: torch.optim.Optimizer, sched, images: Images, labels: torch.Tensor, order: torch.Tensor,
           steps: int, batch: int, augment: AugmentSpec, g: torch.Generator, device: str) -> torch.Tensor:
-    """One pass of `steps` batches in `order`; returns the summed loss (on the device, read once per epoch)."""
+    """One pass of `steps` batches in `order`; returns the summed loss (on the device, read once per epoch).
+
+    A lazy set is read batch by batch (in `data.loader_workers` processes when set)."""
     total = torch.zeros((), device=device)
-    for i in range(steps):
-        idx = order[i * batch : (i + 1) * batch]
-        x = images[idx]
+    index = [order[i * batch : (i + 1) * batch] for i in range(steps)]
+    for idx, x in zip(index, iter_batches(images, index)):
+        x = x.to(device)
         if augment.crop_padding or augment.flip:
             x = augment_batch(x, augment.crop_padding, augment.flip, g)
         with autocast(device):  # bf16 where the hardware gains from it (synthdata.compute); a no-op in fp32
@@ -129,7 +132,7 @@ def _pass(model: nn.Module, opt: torch.optim.Optimizer, sched, images: torch.Ten
 
 def train_classifier(
     spec: ClassifierSpec,
-    images: torch.Tensor,
+    images: Images,
     labels: torch.Tensor,
     num_classes: int,
     *,
@@ -142,7 +145,8 @@ def train_classifier(
     With `spec.val_fraction` > 0 a stratified validation split is held out; the model
     returned is the one with the lowest validation loss after the schedule's warm-up, and
     with `spec.patience` set, training stops after that many checks without improvement. `on_epoch(epoch, model,
-    mean_loss)` is called after each epoch (1-based) with the model in eval mode.
+    mean_loss)` is called after each epoch (1-based) with the model in eval mode. `images` are a tensor (moved to
+    the device once) or a lazy set (`synthdata.imagestore.LazyImages`, read per batch).
     """
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -151,7 +155,8 @@ def train_classifier(
     x_val = y_val = None
     if val_fraction > 0:
         tr, va = _validation_split(len(labels), val_fraction, labels, g)
-        x_val, y_val = images[va].to(device), labels[va].to(device)
+        x_val, y_val = images[va], labels[va].to(device)
+        x_val = x_val.to(device) if isinstance(x_val, torch.Tensor) else x_val
         images, labels = images[tr], labels[tr]
     n = len(labels)
     batch = min(spec.batch_size, n)
@@ -159,7 +164,8 @@ def train_classifier(
     total_steps = spec.train_steps or spec.epochs * steps_per_epoch
     opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=spec.lr, total_steps=total_steps)
-    images, labels = images.to(device), labels.to(device)
+    images = images.to(device) if isinstance(images, torch.Tensor) else images  # a lazy set is read per batch
+    labels = labels.to(device)
     best, best_state, stale = float("inf"), None, 0
     # Validate about once per epoch's worth of steps (with a `steps` budget on a small set,
     # a pass is only a step or two: checking every pass would be noise). Epochs inside the
@@ -194,7 +200,10 @@ def train_classifier(
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, images: torch.Tensor, *, batch_size: int = 1024, device: str = "cpu") -> torch.Tensor:
-    """Logits for `images`, computed in batches."""
+def predict_logits(model: nn.Module, images: Images, *, batch_size: int | None = None, device: str = "cpu") -> torch.Tensor:
+    """Logits for `images` (a tensor or a lazy set), computed in batches: by default about 2^20 pixel values per batch
+    (1024 digits; 341 CIFAR images), so a batch's activations stay a few hundred MB whatever the image size."""
+    if batch_size is None:
+        batch_size = max(16, min(1024, 2**20 // max(1, int(torch.tensor(images.shape[1:]).prod()))))
     with autocast(device):
         return torch.cat([model(chunk.to(device)).float().cpu() for chunk in images.split(batch_size)])

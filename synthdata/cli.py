@@ -1,4 +1,5 @@
-"""The `synthdata` command: `validate` a study file, `run` it, `pretrain` its generator, `report` on it from MLflow.
+"""The `synthdata` command: `validate` a study file, `run` it, `pretrain` its generator, `report` on it from MLflow,
+`prepare` an image folder as one zip file.
 
 Bad input (a study file that does not validate, a missing data path, an unreadable
 image) prints one line naming the file and field and exits with code 2.
@@ -44,6 +45,13 @@ def _parser() -> argparse.ArgumentParser:
     pre.add_argument("--steps", type=int, default=None, help="Optimizer steps (default: the generator's train_steps).")
     pre.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="cpu or cuda (default: cpu).")
     pre.add_argument("--no-progress", action="store_true", help="Do not draw a progress bar.")
+
+    prep = sub.add_parser("prepare", help="Write an image folder as one uncompressed zip of PNGs with its labels "
+                          "(data.root of a folder study; read a batch at a time).")
+    prep.add_argument("folder", help="An image folder: one sub-folder per class, or flat (one class).")
+    prep.add_argument("--out", required=True, help="The zip to write (e.g. data/cifar10-train.zip).")
+    prep.add_argument("--image-size", type=int, default=None, help="Resize every image to this square size (bicubic).")
+    prep.add_argument("--no-progress", action="store_true", help="Do not draw a progress bar.")
 
     rep = sub.add_parser("report", help="Build an HTML page, tables and figures for a study from what MLflow holds.")
     rep.add_argument("study", nargs="?", help="A study file, or the name of its MLflow experiment (the latest study run in it).")
@@ -193,6 +201,27 @@ def _pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prepare(args: argparse.Namespace) -> int:
+    """`synthdata prepare`: a folder's images decoded once (a corrupt one is named) and stored as a zip with labels."""
+    import time
+
+    from synthdata.imagestore import scan_folder, write_zip
+
+    folder, out = Path(args.folder), Path(args.out)
+    if out.suffix.lower() != ".zip":
+        raise UserError(f"--out {args.out}: give a path ending in .zip")
+    if args.image_size is not None and not 4 <= args.image_size <= 512:
+        raise UserError(f"--image-size: give 4 to 512 pixels, got {args.image_size}")
+    flat = folder.is_dir() and not any(p.is_dir() and not p.name.startswith(".") for p in folder.iterdir())
+    files, labels, classes = scan_folder(folder, "folder", classes=not flat)
+    start = time.perf_counter()
+    meta = write_zip(files, labels, classes, out, size=args.image_size, progress=not args.no_progress)
+    print(f"prepared {len(files)} images {tuple(meta['shape'])} of {max(len(classes), 1)} class(es) in "
+          f"{time.perf_counter() - start:.0f}s: {out} ({out.stat().st_size / 2**20:.1f} MiB)\n"
+          f"use it as  data: {{source: folder, root: {out}}}")
+    return 0
+
+
 def _report(args: argparse.Namespace) -> int:
     from synthdata.spec import load_spec
     from synthdata.tracking import check_tracking_server, resolve_tracking_uri
@@ -224,7 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("alembic").setLevel(logging.WARNING)
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     try:
-        return {"validate": _validate, "run": _run, "pretrain": _pretrain, "detect": _detect, "report": _report}[args.command](args)
+        return {"validate": _validate, "run": _run, "pretrain": _pretrain, "detect": _detect, "report": _report,
+                "prepare": _prepare}[args.command](args)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code

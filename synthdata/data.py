@@ -1,12 +1,14 @@
-"""Real data: load a source into memory, and split it into train / held-out / test.
+"""Real data: load a source, and split it into train / held-out / test.
 
-Images are float tensors (N, C, H, W) in [-1, 1] with integer class labels. Small
-research data sets fit in memory, and in-memory tensors are much faster to batch
-than per-sample loading.
+Images are floats (N, C, H, W) in [-1, 1] with integer class labels. A small set (under
+`data.in_memory_mb` as float32: the embedded digits, MNIST) is read into one tensor, which
+batches fastest; a larger one stays where it is (image files, a zip, a torchvision array
+of uint8) as a `LazyImages` view that is read a batch at a time (synthdata.imagestore).
+Splits, subsets and concatenations of a lazy set are views: no pixel is copied.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,18 +17,38 @@ import torch
 import torch.nn.functional as F
 
 from synthdata.errors import DataError
+from synthdata.imagestore import (
+    IMAGE_EXTENSIONS,
+    ArrayStore,
+    DatasetStore,
+    FileStore,
+    Images,
+    LazyImages,
+    as_tensor,
+    cat_images,
+    check_headers,
+    decode_image,
+    image_mode,
+    is_lazy,
+    iter_batches,
+    iter_chunks,
+    map_images,
+    open_zip,
+    scan_folder,
+    take,
+)
 from synthdata.seeds import Purpose, stream_seed
 from synthdata.spec import DataSpec, ToyDataSpec
 from synthdata.spec.base import TORCHVISION_SOURCES
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+__all__ = ["IMAGE_EXTENSIONS", "ImageSet", "Splits", "ToyTruth", "as_tensor", "cat_images", "is_lazy", "iter_chunks"]
 
 
 @dataclass
 class ImageSet:
-    """Images in [-1, 1] with their class labels."""
+    """Images in [-1, 1] with their class labels: a tensor, or a lazy view read per batch (`is_lazy(set.images)`)."""
 
-    images: torch.Tensor  # (N, C, H, W) float32
+    images: Images  # (N, C, H, W): a float32 tensor, or a LazyImages view of a store
     labels: torch.Tensor  # (N,) int64
     num_classes: int
     levels: int | None = 256  # intensity levels of the stored format (None: continuous); samples are quantized to match
@@ -41,6 +63,26 @@ class ImageSet:
     @property
     def shape(self) -> tuple[int, int, int]:
         return tuple(self.images.shape[1:])  # type: ignore[return-value]
+
+    def take(self, index: torch.Tensor) -> torch.Tensor:
+        """The images at `index` as a float tensor (read from disk when the set is lazy): a training step's batch."""
+        return take(self.images, torch.as_tensor(index, dtype=torch.long))
+
+    def tensors(self, max_bytes: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(images, labels) as tensors in memory, for code that wants the whole set at once; a lazy set too large for
+        that (more than `max_bytes` as float32, default `synthdata.imagestore.MAX_LOAD_BYTES`) raises DataError."""
+        return as_tensor(self.images, "ImageSet.tensors()", max_bytes), self.labels
+
+    def batches(self, batch_size: int, *, seed: int, shuffle: bool = True, drop_last: bool = False
+                ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """One epoch of (images, labels) batches in a seeded order: the same batches every time for the same seed,
+        read from disk per batch when the set is lazy. Loop over it once per epoch (with a new seed for a new order)."""
+        n = len(self)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)) if shuffle else torch.arange(n)
+        stop = n - n % batch_size if drop_last else n
+        index = [order[i : min(i + batch_size, stop)] for i in range(0, stop, batch_size)]
+        for idx, images in zip(index, iter_batches(self.images, index)):
+            yield images, self.labels[idx]
 
 
 @dataclass(frozen=True)
@@ -75,9 +117,9 @@ def quantize(x: torch.Tensor, levels: int | None) -> torch.Tensor:
 
 
 def concat(*sets: ImageSet) -> ImageSet:
-    """Stack image sets with the same shape and classes."""
+    """Image sets with the same shape and classes, one after the other (a view when any of them is lazy)."""
     return ImageSet(
-        torch.cat([s.images for s in sets]),
+        cat_images([s.images for s in sets]),
         torch.cat([s.labels for s in sets]),
         sets[0].num_classes,
         sets[0].levels,
@@ -106,7 +148,18 @@ def load_digits_set() -> ImageSet:
     return ImageSet(images, torch.from_numpy(d.target).long(), 10, levels=17)
 
 
+def in_memory(n: int, shape: tuple[int, ...], spec: DataSpec | None) -> bool:
+    """Whether n images of `shape` are small enough (float32, `data.in_memory_mb`) to read into one tensor."""
+    limit = spec.in_memory_mb if spec is not None else DataSpec().in_memory_mb
+    return n * int(np.prod(shape)) * 4 <= limit * 2**20
+
+
+def _lazy(store, spec: DataSpec | None) -> LazyImages:
+    return LazyImages(store, workers=spec.loader_workers if spec is not None else 0)
+
+
 def _torchvision_sets(spec: DataSpec) -> tuple[ImageSet, ImageSet]:
+    """A torchvision set's train and test parts; its uint8 array stays uint8 (decoded per batch) when it is large."""
     import torchvision.datasets as tvd
 
     cls = {"mnist": tvd.MNIST, "fashion_mnist": tvd.FashionMNIST, "cifar10": tvd.CIFAR10}[spec.source]
@@ -118,27 +171,35 @@ def _torchvision_sets(spec: DataSpec) -> tuple[ImageSet, ImageSet]:
             raise DataError(f"data.root: {spec.source} not found under {spec.root} ({err}); set download: true to fetch it") from None
         data = ds.data.numpy() if isinstance(ds.data, torch.Tensor) else np.asarray(ds.data)
         labels = torch.as_tensor(np.asarray(ds.targets), dtype=torch.long)
-        out.append(ImageSet(from_uint8(data), labels, len(ds.classes)))
+        codes = np.ascontiguousarray(data[:, None] if data.ndim == 3 else data.transpose(0, 3, 1, 2))
+        images = from_uint8(data) if in_memory(len(codes), codes.shape[1:], spec) else _lazy(ArrayStore(codes), spec)
+        out.append(ImageSet(images, labels, len(ds.classes)))
     return out[0], out[1]
 
 
-def _load_folder(root: Path, image_size: int | None) -> ImageSet:
-    """An image folder with one sub-folder per class; every image is read now, so a bad one fails early."""
-    if not root.is_dir():
-        raise DataError(f"data.root: directory does not exist: {root}")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if len(classes) < 2:
-        raise DataError(f"data.root: {root} needs at least two class sub-folders, found {len(classes)}")
-    files: list[tuple[Path, int]] = []
-    for label, name in enumerate(classes):
-        found = sorted(p for p in (root / name).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
-        if not found:
-            raise DataError(f"data.root: class folder has no images: {root / name}")
-        files += [(p, label) for p in found]
+def _load_folder(root: Path, spec: DataSpec | None = None) -> ImageSet:
+    """An image folder (one sub-folder per class, or flat: one class), or a zip written by `synthdata prepare`.
 
-    arrays = read_images([path for path, _ in files], image_size)
-    labels = torch.tensor([lab for _, lab in files], dtype=torch.long)
-    return ImageSet(from_uint8(arrays), labels, len(classes))
+    A small set is read now, every image decoded, so a bad one fails early; a large one is
+    read per batch, after every file's header is checked (a file that is no image fails now).
+    """
+    size = spec.image_size if spec is not None else None
+    if root.is_file() and root.suffix.lower() == ".zip":
+        images, labels, k = open_zip(root, "data.root", size)
+        images.workers = spec.loader_workers if spec is not None else 0
+        if in_memory(len(images), images.shape[1:], spec):
+            return ImageSet(images.load(), labels, max(k, 1))
+        return ImageSet(images, labels, max(k, 1))
+    flat = root.is_dir() and not any(p.is_dir() and not p.name.startswith(".") for p in root.iterdir())
+    files, labels, classes = scan_folder(root, "data.root", classes=not flat)
+    label_tensor = torch.tensor(labels, dtype=torch.long)
+    mode = image_mode(files[0])
+    probe = decode_image(files[0], f"{files[0]} (image 0)", mode, size)
+    shape = (1 if mode == "L" else 3, *probe.shape[:2])
+    if in_memory(len(files), shape, spec):
+        return ImageSet(from_uint8(read_images(files, size, mode)), label_tensor, max(len(classes), 1))
+    check_headers(files)
+    return ImageSet(_lazy(FileStore(files, shape, mode, size), spec), label_tensor, max(len(classes), 1))
 
 
 def read_images(paths: list[Path], image_size: int | None, mode: str | None = None) -> np.ndarray:
@@ -146,21 +207,14 @@ def read_images(paths: list[Path], image_size: int | None, mode: str | None = No
 
     Every file is read now, so a corrupt one fails before any work starts, naming the file.
     """
-    from PIL import Image, UnidentifiedImageError
-
-    arrays: list[np.ndarray] = []
-    for path in paths:
+    if mode is None and paths:
         try:
-            with Image.open(path) as im:
-                im.load()
-                if mode is None:
-                    mode = "L" if im.mode in ("1", "L", "LA", "I", "I;16") else "RGB"
-                im = im.convert(mode)
-                if image_size is not None:
-                    im = im.resize((image_size, image_size), Image.BICUBIC)
-                arrays.append(np.asarray(im, dtype=np.uint8))
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-            raise DataError(f"{path}: cannot read image ({type(err).__name__})") from None
+            mode = image_mode(paths[0])
+        except Exception:
+            mode = None  # decode_image names the file below
+    arrays: list[np.ndarray] = []
+    for i, path in enumerate(paths):
+        arrays.append(decode_image(path, f"{path} (image {i})", mode, image_size))
         if arrays[-1].shape != arrays[0].shape:
             raise DataError(
                 f"{path}: image size {arrays[-1].shape[:2]} differs from {arrays[0].shape[:2]} of {paths[0]}; "
@@ -169,11 +223,18 @@ def read_images(paths: list[Path], image_size: int | None, mode: str | None = No
     return np.stack(arrays)
 
 
-def read_image_folder(folder: Path, image_size: int | None = None, mode: str | None = None) -> torch.Tensor:
-    """Every image file under `folder` (recursively, in name order) as (N, C, H, W) in [-1, 1]."""
-    files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
-    if not files:
-        raise DataError(f"{folder}: no image files in this folder")
+def read_image_folder(folder: Path, image_size: int | None = None, mode: str | None = None,
+                      in_memory_mb: float | None = None) -> Images:
+    """Every image file under `folder` (recursively, in name order) in [-1, 1]: a tensor, or a lazy view when they
+    are more than `in_memory_mb` as float32 (None: always a tensor)."""
+    files, _, _ = scan_folder(Path(folder), str(folder), classes=False)
+    mode = mode or image_mode(files[0])
+    if in_memory_mb is not None:
+        probe = decode_image(files[0], f"{files[0]} (image 0)", mode, image_size)
+        shape = (1 if mode == "L" else 3, *probe.shape[:2])
+        if len(files) * int(np.prod(shape)) * 4 > in_memory_mb * 2**20:
+            check_headers(files)
+            return LazyImages(FileStore(files, shape, mode, image_size))
     return from_uint8(read_images(files, image_size, mode))
 
 
@@ -225,7 +286,7 @@ def _load_real(spec: DataSpec) -> tuple[ImageSet, ImageSet | None]:
     if spec.source == "digits":
         return load_digits_set(), None
     if spec.source == "folder":
-        return _load_folder(Path(spec.root), spec.image_size), None
+        return _load_folder(Path(spec.root), spec), None
     return _from_loader(spec), None
 
 
@@ -243,16 +304,22 @@ def _from_loader(spec: DataSpec) -> ImageSet:
         out = loader(**spec.params)
     except Exception as err:  # the loader's own failure is the user's to fix: one line, no traceback
         raise DataError(f"data.source: {spec.source} raised {type(err).__name__}: {str(err)[:300]}") from None
-    return as_image_set(out, f"data.source: {spec.source}")
+    return as_image_set(out, f"data.source: {spec.source}", spec)
 
 
-def as_image_set(out: object, what: str) -> ImageSet:
-    """(images, labels), a Dataset of (image, label) pairs, or an ImageSet, checked and brought to [-1, 1]."""
+def as_image_set(out: object, what: str, spec: DataSpec | None = None) -> ImageSet:
+    """(images, labels), a Dataset of (image, label) pairs, or an ImageSet, checked and brought to [-1, 1].
+
+    A Dataset of uint8 (or PIL) images larger than `data.in_memory_mb` stays a Dataset, read per batch.
+    """
     if isinstance(out, ImageSet):
         return out
     if isinstance(out, (tuple, list)) and len(out) == 2:
         images, labels = out
     elif hasattr(out, "__getitem__") and hasattr(out, "__len__") and not isinstance(out, (str, bytes)):
+        lazy = _lazy_dataset(out, what, spec)
+        if lazy is not None:
+            return lazy
         pairs = [out[i] for i in range(len(out))]
         images = [np.array(p[0]) if not isinstance(p[0], torch.Tensor) else p[0] for p in pairs]  # a PIL image's array is read-only
         images = torch.stack([torch.as_tensor(x) for x in images]) if images else torch.zeros(0)
@@ -280,6 +347,30 @@ def as_image_set(out: object, what: str) -> ImageSet:
     return ImageSet(x.float().contiguous(), y, int(y.max()) + 1, levels)
 
 
+def _lazy_dataset(ds: object, what: str, spec: DataSpec | None) -> ImageSet | None:
+    """A large Dataset of uint8/PIL images as a lazy set (its labels from `targets`, else read item by item); None
+    when it is small enough to read, or its images are not uint8 (then it is read and checked as a whole)."""
+    n = len(ds)
+    if n < 2:
+        return None
+    first = np.asarray(ds[0][0])
+    if first.dtype != np.uint8 or first.ndim not in (2, 3) or (first.ndim == 3 and first.shape[-1] not in (1, 3)):
+        return None
+    shape = (1 if first.ndim == 2 else first.shape[-1], *first.shape[:2])
+    if in_memory(n, shape, spec):
+        return None
+    targets = getattr(ds, "targets", None)
+    labels = torch.as_tensor(np.asarray(targets if targets is not None else [int(ds[i][1]) for i in range(n)])).long().flatten()
+    if len(labels) != n or int(labels.min()) < 0:
+        raise DataError(f"{what}: {n} images and {len(labels)} labels (labels are class indices 0..K-1)")
+    return ImageSet(_lazy(DatasetStore(ds, shape, what), spec), labels, int(labels.max()) + 1, 256)
+
+
+def _resized(images: Images, size: int) -> Images:
+    """Images resized to size x size and stored as 8-bit, like any image file (per batch for a lazy set)."""
+    return map_images(images, lambda x, _: quantize(_resize(x, size), 256), (images.shape[1], size, size))
+
+
 def _split(spec: DataSpec, pool: ImageSet, official_test: ImageSet | None, seed: int) -> Splits:
     rng = np.random.default_rng(seed)
     fr = spec.split
@@ -304,7 +395,8 @@ def _split(spec: DataSpec, pool: ImageSet, official_test: ImageSet | None, seed:
     if spec.image_size is not None:
         # Resized images are stored as 8-bit, like any image file.
         train, heldout, test = (
-            ImageSet(quantize(_resize(s.images, spec.image_size), 256), s.labels, s.num_classes, 256)
+            s if s.shape[1:] == (spec.image_size, spec.image_size) and s.levels == 256
+            else ImageSet(_resized(s.images, spec.image_size), s.labels, s.num_classes, 256)
             for s in (train, heldout, test)
         )
     return Splits(train, heldout, test)
@@ -359,14 +451,43 @@ def fingerprints(images: torch.Tensor) -> list[str]:
     """One short hash per image (its exact values): to tell whether two image sets share images without keeping them."""
     import hashlib
 
-    flat = images.detach().cpu().float().contiguous().flatten(1).numpy()
-    return [hashlib.blake2b(row.tobytes(), digest_size=8).hexdigest() for row in flat]
+    out = []
+    for chunk in iter_chunks(images, 4096):
+        flat = chunk.detach().cpu().float().contiguous().flatten(1).numpy()
+        out += [hashlib.blake2b(row.tobytes(), digest_size=8).hexdigest() for row in flat]
+    return out
 
 
-def save_samples(samples: ImageSet, path: Path) -> None:
-    """Samples as safetensors: quantized images as uint8 codes of their levels (exact), else float32."""
+SHARDS_REFERENCE = ".shards.json"  # a sample set kept as shards: the file that stands for it beside (or instead of) safetensors
+
+
+def shard_reference(samples: ImageSet) -> dict | None:
+    """Where a sample set drawn as shards is (`{"root", "count", "fingerprint"}`: the first `count` images of the shard
+    set at `root`), or None when it is held in memory."""
+    images = samples.images
+    origin = getattr(getattr(images, "store", None), "origin", None) if is_lazy(images) else None
+    if origin is None:
+        return None
+    root, fingerprint, total = origin
+    index = images.index
+    if index is not None and not np.array_equal(index, np.arange(len(index))):
+        raise ValueError("only a prefix of a shard set can be kept as a reference to it")
+    return {"root": root, "count": len(samples), "fingerprint": fingerprint, "of": total}
+
+
+def save_samples(samples: ImageSet, path: Path) -> Path:
+    """Samples as safetensors: quantized images as uint8 codes of their levels (exact), else float32. A set drawn as
+    shards is kept as a reference to them instead (`<name>.shards.json`, the pixels stay in the study's storage).
+    Returns the file written."""
     from safetensors.torch import save_file
 
+    reference = shard_reference(samples)
+    if reference is not None:
+        import json
+
+        out = Path(path).with_name(Path(path).name.split(".")[0] + SHARDS_REFERENCE)
+        out.write_text(json.dumps(reference, indent=1))
+        return out
     if samples.levels is not None and samples.levels <= 256:
         codes = torch.round((samples.images.clamp(-1, 1) + 1) * (samples.levels - 1) / 2).to(torch.uint8)
         tensors = {"images": codes}
@@ -375,12 +496,26 @@ def save_samples(samples: ImageSet, path: Path) -> None:
     tensors["labels"] = samples.labels.long().contiguous()
     meta = {"levels": str(samples.levels), "num_classes": str(samples.num_classes)}
     save_file(tensors, str(path), metadata=meta)
+    return Path(path)
 
 
 def load_samples(path: Path) -> ImageSet:
-    """Inverse of `save_samples` (safetensors only: no pickle is ever loaded)."""
+    """Inverse of `save_samples` (safetensors only: no pickle is ever loaded). A `.shards.json` reference opens its
+    shard set, every file checked against its manifest (a truncated or deleted shard raises DataError naming it)."""
     from safetensors import safe_open
 
+    if str(path).endswith(SHARDS_REFERENCE):
+        import json
+
+        from synthdata.shards import open_shards
+
+        reference = json.loads(Path(path).read_text())
+        images, labels, manifest = open_shards(reference["root"], verify=True)
+        if manifest.fingerprint != reference["fingerprint"]:
+            raise DataError(f"{reference['root']}: holds other samples than {path} names (fingerprint differs)")
+        n = reference["count"]
+        levels = manifest.levels if manifest.dtype == "uint8" else None
+        return ImageSet(images[np.arange(n)] if n < len(images) else images, labels[:n], manifest.num_classes, levels)
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata()
         images, labels = f.get_tensor("images"), f.get_tensor("labels")

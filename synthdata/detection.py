@@ -9,7 +9,8 @@ train and eval sets; see metrics/detectability.py) applied to different inputs:
 - crop: the pair on random s x s crops;
 - multiway: real plus every source as K + 1 classes, with a confusion matrix.
 
-Each analysis arm is a plain function of tensors, so a runner can farm them out.
+Each analysis arm is a plain function of image sets (tensors, or lazy views read per batch), so a runner can farm
+them out; filters and crops are applied per batch read.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import torch
 
 from synthdata.classifiers import predict_logits, train_classifier
 from synthdata.data import ImageSet
+from synthdata.imagestore import Images, as_tensor, cat_images, map_images
 from synthdata.metrics.detectability import detector_scores, real_halves
 from synthdata.metrics.stats import accuracy_with_ci, p_value_above_chance
 from synthdata.seeds import Purpose, stream_seed
@@ -76,29 +78,39 @@ def filter_band(images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.fft.ifft2(torch.fft.fft2(images.double()) * mask).real.float()
 
 
-def random_crops(images: torch.Tensor, size: int, g: torch.Generator) -> torch.Tensor:
-    """One random `size` x `size` crop of each image."""
-    n, _, h, w = images.shape
+def band_filtered(images: Images, mask: torch.Tensor) -> Images:
+    """`filter_band` on every image (per batch read, for a lazy set)."""
+    return map_images(images, lambda x, _: filter_band(x, mask))
+
+
+def random_crops(images: Images, size: int, g: torch.Generator) -> Images:
+    """One random `size` x `size` crop of each image; the offsets are drawn now, so a lazy set's crops do not depend
+    on how it is batched."""
+    n, c, h, w = images.shape
     if size > min(h, w):
         raise ValueError(f"crop size {size} exceeds the images' {h}x{w}")
-    ys = torch.randint(0, h - size + 1, (n,), generator=g)
-    xs = torch.randint(0, w - size + 1, (n,), generator=g)
-    return torch.stack([im[:, y : y + size, x : x + size] for im, y, x in zip(images, ys.tolist(), xs.tolist())])
+    ys = torch.randint(0, h - size + 1, (n,), generator=g).tolist()
+    xs = torch.randint(0, w - size + 1, (n,), generator=g).tolist()
+
+    def crop(x: torch.Tensor, positions) -> torch.Tensor:
+        return torch.stack([im[:, ys[i] : ys[i] + size, xs[i] : xs[i] + size] for im, i in zip(x, positions.tolist())])
+
+    return map_images(images, crop, (c, size, size))
 
 
-def split_source(images: torch.Tensor, eval_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def split_source(images: Images, eval_fraction: float, seed: int) -> tuple[Images, Images]:
     """A generated source's images cut into disjoint train and eval parts."""
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
     k = max(1, round(len(images) * eval_fraction))
     return images[order[k:]], images[order[:k]]
 
 
-def _take(x: torch.Tensor, n: int | None, g: torch.Generator) -> torch.Tensor:
+def _take(x: Images, n: int | None, g: torch.Generator) -> Images:
     idx = torch.randperm(len(x), generator=g)
     return x[idx[: n if n is not None else len(x)]]
 
 
-def pair_test(real_train: torch.Tensor, gen_train: torch.Tensor, real_eval: torch.Tensor, gen_eval: torch.Tensor,
+def pair_test(real_train: Images, gen_train: Images, real_eval: Images, gen_eval: Images,
               detector: ClassifierSpec, *, seed: int, train_size: int | None = None, examples: int = 0, device: str = "cpu"
               ) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
     """The two-sample test (metrics/detectability.py); its metrics plus the most/least confident eval examples of each class."""
@@ -108,23 +120,23 @@ def pair_test(real_train: torch.Tensor, gen_train: torch.Tensor, real_eval: torc
         return metrics, {}
     k = min(examples, len(r.real_eval))
     # "most generated-looking real images" are the detector's false alarms: what it thinks fakes look like.
-    return metrics, {
+    return metrics, {key: as_tensor(images) for key, images in {
         "real_most_real": r.real_eval[r.p_real.argsort()[:k]], "real_most_generated": r.real_eval[r.p_real.argsort(descending=True)[:k]],
         "generated_most_generated": r.generated_eval[r.p_generated.argsort(descending=True)[:k]],
         "generated_most_real": r.generated_eval[r.p_generated.argsort()[:k]],
-    }
+    }.items()}
 
 
-def multiway_test(train_sets: list[torch.Tensor], eval_sets: list[torch.Tensor], detector: ClassifierSpec, *, seed: int,
+def multiway_test(train_sets: list[Images], eval_sets: list[Images], detector: ClassifierSpec, *, seed: int,
                   train_size: int | None = None, device: str = "cpu") -> tuple[dict[str, float], np.ndarray]:
     """One classifier over K + 1 sources (real first); accuracy with its interval and the confusion matrix (counts)."""
     g = torch.Generator().manual_seed(seed)
     n = min(min(len(t) for t in train_sets), train_size or 10**12)
     m = min(len(e) for e in eval_sets)
-    x = torch.cat([_take(t, n, g) for t in train_sets])
+    x = cat_images([_take(t, n, g) for t in train_sets])
     y = torch.arange(len(train_sets)).repeat_interleave(n)
     model = train_classifier(detector, x, y, len(train_sets), seed=seed, device=device)
-    xe = torch.cat([_take(e, m, g) for e in eval_sets])
+    xe = cat_images([_take(e, m, g) for e in eval_sets])
     ye = torch.arange(len(eval_sets)).repeat_interleave(m)
     pred = predict_logits(model, xe, device=device).argmax(1)
     k = len(train_sets)
@@ -176,7 +188,7 @@ def run_arm(arm: DetectArm, detect: DetectSpec, detector: ClassifierSpec, real_t
         detector = detector.model_copy(update={"train_steps": detector.train_steps or detector.epochs * per_epoch})
     elif arm.analysis == "band":
         mask = band_mask(tuple(rt.shape[-2:]), detect.bands.radii, arm.setting)
-        rt, re, gt, ge = (filter_band(x, mask) for x in (rt, re, gt, ge))
+        rt, re, gt, ge = (band_filtered(x, mask) for x in (rt, re, gt, ge))
     elif arm.analysis == "crop":
         size, g = int(arm.setting.removeprefix("size=")), torch.Generator().manual_seed(stream_seed(arm.seed, Purpose.CROPS))
         rt, re, gt, ge = (random_crops(x, size, g) for x in (rt, re, gt, ge))

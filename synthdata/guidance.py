@@ -30,6 +30,7 @@ from diffusers.optimization import get_cosine_schedule_with_warmup
 from synthdata.data import ImageSet
 from synthdata.generators import ProgressFn, draw_samples
 from synthdata.generators.diffusion import Correction, DiffusionGenerator
+from synthdata.imagestore import as_tensor
 from synthdata.seeds import Purpose, Scope, stream_seed
 from synthdata.spec import GuidanceSpec
 
@@ -104,7 +105,7 @@ def _held_out(spec: GuidanceSpec, real: ImageSet, generated: ImageSet, timesteps
     generated, gen_val = split(generated)
     if not (len(real_val) and len(gen_val)):
         return real, generated, None
-    x0 = torch.cat([real_val.images, gen_val.images])
+    x0 = torch.cat([as_tensor(real_val.images), as_tensor(gen_val.images)])
     t = timesteps[torch.randint(0, len(timesteps), (len(x0),), generator=g)]
     xt = noise_scheduler.add_noise(x0, torch.randn(x0.shape, generator=g), t)
     truth = torch.cat([torch.ones(len(real_val)), torch.zeros(len(gen_val))])
@@ -135,8 +136,8 @@ def train_guiding_classifier(spec: GuidanceSpec, real: ImageSet, generated: Imag
     sched = get_cosine_schedule_with_warmup(opt, min(100, spec.train_steps // 10), spec.train_steps)
 
     real, generated, val = _held_out(spec, real, generated, timesteps, noise_scheduler, g, device)
-    x_real, y_real = real.images.to(device), real.labels.to(device)
-    x_gen, y_gen = generated.images.to(device), generated.labels.to(device)
+    x_real, y_real = as_tensor(real.images, "guidance (real images)").to(device), real.labels.to(device)
+    x_gen, y_gen = as_tensor(generated.images, "guidance (samples)").to(device), generated.labels.to(device)
     check_every = max(25, spec.train_steps // 20)
     best = {"guiding_val_loss": float("inf"), "guiding_best_step": float(spec.train_steps)}
     best_state = None
@@ -190,7 +191,7 @@ def guiding_verdict(model: GuidingClassifier, real: ImageSet, generated: ImageSe
     """The guiding classifier's own held-out accuracy at timestep `t` (balanced: the first min(n) of each)."""
     g = torch.Generator().manual_seed(seed)
     n = min(len(real), len(generated))
-    x0 = torch.cat([real.images[:n], generated.images[:n]]).to(device)
+    x0 = torch.cat([as_tensor(real.images[:n]), as_tensor(generated.images[:n])]).to(device)
     y = torch.cat([real.labels[:n], generated.labels[:n]]).to(device)
     tt = torch.full((2 * n,), t, dtype=torch.long, device=device)
     logits = torch.cat([model(chunk_x, chunk_t, chunk_y) for chunk_x, chunk_t, chunk_y in zip(

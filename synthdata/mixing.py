@@ -20,16 +20,20 @@ from synthdata.spec import GeneratorSpec, GuidanceSpec
 
 
 def make_pool(generator_spec: GeneratorSpec, real: ImageSet, size: int, *, seed: int, device: str = "cpu",
-              progress: StageProgress | None = None, guidance: GuidanceSpec | None = None) -> tuple[ImageSet, dict[str, float]]:
+              progress: StageProgress | None = None, guidance: GuidanceSpec | None = None, storage: str | None = None,
+              in_memory_mb: float | None = None) -> tuple[ImageSet, dict[str, float]]:
     """Train a generator on `real` and draw `size` labelled samples with `real`'s class balance.
 
     Samples are quantized to the real data's intensity levels, as saving them would.
     With a `guidance` spec at a scale > 0 they are drawn with detector guidance, its
-    classifier trained on the same `real` images. Returns the pool and the fit summary.
+    classifier trained on the same `real` images. A pool larger than `in_memory_mb` is
+    written to `storage` as shards while it is drawn (`draw_samples`). Returns the pool
+    and the fit summary.
     """
     guided = guidance if guidance is not None and guidance.scale > 0 else None
     generator, info = fit_generator(generator_spec, real, seed=seed, device=device, guidance=guided, progress=progress)
-    pool = draw_samples(generator, size, real, label_seed=stream_seed(seed, Purpose.LABELS), sample_seed=stream_seed(seed, Purpose.SAMPLES))
+    pool = draw_samples(generator, size, real, label_seed=stream_seed(seed, Purpose.LABELS), sample_seed=stream_seed(seed, Purpose.SAMPLES),
+                        storage=storage, in_memory_mb=in_memory_mb)
     return pool, info
 
 

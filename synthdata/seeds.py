@@ -40,6 +40,14 @@ class Scope(IntEnum):
     GUIDANCE = 200  # detector guidance of a generation: its unguided samples and its guiding classifier
 
 
+def chunk_seed(seed: int, chunk: int) -> int:
+    """The sampling seed of the chunk-th part of a large sample set (`synthdata.generators.draw_samples`): chunk 0
+    draws with `seed` itself, so a set of one chunk (every set that fits in a chunk) is drawn as it always was."""
+    if chunk == 0:
+        return seed
+    return int(np.random.SeedSequence([seed % 2**64, 1_000_003, chunk]).generate_state(1)[0] % 2**31)
+
+
 def stream_seed(seed: int, purpose: Purpose, generation: int = 0, scope: Scope = Scope.ARM) -> int:
     """The seed of one random stream: distinct and reproducible per (seed, scope, generation, purpose).
 

@@ -16,38 +16,47 @@ import torch.nn.functional as F
 
 from synthdata.data import ImageSet, quantize, read_image_folder
 from synthdata.errors import DataError
+from synthdata.imagestore import Images, is_lazy, map_images
 from synthdata.seeds import Purpose, stream_seed
 from synthdata.spec import CheckpointSource, PipelineSource, SourceSpec
 
 
-def to_real_format(images: torch.Tensor, real: ImageSet, what: str) -> ImageSet:
-    """Images in [-1, 1] converted to the real set's channels (grey <-> RGB) and size, and quantized to its levels."""
-    c, h, w = real.shape
-    if images.shape[1] != c:
-        if images.shape[1] == 3 and c == 1:
-            images = images.mean(1, keepdim=True)
-        elif images.shape[1] == 1 and c == 3:
-            images = images.expand(-1, 3, -1, -1)
-        else:
-            raise DataError(f"{what}: images have {images.shape[1]} channels, the real data {c}")
-    if images.shape[-2:] != (h, w):
-        images = F.interpolate(images, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
-    images = quantize(images.clamp(-1, 1), real.levels)
-    if not torch.isfinite(images).all():
+def to_real_format(images: Images, real: ImageSet, what: str) -> ImageSet:
+    """Images in [-1, 1] converted to the real set's channels (grey <-> RGB) and size, and quantized to its levels
+    (at once for a tensor, per batch read for a lazy set)."""
+    (c, h, w), levels = real.shape, real.levels  # what `convert` keeps: a lazy view pickles it, never `real` itself
+    if images.shape[1] != c and (images.shape[1], c) not in ((3, 1), (1, 3)):
+        raise DataError(f"{what}: images have {images.shape[1]} channels, the real data {c}")
+
+    def convert(x: torch.Tensor, _) -> torch.Tensor:
+        if x.shape[1] == 3 and c == 1:
+            x = x.mean(1, keepdim=True)
+        elif x.shape[1] == 1 and c == 3:
+            x = x.expand(-1, 3, -1, -1)
+        if x.shape[-2:] != (h, w):
+            x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+        return quantize(x.clamp(-1, 1), levels).contiguous()
+
+    images = map_images(images, convert, (c, h, w))
+    if isinstance(images, torch.Tensor) and not torch.isfinite(images).all():  # files decode to finite values
         raise FloatingPointError(f"{what}: images are not finite")
     labels = torch.zeros(len(images), dtype=torch.long)  # a source's own class labels are not used by a detector
-    return ImageSet(images.contiguous(), labels, real.num_classes, real.levels)
+    return ImageSet(images, labels, real.num_classes, real.levels)
 
 
-def load_source(spec: SourceSpec, real: ImageSet, *, seed: int, device: str = "cpu") -> ImageSet:
-    """The images of one source (a `detect.sources` entry), in `real`'s format."""
+def load_source(spec: SourceSpec, real: ImageSet, *, seed: int, device: str = "cpu", in_memory_mb: float | None = None,
+                storage: str | None = None) -> ImageSet:
+    """The images of one source (a `detect.sources` entry), in `real`'s format. A folder larger than `in_memory_mb`
+    (as float32) stays on disk, read per batch; a generator's or checkpoint's samples that large are written to
+    `storage` as shards while they are drawn."""
     if spec.type == "generator":
         from synthdata.mixing import make_pool
 
-        pool, _ = make_pool(spec.generator, real, spec.size or len(real), seed=seed, device=device, guidance=spec.guidance)
+        pool, _ = make_pool(spec.generator, real, spec.size or len(real), seed=seed, device=device, guidance=spec.guidance,
+                            storage=storage, in_memory_mb=in_memory_mb)
         return pool  # drawn in the real format already
     if spec.type == "checkpoint":
-        return _from_checkpoint(spec, real, seed=seed, device=device)
+        return _from_checkpoint(spec, real, seed=seed, device=device, storage=storage, in_memory_mb=in_memory_mb)
     if spec.type == "samples":
         from synthdata.data import load_samples
 
@@ -57,14 +66,15 @@ def load_source(spec: SourceSpec, real: ImageSet, *, seed: int, device: str = "c
             raise DataError(f"{spec.path}: cannot read sample set ({type(err).__name__}: {err})") from None
         return to_real_format(images, real, str(spec.path))
     if spec.type == "folder":
-        images = read_image_folder(spec.path, real.shape[-1], mode="L" if real.shape[0] == 1 else "RGB")
+        images = read_image_folder(spec.path, real.shape[-1], mode="L" if real.shape[0] == 1 else "RGB", in_memory_mb=in_memory_mb)
         return to_real_format(images, real, str(spec.path))
     if spec.type == "pipeline":
         return _from_pipeline(spec, real, seed=seed, device=device)
     raise ValueError(f"unknown source type {spec.type!r}")
 
 
-def _from_checkpoint(spec: CheckpointSource, real: ImageSet, *, seed: int, device: str) -> ImageSet:
+def _from_checkpoint(spec: CheckpointSource, real: ImageSet, *, seed: int, device: str, storage: str | None = None,
+                     in_memory_mb: float | None = None) -> ImageSet:
     """Sample a generator checkpoint: a diffusers-format directory as it is, a .safetensors file into `spec.generator`."""
     from synthdata.generators import create_generator, draw_samples
 
@@ -83,8 +93,9 @@ def _from_checkpoint(spec: CheckpointSource, real: ImageSet, *, seed: int, devic
     if generator.num_classes != real.num_classes:
         raise DataError(f"{spec.path}: a generator of {generator.num_classes} classes, the real data has {real.num_classes}")
     drawn = draw_samples(generator, spec.size or len(real), real, label_seed=stream_seed(seed, Purpose.LABELS),
-                         sample_seed=stream_seed(seed, Purpose.SAMPLES), context=str(spec.path))
-    return to_real_format(drawn.images.cpu(), real, str(spec.path))
+                         sample_seed=stream_seed(seed, Purpose.SAMPLES), context=str(spec.path), storage=storage,
+                         in_memory_mb=in_memory_mb)
+    return to_real_format(drawn.images if is_lazy(drawn.images) else drawn.images.cpu(), real, str(spec.path))
 
 
 def _from_pipeline(spec: PipelineSource, real: ImageSet, *, seed: int, device: str) -> ImageSet:

@@ -472,8 +472,8 @@ class StudyTracker:
 
         folder, _, name = artifact_file.rpartition("/")
         with tempfile.TemporaryDirectory() as tmp:
-            save_samples(samples, Path(tmp) / name)
-            self.log_file(Path(tmp) / name, folder or None, arm)
+            written = save_samples(samples, Path(tmp) / name)  # a set drawn as shards: a reference to them
+            self.log_file(written, folder or None, arm)
 
     def save_results(self, out_dir: Path, table, text: str) -> None:
         """The study's table as `results.txt` (what was printed) and `results.csv`, in `out_dir` and on the study run."""

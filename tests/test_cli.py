@@ -56,7 +56,7 @@ def test_corrupt_image_exits_2_before_any_run_is_opened(tmp_path):
     path = write_study(tmp_path, tiny_study(data={"source": "folder", "root": str(data)}))
     r = run_cli("run", str(path), cwd=tmp_path)
     assert r.returncode == 2
-    assert r.stderr.strip() == f"error: {data / 'c1' / '3.png'}: cannot read image (UnidentifiedImageError)"
+    assert r.stderr.strip() == f"error: {data / 'c1' / '3.png'} (image 13): cannot read image (UnidentifiedImageError)"
     assert not (tmp_path / "mlflow.db").exists()
 
 # Refusals of --resume (no earlier run, a changed study) are in test_bad_input.py; a full CLI run and

@@ -63,7 +63,7 @@ def test_corrupt_image_is_named(tmp_path):
     _make_folder(tmp_path)
     bad = tmp_path / "class1" / "5.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
-    with pytest.raises(DataError, match=f"^{bad}: cannot read image"):
+    with pytest.raises(DataError, match=rf"^{bad} \(image 19\): cannot read image"):
         make_splits(DataSpec(source="folder", root=tmp_path), seed=0)
 
 

@@ -98,3 +98,16 @@ def test_inception_needs_a_safe_local_weights_file(tmp_path):
     torch.save({"not": object()}, unsafe)  # arbitrary pickled objects are refused, never unpickled
     with pytest.raises(DataError, match="not a weights-only Inception state dict"):
         InceptionFeatures(unsafe)
+
+
+def test_prdc_in_row_blocks_equals_prdc_at_once(monkeypatch):
+    """Large sets are measured a block of rows at a time (memory N, not N^2): the same figures as all at once."""
+    import synthdata.metrics.features as features
+
+    rng = np.random.default_rng(3)
+    real = torch.from_numpy(rng.normal(size=(700, 6)))
+    fake = torch.from_numpy(rng.normal(0.3, 1.2, size=(500, 6)))
+    at_once = prdc(RealReference.build(None, real, torch.zeros(700, dtype=torch.long)), fake)
+    monkeypatch.setattr(features, "CHUNK_ROWS", 128)
+    blocks = prdc(RealReference.build(None, real, torch.zeros(700, dtype=torch.long)), fake)
+    assert blocks == pytest.approx(at_once, abs=1e-12) and 0 < at_once["precision"] < 1

@@ -67,20 +67,54 @@ def create_generator(spec: GeneratorSpec, shape: tuple[int, int, int], num_class
     return resolve("generator", spec.name, "generator.name")(spec, shape, num_classes, device)
 
 
+SAMPLE_CHUNK_BYTES = 256 * 2**20  # float32 images per call of `Generator.sample`: what one chunk holds in memory
+
+
+def sample_chunk(shape: tuple[int, int, int]) -> int:
+    """Images per `Generator.sample` call for images of `shape` (every digits or MNIST set is one chunk)."""
+    return max(1, SAMPLE_CHUNK_BYTES // (4 * int(torch.tensor(shape).prod())))
+
+
 def draw_samples(generator: Generator, n: int, real: ImageSet, *, label_seed: int, sample_seed: int,
-                 context: str = "generator diverged") -> ImageSet:
+                 context: str = "generator diverged", storage: str | None = None, in_memory_mb: float | None = None) -> ImageSet:
     """`n` samples with the real set's class balance, quantized to its intensity levels (as saving them would).
+
+    The generator is asked for `sample_chunk` images at a time (chunk k drawn with
+    `chunk_seed(sample_seed, k)`: a set of one chunk is drawn with `sample_seed` itself).
+    When `storage` is given and the set is larger than `in_memory_mb` as float32, each chunk
+    is written there as uint8 shards as it is drawn (`synthdata.shards`) and the set comes
+    back as a lazy view of them; otherwise it is held in memory.
 
     Non-finite samples raise FloatingPointError: a generator that blew up (temperature > 1
     compounds every generation of a loop) must stop there, not poison later metrics.
     """
     from synthdata.data import class_balanced_labels, quantize
+    from synthdata.seeds import chunk_seed
 
     labels = class_balanced_labels(n, real.labels, real.num_classes, torch.Generator().manual_seed(label_seed))
-    images = quantize(generator.sample(labels, seed=sample_seed), real.levels)
-    if not torch.isfinite(images).all():
-        raise FloatingPointError(f"{context}: its samples are not finite")
-    return ImageSet(images, labels, real.num_classes, real.levels)
+    shape = real.shape
+    large = storage is not None and in_memory_mb is not None and n * 4 * int(torch.tensor(shape).prod()) > in_memory_mb * 2**20
+    writer = None
+    if large:
+        from synthdata.shards import ShardWriter
+
+        writer = ShardWriter(storage, shape, real.levels, real.num_classes)
+    held = []
+    for k, chunk in enumerate(labels.split(sample_chunk(shape)) or (labels,)):
+        images = quantize(generator.sample(chunk, seed=chunk_seed(sample_seed, k)), real.levels)
+        if not torch.isfinite(images).all():
+            raise FloatingPointError(f"{context}: its samples are not finite")
+        if writer is not None:
+            writer.add(images, chunk)
+        else:
+            held.append(images)
+    if writer is None:
+        return ImageSet(torch.cat(held) if len(held) != 1 else held[0], labels, real.num_classes, real.levels)
+    from synthdata.shards import open_shards
+
+    writer.close()
+    images, stored_labels, _ = open_shards(storage)
+    return ImageSet(images, stored_labels, real.num_classes, real.levels)
 
 
 def check_generator(spec: GeneratorSpec, shape: tuple[int, int, int]) -> None:
@@ -145,7 +179,7 @@ def pretrained_overlap(path: Path, splits: dict[int, Splits]) -> tuple[dict, dic
     none (a checkpoint made elsewhere)."""
     import json
 
-    from synthdata.data import fingerprints
+    from synthdata.data import cat_images, fingerprints
 
     path = Path(path)
     record_path = (path if path.is_dir() else path.parent) / PRETRAINED_RECORD
@@ -155,7 +189,7 @@ def pretrained_overlap(path: Path, splits: dict[int, Splits]) -> tuple[dict, dic
     seen = set(record.get("train_fingerprints", ()))
     overlap = {}
     for seed, split in splits.items():
-        evaluated = fingerprints(torch.cat([split.heldout.images, split.test.images]))
+        evaluated = fingerprints(cat_images([split.heldout.images, split.test.images]))
         overlap[seed] = (sum(f in seen for f in evaluated), len(evaluated))
     return record, overlap
 

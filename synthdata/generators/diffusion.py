@@ -20,6 +20,7 @@ from diffusers.training_utils import EMAModel
 from synthdata.compute import autocast
 from synthdata.data import ImageSet
 from synthdata.generators import ProgressFn
+from synthdata.imagestore import take
 from synthdata.spec import DiffusionSpec
 
 
@@ -88,7 +89,8 @@ class DiffusionGenerator:
         self.model = model = build_unet(spec, self.shape, self.num_classes).to(device)
         if init is not None:
             model.load_state_dict(init)
-        images, labels = data.images.to(device), data.labels.to(device)
+        images = data.images.to(device) if isinstance(data.images, torch.Tensor) else data.images  # lazy: read per step
+        labels = data.labels.to(device)
         n = len(data)
         opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=0.0)
         lr_schedule = get_cosine_schedule_with_warmup(opt, min(spec.warmup_steps, spec.train_steps // 2), spec.train_steps)
@@ -103,7 +105,7 @@ class DiffusionGenerator:
                 order, pos = torch.randperm(n, generator=g), 0
             idx = order[pos : pos + spec.batch_size].to(device)
             pos += spec.batch_size
-            x0, y = images[idx], labels[idx]
+            x0, y = take(images, idx).to(device), labels[idx]
             if spec.cond_dropout > 0:  # label dropout: the same network learns the unconditional model
                 drop = torch.rand(len(idx), generator=g).to(device) < spec.cond_dropout
                 y = torch.where(drop, self.num_classes, y)

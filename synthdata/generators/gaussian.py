@@ -38,7 +38,7 @@ class GaussianGenerator:
 
     def fit(self, data: ImageSet, *, seed: int, progress: ProgressFn | None = None) -> dict[str, float]:
         """Maximum-likelihood mean and covariance per class (the (n-1) covariance if `unbiased`)."""
-        x = data.images.reshape(len(data), -1).double()
+        x = data.tensors()[0].reshape(len(data), -1).double()  # the fit needs every image at once
         d = x.shape[1]
         means, covs, variances = [], [], []
         for k in range(self.num_classes):
@@ -97,7 +97,7 @@ class GMMGenerator:
     def fit(self, data: ImageSet, *, seed: int, progress: ProgressFn | None = None) -> dict[str, float]:
         from sklearn.mixture import GaussianMixture
 
-        x = data.images.reshape(len(data), -1).double().numpy()
+        x = data.tensors()[0].reshape(len(data), -1).double().numpy()  # the fit needs every image at once
         labels = data.labels.numpy()
         self.weights, self.means, self.covs = [], [], []
         for k in range(self.num_classes):

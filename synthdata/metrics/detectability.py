@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from synthdata.classifiers import predict_logits, train_classifier
+from synthdata.imagestore import Images, cat_images
 from synthdata.metrics.stats import accuracy_with_ci, auc_with_ci, p_value_above_chance, rank_test_p
 from synthdata.spec import ClassifierSpec
 
@@ -78,7 +79,7 @@ def c2st_stats(p_generated: torch.Tensor | np.ndarray, is_generated: torch.Tenso
     )
 
 
-def _balanced(a: torch.Tensor, b: torch.Tensor, g: torch.Generator, cap: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def _balanced(a: Images, b: Images, g: torch.Generator, cap: int | None = None) -> tuple[Images, Images]:
     n = min(len(a), len(b), cap or len(a))
     return a[torch.randperm(len(a), generator=g)[:n]], b[torch.randperm(len(b), generator=g)[:n]]
 
@@ -89,17 +90,17 @@ class DetectorScores:
 
     stats: Detectability
     n_train: int  # training images per class
-    real_eval: torch.Tensor
-    generated_eval: torch.Tensor
+    real_eval: Images
+    generated_eval: Images
     p_real: torch.Tensor  # p(generated) for each real eval image
     p_generated: torch.Tensor  # p(generated) for each generated eval image
 
 
 def detector_scores(
-    real_train: torch.Tensor,
-    generated_train: torch.Tensor,
-    real_eval: torch.Tensor,
-    generated_eval: torch.Tensor,
+    real_train: Images,
+    generated_train: Images,
+    real_eval: Images,
+    generated_eval: Images,
     spec: ClassifierSpec,
     *,
     seed: int,
@@ -109,15 +110,16 @@ def detector_scores(
     """Train a detector on real vs generated images and score it on held-out images of both.
 
     Each pair is subsampled to equal size (at most `train_size` per class for training)
-    so that chance is exactly 0.5. The eval images must not overlap the training images.
+    so that chance is exactly 0.5. The eval images must not overlap the training images. Any
+    of the four may be a lazy set (read per batch): the balanced sets are views, not copies.
     """
     g = torch.Generator().manual_seed(seed)
     rt, gt = _balanced(real_train, generated_train, g, train_size)
     re, ge = _balanced(real_eval, generated_eval, g)
-    x = torch.cat([rt, gt])
+    x = cat_images([rt, gt])
     y = torch.cat([torch.full((len(rt),), REAL), torch.full((len(gt),), GENERATED)])
     model = train_classifier(spec, x, y, 2, seed=seed, device=device)
-    x_eval = torch.cat([re, ge])
+    x_eval = cat_images([re, ge])
     y_eval = torch.cat([torch.full((len(re),), REAL), torch.full((len(ge),), GENERATED)])
     p_gen = F.softmax(predict_logits(model, x_eval, device=device), dim=1)[:, GENERATED]
     return DetectorScores(c2st_stats(p_gen, y_eval), len(rt), re, ge, p_gen[: len(re)], p_gen[len(re) :])
@@ -128,7 +130,7 @@ def detectability(real_train, generated_train, real_eval, generated_eval, spec: 
     return detector_scores(real_train, generated_train, real_eval, generated_eval, spec, seed=seed, device=device).stats
 
 
-def real_halves(train: torch.Tensor, heldout: torch.Tensor, seed: int) -> tuple[torch.Tensor, ...]:
+def real_halves(train: Images, heldout: Images, seed: int) -> tuple[Images, ...]:
     """Two disjoint random halves of real data, as (train A, train B, eval A, eval B) for a detector."""
     g = torch.Generator().manual_seed(seed)
     tr, ho = torch.randperm(len(train), generator=g), torch.randperm(len(heldout), generator=g)
@@ -136,6 +138,6 @@ def real_halves(train: torch.Tensor, heldout: torch.Tensor, seed: int) -> tuple[
     return train[tr[:h]], train[tr[h:]], heldout[ho[:k]], heldout[ho[k:]]
 
 
-def real_vs_real(train: torch.Tensor, heldout: torch.Tensor, spec: ClassifierSpec, *, seed: int, device: str = "cpu") -> Detectability:
+def real_vs_real(train: Images, heldout: Images, spec: ClassifierSpec, *, seed: int, device: str = "cpu") -> Detectability:
     """The sanity baseline: two disjoint halves of real data must come out near 0.5."""
     return detectability(*real_halves(train, heldout, seed), spec, seed=seed, device=device)

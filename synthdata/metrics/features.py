@@ -38,7 +38,8 @@ class FeatureExtractor(nn.Module):
 
     @torch.no_grad()
     def embed(self, images: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-        return torch.cat([self(chunk) for chunk in images.split(batch_size)])
+        """Features of `images` (a tensor or a lazy set, read a batch at a time), on the CPU."""
+        return torch.cat([self(chunk.cpu()) for chunk in images.split(batch_size)])
 
 
 class InceptionFeatures(nn.Module):
@@ -90,10 +91,17 @@ class _Identity(nn.Module):
         return x
 
 
+CHUNK_ROWS = 4096  # rows of a distance matrix computed at once: 4096 x 50k float64 is 1.6 GB, a full 50k x 50k 20 GB
+
+
+def _row_chunks(x: torch.Tensor) -> list[torch.Tensor]:
+    """`x` whole when it is small (computed as it always was), else in blocks of CHUNK_ROWS rows."""
+    return [x] if len(x) <= CHUNK_ROWS else list(x.split(CHUNK_ROWS))
+
+
 def _kth_neighbour_radii(x: torch.Tensor, k: int) -> torch.Tensor:
-    """Distance from each row to its k-th nearest other row."""
-    d = torch.cdist(x, x)
-    return d.kthvalue(k + 1, dim=1).values  # +1: the row itself is at distance 0
+    """Distance from each row to its k-th nearest other row (in row blocks: memory grows with N, not N^2)."""
+    return torch.cat([torch.cdist(rows, x).kthvalue(k + 1, dim=1).values for rows in _row_chunks(x)])  # +1: the row itself
 
 
 @dataclass
@@ -116,14 +124,25 @@ class RealReference:
 def prdc(real: RealReference, fake: torch.Tensor) -> dict[str, float]:
     """Precision, recall, density and coverage (Naeem et al. 2020; Kynkäänniemi et al. 2019), k-NN manifolds."""
     fake = fake.double()
-    d = torch.cdist(real.features, fake)  # (N_real, N_fake)
-    inside_real = d < real.radii[:, None]
     fake_radii = _kth_neighbour_radii(fake, real.k)
+    inside_any = torch.zeros(len(fake), dtype=torch.bool)  # fake j is inside some real ball (precision)
+    inside_count = torch.zeros(len(fake), dtype=torch.float64)  # real balls fake j is inside (density)
+    recalled, covered = [], []
+    start = 0
+    for rows in _row_chunks(real.features):  # (N_real, N_fake) distances a block of real rows at a time
+        radii = real.radii[start : start + len(rows)]
+        d = torch.cdist(rows, fake)
+        inside = d < radii[:, None]
+        inside_any |= inside.any(0)
+        inside_count += inside.sum(0).double()
+        recalled.append((d < fake_radii[None, :]).any(1))
+        covered.append(d.min(1).values < radii)
+        start += len(rows)
     return {
-        "precision": inside_real.any(0).double().mean().item(),
-        "recall": (d < fake_radii[None, :]).any(1).double().mean().item(),
-        "density": (inside_real.sum(0).double() / real.k).mean().item(),
-        "coverage": (d.min(1).values < real.radii).double().mean().item(),
+        "precision": inside_any.double().mean().item(),
+        "recall": torch.cat(recalled).double().mean().item(),
+        "density": (inside_count / real.k).mean().item(),
+        "coverage": torch.cat(covered).double().mean().item(),
     }
 
 

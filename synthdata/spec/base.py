@@ -110,11 +110,18 @@ class DataSpec(Strict):
     params: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of your own loader (`source`).")
     toy: ToyDataSpec = Field(default_factory=ToyDataSpec, description="The toy distribution (source: gaussian).")
     root: Path | None = Field(
-        None, description="Directory of a torchvision data set or of an image folder (one sub-folder per class)."
+        None, description="Directory of a torchvision data set; for folder: an image folder (one sub-folder per class, "
+        "or flat: one class) or a zip written by `synthdata prepare`.",
     )
     download: bool = Field(False, description="Let torchvision download the data set into `root` (needs a network).")
     image_size: int | None = Field(None, ge=4, le=512, description="Resize images to this square size.")
     limit: int | None = Field(None, ge=20, description="Use at most this many images per split (for quick runs).")
+    in_memory_mb: float = Field(
+        128, ge=0, description="Real data up to this size as float32 is read into memory at the start (fastest); a "
+        "larger set stays on disk (or as uint8) and is read a batch at a time.",
+    )
+    loader_workers: int = Field(0, ge=0, le=64, description="DataLoader processes that decode a large set's training "
+                                "batches (0: in the training process; worth it for JPEGs and big images).")
     split: SplitSpec = Field(default_factory=SplitSpec)
     split_seed: Literal["per_seed"] | int = Field(
         "per_seed", description="per_seed: every seed of the study draws its own train / held-out / test split (a toy "
@@ -145,6 +152,8 @@ class DataSpec(Strict):
             return self
         if self.root is None:
             raise ValueError(f"data.root: required for source '{self.source}'")
+        if self.source == "folder" and self.root.is_file() and self.root.suffix.lower() == ".zip":
+            return self
         if not self.download and not self.root.is_dir():
             raise ValueError(f"data.root: directory does not exist: {self.root}")
         return self
@@ -246,6 +255,10 @@ class TrackingSpec(Strict):
         10, ge=1, description="Which generations' checkpoints stay: every k-th (10, 20, ...) and always the latest; an "
         "accumulate arm also keeps every generation's samples (its later generations train on them). 1: every generation.")
     report_dir: Path = Field(Path("runs"), description="Figures and tables are also written to REPORT_DIR/<study name>/.")
+    storage: str | None = Field(
+        None, description="Where sample sets too large to hold (over data.in_memory_mb) are written as uint8 shards: a "
+        "directory or an fsspec URL (s3://bucket/path, gs://...; its package installed). Default: REPORT_DIR/<study name>/samples.",
+    )
 
 
 class ResourcesSpec(Strict):

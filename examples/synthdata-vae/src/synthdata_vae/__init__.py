@@ -2,8 +2,9 @@
 
 It uses nothing of synthdata but the interface every generator follows: built as
 `ConditionalVAE(shape=(C, H, W), num_classes=K, device=..., **params)`, then
-`fit(data, seed=..., progress=..., init=...)` on an image set with `.images` (N, C, H, W) in [-1, 1]
-and `.labels` (N,), `sample(labels, seed=...)`, and `state_dict` / `load_state_dict`.
+`fit(data, seed=..., progress=..., init=...)` on an image set (`len(data)`, `.labels` (N,), and
+`data.take(index)`: those images as (n, C, H, W) floats in [-1, 1], read from disk when the set is
+too large to hold), `sample(labels, seed=...)`, and `state_dict` / `load_state_dict`.
 """
 from __future__ import annotations
 
@@ -56,17 +57,17 @@ class ConditionalVAE:
         self.net = self._new_net(seed)
         if init is not None:
             self.net.load_state_dict(init)
-        x = data.images.reshape(len(data.images), -1).to(self.device)
-        y = data.labels.to(self.device)
+        n, y = len(data), data.labels.to(self.device)
         g = torch.Generator().manual_seed(seed)
         opt = torch.optim.Adam(self.net.parameters(), lr=self.lr)
         loss_value = float("nan")
         for step in range(self.train_steps):
-            idx = torch.randint(0, len(x), (min(self.batch_size, len(x)),), generator=g)
+            idx = torch.randint(0, n, (min(self.batch_size, n),), generator=g)
+            x = data.take(idx).reshape(len(idx), -1).to(self.device)  # a batch: read from disk when the set is large
             noise = torch.randn(len(idx), self.latent, generator=g).to(self.device)
-            recon, mean, log_var = self.net(x[idx], y[idx], noise)
+            recon, mean, log_var = self.net(x, y[idx], noise)
             # Gaussian likelihood with unit variance (sum over pixels) plus the KL to N(0, I), per image.
-            rec = 0.5 * ((recon - x[idx]) ** 2).sum(1).mean()
+            rec = 0.5 * ((recon - x) ** 2).sum(1).mean()
             kl = 0.5 * (mean.pow(2) + log_var.exp() - 1 - log_var).sum(1).mean()
             loss = rec + self.beta * kl
             opt.zero_grad(set_to_none=True)

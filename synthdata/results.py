@@ -108,11 +108,11 @@ def loop_display(table: pd.DataFrame) -> pd.DataFrame:
 def paired_by_seed(a: pd.DataFrame, b: pd.DataFrame, metric: str) -> Interval:
     """`metric` of the arms in `a` minus that of the arms in `b` with the same seed (the study's one pairing).
 
-    Several seeds: the mean difference with its t interval (none where the differences are
-    all equal) and the sign-flip test over seeds; one seed: a MOVER interval from the two
-    arms' own 95% intervals where the metric has them, else the difference alone; no common
-    seed: an empty (nan) interval. Intervals stay where a difference of the metric can lie
-    ([-1, 1] for an accuracy).
+    Several seeds: the mean difference with its t interval and the paired t-test (where the
+    differences are all equal: no interval, and the exact sign-flip test); one seed: a MOVER
+    interval from the two arms' own 95% intervals where the metric has them, else the
+    difference alone; no common seed: an empty (nan) interval. Intervals stay where a
+    difference of the metric can lie ([-1, 1] for an accuracy).
     """
     ci = [c for c in (f"{metric}_ci_low", f"{metric}_ci_high") if c in a and c in b]
     cols = [metric, *ci]
@@ -134,10 +134,11 @@ def loop_differences(table: pd.DataFrame,
     """Each loop type against a reference (augment when the study has it) at the last generation, paired by seed.
 
     Arms of one seed and swept values share the real data and generations 0-1. Several
-    seeds: the mean paired difference [95% t interval] and the sign-flip test over seeds;
-    one seed: the difference with a MOVER interval from the two arms' own 95% intervals
-    where the metric has one (accuracies), else the difference alone (no test). An arm whose
-    generator collapsed has no row at the last generation (its collapse row is not one).
+    seeds: the mean paired difference [95% t interval] and the paired t-test (where the
+    differences are all equal: no interval, and the exact sign-flip test); one seed: the
+    difference with a MOVER interval from the two arms' own 95% intervals where the metric
+    has one (accuracies), else the difference alone (no test). An arm whose generator
+    collapsed has no row at the last generation (its collapse row is not one).
     """
     measured = table[table[COLLAPSED].isna()] if COLLAPSED in table else table
     last = int(measured["generation"].max())
@@ -160,10 +161,9 @@ def loop_differences(table: pd.DataFrame,
     return pd.DataFrame(rows)
 
 
-SIGN_FLIP_NOTE = ("two-sided exact sign-flip test over the seeds' paired differences (all 2^k sign patterns; "
-                  "its smallest p with k seeds is 2^(1-k): 0.5 with 2, 0.0625 with 5); no interval where the differences "
-                  "are all equal")
-LOOP_DIFFERENCE_NOTE = ("(Δ: paired by seed; several seeds: mean difference [95% t interval], p: " + SIGN_FLIP_NOTE
+PAIRED_P_NOTE = ("paired t-test over seeds (where every seed's difference is the same: no interval, and the exact "
+                 "sign-flip test, whose smallest p with k seeds is 2^(1-k): 0.5 with 2, 0.25 with 3)")
+LOOP_DIFFERENCE_NOTE = ("(Δ: paired by seed; several seeds: mean difference [95% t interval], p: " + PAIRED_P_NOTE
                         + "; one seed: MOVER interval from the two arms' own 95% intervals, no test)")
 
 
@@ -210,11 +210,12 @@ def mix_table(rows: list[dict], decisions: dict[str, str] | None = None) -> pd.D
 
 
 def _paired(table: pd.DataFrame, a: pd.DataFrame, b: pd.DataFrame) -> dict[str, str]:
-    """a - b paired by seed: the mean difference [t interval] and its sign-flip p over seeds, and McNemar's p per
-    seed on the shared test set, combined over seeds (`combine_p_values`)."""
+    """a - b paired by seed: the mean difference [t interval] and its paired t-test p over seeds (the sign-flip test's
+    where the differences are all equal), and McNemar's p per seed on the shared test set, combined over seeds
+    (`combine_p_values`)."""
     d = paired_by_seed(a, b, MIX_METRIC)
     if d.n == 0:
-        return {"Δ": "", "p (sign-flip)": "", "p (McNemar)": ""}
+        return {"Δ": "", "p (t)": "", "p (McNemar)": ""}
     mcnemar = []
     if "test_correct" in table and "n_test" in table:
         cols = ["test_correct", "n_test"]
@@ -222,14 +223,14 @@ def _paired(table: pd.DataFrame, a: pd.DataFrame, b: pd.DataFrame) -> dict[str, 
         for _, r in pairs.dropna(subset=["test_correct", "test_correct_b"]).iterrows():
             n = int(r["n_test"])
             mcnemar.append(mcnemar_p(unpack_decisions(r["test_correct"], n), unpack_decisions(r["test_correct_b"], n)))
-    return {"Δ": d.text(".3f", signed=True), "p (sign-flip)": _p(d.p), "p (McNemar)": _p(combine_p_values(mcnemar)) if mcnemar else ""}
+    return {"Δ": d.text(".3f", signed=True), "p (t)": _p(d.p), "p (McNemar)": _p(combine_p_values(mcnemar)) if mcnemar else ""}
 
 
 def mix_summary(table: pd.DataFrame) -> pd.DataFrame:
     """Accuracy per mode and ratio: mean over seeds [t interval], and the paired difference to real-only (r = 0).
 
     Arms of one seed share its real images, its pool and the test set, so differences are
-    taken per seed: the mean difference with its t interval and sign-flip test over seeds, and
+    taken per seed: the mean difference with its t interval and paired t-test over seeds, and
     McNemar's test of the two classifiers' decisions on the shared test set per seed.
     """
     done = table[table[MIX_METRIC].notna()]
@@ -239,7 +240,7 @@ def mix_summary(table: pd.DataFrame) -> pd.DataFrame:
         row = {"mode": mode, "ratio": ratio, "seeds": g["seed"].nunique(), "n_real": int(g["n_real"].iloc[0]),
                "n_synthetic": int(g["n_synthetic"].iloc[0]), METRIC[MIX_METRIC].header: mean_interval(g[MIX_METRIC], bounds=METRIC[MIX_METRIC].bounds).text()}
         vs = (_paired(table, g, baseline) if ratio != 0 and not baseline.empty
-              else {"Δ": "", "p (sign-flip)": "", "p (McNemar)": ""})
+              else {"Δ": "", "p (t)": "", "p (McNemar)": ""})
         row.update({f"{k} vs real-only": v for k, v in vs.items()})
         out.append(row)
     return pd.DataFrame(out)
@@ -272,7 +273,7 @@ def mode_differences(table: pd.DataFrame) -> pd.DataFrame:
 
 MIX_NOTE = (
     "(accuracy: mean over seeds [95% t interval for the mean]; Δ: paired by seed (same real images, pool and test set), "
-    "mean difference [95% t interval], p (sign-flip): " + SIGN_FLIP_NOTE + ", p (McNemar): exact McNemar test of the two "
+    "mean difference [95% t interval], p (t): " + PAIRED_P_NOTE + ", p (McNemar): exact McNemar test of the two "
     "classifiers' decisions on the shared test set per seed, combined over seeds as K/r x the r-th smallest)"
 )
 
@@ -388,8 +389,9 @@ def guide_summary(table: pd.DataFrame) -> pd.DataFrame:
     interval for one seed.
 
     `Δ detectability` is the paired change against the unguided samples of the same seed
-    (same generator, same noise): the mean difference [95% t interval] with the sign-flip
-    test's p over seeds; one seed: a MOVER interval from the two sets' own intervals.
+    (same generator, same noise): the mean difference [95% t interval] with the paired
+    t-test's p over seeds (the sign-flip test's where the differences are all equal); one
+    seed: a MOVER interval from the two sets' own intervals.
     """
     out = []
     unguided = table[table["scale"] == "0"]
@@ -426,5 +428,5 @@ def format_guide_table(table: pd.DataFrame) -> str:
     return guide_summary(table).to_string(index=False) + (
         "\n(detectability: a fresh detector trained after sampling on real vs these samples, held-out accuracy; "
         "guiding clf's verdict: the classifier that steered sampling, on the same held-out images. "
-        "Δ detectability: paired with the unguided samples of the same seed, p (Δ): " + SIGN_FLIP_NOTE + ". "
+        "Δ detectability: paired with the unguided samples of the same seed, p (Δ): " + PAIRED_P_NOTE + ". "
         "One seed: 95% intervals (Δ: MOVER); several: mean over seeds [95% t interval])")

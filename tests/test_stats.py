@@ -85,15 +85,16 @@ def test_t_interval_for_a_mean_covers_it_about_95_percent_with_three_seeds():
 def test_paired_difference_sees_a_shift_that_the_spread_between_seeds_hides():
     """Two arms per seed share the seed's luck (a large seed effect); their difference is small but constant-ish."""
     rng = np.random.default_rng(5)
-    seed_effect = rng.normal(0, 0.05, 8)
-    a = 0.80 + seed_effect + rng.normal(0, 0.002, 8)
-    b = 0.79 + seed_effect + rng.normal(0, 0.002, 8)
+    seed_effect = rng.normal(0, 0.05, 5)
+    a = 0.80 + seed_effect + rng.normal(0, 0.002, 5)
+    b = 0.79 + seed_effect + rng.normal(0, 0.002, 5)
     d = paired_difference(a, b)
-    assert d.low < 0.01 < d.high and d.p == 2 / 2**8  # every seed's difference positive: the sign-flip test's floor
+    # Differences with a spread: the paired t-test's p, below the sign-flip test's floor with 5 seeds (2^-4 = 0.0625).
+    assert d.low < 0.01 < d.high and d.p == pytest.approx(stats.ttest_1samp(a - b, 0.0).pvalue) and d.p < 0.001
     assert stats.ttest_ind(a, b).pvalue > 0.5  # unpaired, the same data say nothing
-    # An exact test keeps its level under the null, at every level its few values allow.
-    nulls = np.array([paired_difference(rng.normal(size=8), rng.normal(size=8)).p for _ in range(4000)])
-    assert (nulls <= 0.05).mean() <= 0.058 and abs((nulls <= 0.5).mean() - 0.5) < 0.03
+    # Under the null, the t-test's level with 4 seeds (the sign-flip test's p could not go below 0.125).
+    nulls = np.array([paired_difference(rng.normal(size=4), rng.normal(size=4)).p for _ in range(4000)])
+    assert abs((nulls <= 0.05).mean() - 0.05) < 0.015
 
 
 def test_sign_flip_p_enumerates_every_pattern_and_matches_scipys_permutation_test():
@@ -117,6 +118,8 @@ def test_equal_differences_over_seeds_are_not_certainty():
     d = paired_difference([0.912, 0.871], [0.890, 0.849])
     assert d.value == pytest.approx(0.022) and math.isnan(d.low) and math.isnan(d.high)
     assert d.p == 0.5 and d.text(signed=True) == "+0.022"
+    for k in (3, 5):  # k equal differences: the sign-flip test's floor, 2^(1-k)
+        assert paired_difference(np.full(k, 0.7), np.full(k, 0.6)).p == 2.0 ** (1 - k)
     assert paired_difference([0.5, 0.5, 0.5], [0.5, 0.5, 0.5]).p == 1.0  # no difference at all
 
 
@@ -177,15 +180,17 @@ def test_mix_summary_pairs_arms_by_seed_against_real_only_and_between_modes():
     summary = mix_summary(table).set_index(["mode", "ratio"])
     # 8 / 400 more right in every seed: no spread, so no t interval, and the sign-flip p of 3 seeds at its floor.
     assert summary.loc[("augment", 1.0), "Δ vs real-only"] == "+0.020"
-    assert summary.loc[("augment", 1.0), "p (sign-flip) vs real-only"] == "0.25"
+    assert summary.loc[("augment", 1.0), "p (t) vs real-only"] == "0.25"
     assert summary.loc[("replace", 1.0), "Δ vs real-only"] == "-0.030"
     # McNemar per seed: 8 discordant images all one way, p = 2 / 2^8; combined over three equal seeds: 1.5 x that.
     assert summary.loc[("augment", 1.0), "p (McNemar) vs real-only"] == f"{1.5 * 2 / 2**8:.2g}"
     between = mode_differences(table).set_index("ratio")
-    assert between.loc[1.0, "Δ augment - replace"] == "+0.050" and between.loc[1.0, "p (sign-flip) augment - replace"] == "0.25"
+    assert between.loc[1.0, "Δ augment - replace"] == "+0.050" and between.loc[1.0, "p (t) augment - replace"] == "0.25"
     from synthdata.results import format_mix_table
 
-    assert "p (sign-flip): two-sided exact sign-flip test" in format_mix_table(table)  # the note names the test
+    # The note names the test, and the one used where the seeds' differences are all equal.
+    assert "p (t): paired t-test over seeds (where every seed's difference is the same: no interval, and the exact sign-flip test" \
+        in format_mix_table(table)
     assert pd.isna(pd.to_numeric(summary.loc[("augment", 0.0), "Δ vs real-only"], errors="coerce"))  # no difference to itself
 
 
@@ -212,8 +217,13 @@ def test_mover_interval_of_a_difference_and_loop_types_compared_by_seed():
     assert one["difference"] == "replace - augment" and one["seeds"] == 1 and one["p"] == ""
     assert one["Δ (95% CI)"] == f"{-0.15:+.3f} [{-0.15 - 0.02 * 2**0.5:+.3f}, {-0.15 + 0.02 * 2**0.5:+.3f}]"
     several = loop_differences(pd.DataFrame(rows([0, 1, 2]))).iloc[0]
-    # -0.15, -0.149, -0.148: a tiny spread, a narrow t interval, and the sign-flip p of 3 seeds at its floor (2 / 8).
-    assert several["seeds"] == 3 and several["p"] == "0.25"
+    # -0.15, -0.149, -0.148: a tiny spread, a narrow t interval and a clear paired t-test (far below the sign-flip
+    # test's 0.25 with 3 seeds).
+    t = stats.ttest_1samp([-0.15, -0.149, -0.148], 0.0).pvalue
+    assert several["seeds"] == 3 and several["p"] == f"{t:.2g}" and float(several["p"]) < 0.001
+    from synthdata.results import LOOP_DIFFERENCE_NOTE
+
+    assert "p: paired t-test over seeds (where every seed's difference is the same" in LOOP_DIFFERENCE_NOTE
 
 
 def test_every_metric_has_a_range_and_intervals_and_figure_bands_keep_to_it(tmp_path, monkeypatch):

@@ -7,9 +7,9 @@
   one p-value for the cell (`combine_p_values`: a rule valid whatever the dependence between
   the seeds, since they share real data).
 - Paired designs (two arms of one seed share real data and test set): the paired
-  difference over seeds with its t interval and the exact sign-flip test over seeds
-  (`paired_difference`, `sign_flip_p`; no interval where the seeds' differences are all
-  equal: a zero spread over a few seeds is not certainty), and per seed
+  difference over seeds with its t interval and the paired t-test (`paired_difference`;
+  where the seeds' differences are all equal, no interval and the exact sign-flip test,
+  `sign_flip_p`: a zero spread over a few seeds is not certainty), and per seed
   McNemar's exact test on the two classifiers' decisions on the shared test set (`mcnemar_p`);
   with one seed, a difference's interval from the two estimates' own (`mover_difference`).
 - Many cells in one study: Benjamini-Hochberg q-values (`q_values`).
@@ -187,21 +187,21 @@ def sign_flip_p(d: np.ndarray | list[float]) -> float:
 
 def paired_difference(a: np.ndarray | list[float], b: np.ndarray | list[float], confidence: float = 0.95,
                       bounds: tuple[float, float] | None = None) -> Interval:
-    """Mean of a - b over pairs (seeds) with its t interval and the sign-flip test's two-sided p (`sign_flip_p`).
+    """Mean of a - b over pairs (seeds) with its t interval and the paired t-test's two-sided p-value.
 
     Differences that are all equal have no spread: the t interval would have zero width and
     the t-test a p of 0, as if a few seeds were certainty; there is then no interval, and the
-    sign-flip p is what the seeds can show (its smallest value). `bounds`: where a - b lies.
+    p is the exact sign-flip test's (`sign_flip_p`), what the seeds can show: its floor,
+    2^(1-k) with k <= 16 seeds (1 where every difference is 0). `bounds`: where a - b lies.
     """
     d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
     d = d[~np.isnan(d)]
     est = mean_interval(d, confidence)
     if est.n < 2:
         return est
-    p = sign_flip_p(d)
-    if np.ptp(d) <= 1e-12 * max(1.0, abs(est.value)):  # no spread: no t interval
-        return Interval(est.value, float("nan"), float("nan"), est.n, p)
-    return Interval(est.value, est.low, est.high, est.n, p).clip(bounds)
+    if np.ptp(d) <= 1e-12 * max(1.0, abs(est.value)):  # no spread: the t statistic is undefined
+        return Interval(est.value, float("nan"), float("nan"), est.n, sign_flip_p(d))
+    return Interval(est.value, est.low, est.high, est.n, float(stats.ttest_1samp(d, 0.0).pvalue)).clip(bounds)
 
 
 def mover_difference(a: float, a_low: float, a_high: float, b: float, b_low: float, b_high: float) -> Interval:

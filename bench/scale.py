@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench.scale                       # 2k, 10k, 50k images per side at 32x32, 10k at 64x64
     .venv/bin/python -m bench.scale --sizes 2000,20000 --no-big --update-readme
+    .venv/bin/python -m bench.scale --data data/scale --sizes 60000 --no-big --data-only   # studies/scale_loop.yaml's data
 
 Procedurally generated RGB class folders (10 classes): "real" images are smooth colour
 fields with a class-coloured disc; "generated" ones the same with a little more noise, so
@@ -52,11 +53,11 @@ def procedural_images(n: int, size: int, generated: bool, seed: int) -> tuple[np
     return np.clip(images * 255, 0, 255).astype(np.uint8), labels
 
 
-def make_folder(kind: str, n: int, size: int) -> Path:
-    """A class folder (real) or a flat folder (generated) of n PNGs, made once and kept in CACHE."""
+def make_folder(kind: str, n: int, size: int, where: Path | None = None) -> Path:
+    """A class folder (real) or a flat folder (generated) of n PNGs, made once and kept (in CACHE by default)."""
     from PIL import Image
 
-    root = CACHE / f"{kind}_{n}_{size}"
+    root = (where or CACHE) / f"{kind}_{n}_{size}"
     if (root / ".done").exists():
         return root
     generated = kind == "generated"
@@ -159,7 +160,15 @@ def main() -> None:
     ap.add_argument("--no-big", action="store_true", help="Skip the 64x64 point (10k per side).")
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--update-readme", action="store_true")
+    ap.add_argument("--data", default=None, help=f"Where the image folders are made and kept (default {CACHE}).")
+    ap.add_argument("--data-only", action="store_true", help="Only make the folders (real ones for a study's data.root).")
     args = ap.parse_args()
+    global CACHE
+    CACHE = Path(args.data) if args.data else CACHE
+    if args.data_only:
+        for n in args.sizes.split(","):
+            print(make_folder("real", int(n), 32))
+        return
     points = [detect_point(int(n), 32, args.epochs) for n in args.sizes.split(",")]
     if not args.no_big:
         points.append(detect_point(10000, 64, args.epochs))

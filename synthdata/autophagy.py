@@ -22,7 +22,7 @@ from synthdata.data import ImageSet, Splits, class_balanced_labels, concat, samp
 from synthdata.imagestore import Images, as_tensor
 from synthdata.metrics.detectability import detectability, real_vs_real
 from synthdata.metrics.downstream import downstream_accuracy
-from synthdata.metrics.features import FeatureExtractor, RealReference, feature_metrics, train_feature_extractor
+from synthdata.metrics.features import FeatureExtractor, RealReference, cached_reference, feature_metrics
 from synthdata.seeds import Purpose, stream_seed
 from synthdata.spec import LoopStudy, MeasuredStudy
 
@@ -57,9 +57,9 @@ def study_context(spec: MeasuredStudy, splits: Splits, seed: int = 0,
     heldout = splits.heldout
     if heldout.images.shape[-1] == 1:  # toy vectors are their own features
         return StudyContext(RealReference.build(None, heldout.images.flatten(1), heldout.labels), pretrained=pretrained)
-    extractor = train_feature_extractor(splits.train.images, splits.train.labels, splits.train.num_classes, spec.features,
-                                        seed=stream_seed(seed, Purpose.FEATURES))
-    return StudyContext(RealReference.build(extractor, heldout.images, heldout.labels), extractor, pretrained)
+    # Trained once per (data, split, feature spec, seed) and kept on disk (synthdata.metrics.features.cache_dir).
+    reference, extractor = cached_reference(splits.train, heldout, spec.features, seed=stream_seed(seed, Purpose.FEATURES))
+    return StudyContext(reference, extractor, pretrained)
 
 
 def _real_share(n_synthetic: int, real_fraction: float, available: int) -> int:

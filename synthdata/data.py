@@ -191,6 +191,8 @@ def _load_folder(root: Path, spec: DataSpec | None = None) -> ImageSet:
             return ImageSet(images.load(), labels, max(k, 1))
         return ImageSet(images, labels, max(k, 1))
     flat = root.is_dir() and not any(p.is_dir() and not p.name.startswith(".") for p in root.iterdir())
+    if flat and not any(p.suffix.lower() in IMAGE_EXTENSIONS for p in root.iterdir()):
+        raise DataError(f"data.root: {root} has no images: give one sub-folder per class (at least two), or the images themselves")
     files, labels, classes = scan_folder(root, "data.root", classes=not flat)
     label_tensor = torch.tensor(labels, dtype=torch.long)
     mode = image_mode(files[0])

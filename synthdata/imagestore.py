@@ -330,6 +330,62 @@ class LazyImages:
 Images = torch.Tensor | LazyImages  # what an ImageSet's images are
 
 
+def _store_identity(store: Any) -> str | None:
+    """What a store reads, as a digest: its files (path, size, mtime), its codes, or its parts; None when it cannot be
+    told (a user's Dataset, a mapped view's function)."""
+    import hashlib
+    import os
+
+    h = hashlib.blake2b(digest_size=16)
+    if isinstance(store, (FileStore, ZipStore)):
+        paths = store.paths if isinstance(store, FileStore) else [store.path, *store.names]
+        for p in paths if isinstance(store, FileStore) else [store.path]:
+            st = os.stat(p)
+            h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}".encode())
+        if isinstance(store, ZipStore):
+            h.update("|".join(store.names).encode())
+        h.update(f"{store.mode}|{store.size}".encode())
+    elif isinstance(store, ArrayStore):
+        if store._codes is not None:
+            h.update(np.ascontiguousarray(store._codes).tobytes())
+        elif store.origin is not None:
+            h.update(str(store.origin[1]).encode())
+        else:
+            for p in store.shards:
+                st = os.stat(p)
+                h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}".encode())
+        h.update(str(store.levels).encode())
+    elif isinstance(store, TensorStore):
+        h.update(store.images.detach().cpu().float().contiguous().numpy().tobytes())
+    elif isinstance(store, ConcatStore):
+        for part in store.parts:
+            d = fingerprint(part)
+            if d is None:
+                return None
+            h.update(d.encode())
+    else:
+        return None
+    return h.hexdigest()
+
+
+def fingerprint(images: "Images") -> str | None:
+    """A digest of a set's images (a tensor's values; a view's store and index), to key what is computed from them once
+    (reference features); None when a lazy set's store cannot be told apart from another."""
+    import hashlib
+
+    h = hashlib.blake2b(digest_size=16)
+    if isinstance(images, torch.Tensor):
+        h.update(images.detach().cpu().float().contiguous().numpy().tobytes())
+        h.update(str(tuple(images.shape)).encode())
+        return h.hexdigest()
+    identity = _store_identity(images.store)
+    if identity is None:
+        return None
+    h.update(identity.encode())
+    h.update(b"all" if images.index is None else np.ascontiguousarray(images.index).tobytes())
+    return h.hexdigest()
+
+
 def is_lazy(images: Any) -> bool:
     return isinstance(images, LazyImages)
 

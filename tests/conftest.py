@@ -9,6 +9,10 @@ import pytest
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+if "SYNTHDATA_CACHE" not in os.environ:  # reference statistics: this test process's own, never the user's ~/.cache
+    import tempfile
+
+    os.environ["SYNTHDATA_CACHE"] = tempfile.mkdtemp(prefix="synthdata-cache-")
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # Two test processes on two cores: one intra-op thread each (two 2-thread OpenMP pools spin against each other).
     os.environ["OMP_NUM_THREADS"] = "1"

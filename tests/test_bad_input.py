@@ -162,7 +162,7 @@ SPEC_CASES: list[tuple[str, object, str]] = [
 
 # Problems only reading the data (or shaping a model for it) reveals: `run` refuses them before any run opens.
 DATA_CASES: list[tuple[str, dict, Callable[[Path], Path] | None, str]] = [
-    ("empty-data-folder", folder_study(), _empty, "data.root: {root} needs at least two class sub-folders, found 0"),
+    ("empty-data-folder", folder_study(), _empty, "data.root: {root} has no images: give one sub-folder per class (at least two)"),
     ("one-class-folder", folder_study(), _one_class, "data.root: {root} needs at least two class sub-folders, found 1"),
     ("class-folder-without-images", folder_study(), _no_images, "data.root: class folder has no images: {path}"),
     ("corrupt-image", folder_study(), _corrupt, "{path} (image 13): cannot read image (UnidentifiedImageError)"),

@@ -111,3 +111,28 @@ def test_prdc_in_row_blocks_equals_prdc_at_once(monkeypatch):
     monkeypatch.setattr(features, "CHUNK_ROWS", 128)
     blocks = prdc(RealReference.build(None, real, torch.zeros(700, dtype=torch.long)), fake)
     assert blocks == pytest.approx(at_once, abs=1e-12) and 0 < at_once["precision"] < 1
+
+
+def test_reference_statistics_are_computed_once_and_kept(tmp_path, monkeypatch):
+    """The feature space and the real reference of a (data, split, feature spec, seed) are trained once and read back
+    after: the same features; another split is computed anew."""
+    import synthdata.metrics.features as features
+    from synthdata.data import make_splits
+    from synthdata.spec import DataSpec, FeatureSpec
+
+    monkeypatch.setenv("SYNTHDATA_CACHE", str(tmp_path / "cache"))
+    splits = make_splits(DataSpec(limit=200), seed=0)
+    spec = FeatureSpec(epochs=1, width=8)
+    first, extractor = features.cached_reference(splits.train, splits.heldout, spec, seed=5)
+    assert len(list((tmp_path / "cache" / "references").glob("*.safetensors"))) == 1
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained again")
+
+    monkeypatch.setattr(features, "train_feature_extractor", no_training)
+    again, cached = features.cached_reference(splits.train, splits.heldout, spec, seed=5)
+    assert torch.equal(first.features, again.features) and torch.equal(first.radii, again.radii)
+    assert torch.equal(extractor.embed(splits.test.images), cached.embed(splits.test.images))  # the same feature space
+    with pytest.raises(AssertionError, match="trained again"):  # another seed's split is not the same reference
+        other = make_splits(DataSpec(limit=200), seed=1)
+        features.cached_reference(other.train, other.heldout, spec, seed=5)

@@ -228,3 +228,12 @@ def test_generators_fit_a_set_read_per_batch_as_they_fit_it_in_memory(tmp_path):
         b.fit(lazy, seed=1)
         sa, sb = a.state_dict(), b.state_dict()
         assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa), type(a).__name__
+
+
+def test_a_flat_folder_is_one_class(tmp_path):
+    rng = np.random.default_rng(0)
+    for i in range(30):
+        write_png(tmp_path / "flat" / f"{i:03d}.png", rng.integers(0, 256, (8, 8)))
+    for limit in (128, 0):
+        s = make_splits(DataSpec(source="folder", root=tmp_path / "flat", in_memory_mb=limit), seed=0)
+        assert s.train.num_classes == 1 and set(s.train.labels.tolist()) == {0} and s.train.shape == (1, 8, 8)

@@ -28,6 +28,7 @@ def test_shipped_studies_validate(path, tmp_path, monkeypatch):
     # `synthdata pretrain` makes first (its weights are checked when the study starts): empty ones stand in here.
     monkeypatch.chdir(tmp_path)
     (tmp_path / "data" / "cifar10").mkdir(parents=True)
+    (tmp_path / "data" / "scale" / "real_60000_32").mkdir(parents=True)  # scale_loop's: `python -m bench.scale --data-only`
     (tmp_path / "runs" / "pretrained" / "digits_unet").mkdir(parents=True)
     assert isinstance(load_spec(path), tuple(STUDY_KINDS.values()))
 

@@ -121,6 +121,79 @@ class RealReference:
         return cls(feats, labels, _kth_neighbour_radii(feats, k), k, isinstance(extractor, InceptionFeatures))
 
 
+REFERENCE_VERSION = 1  # bump when what a cached reference holds, or how it is computed, changes
+
+
+def cache_dir() -> Path | None:
+    """Where reference statistics are kept: $SYNTHDATA_CACHE, else ~/.cache/synthdata; None when it is "off" or ""."""
+    import os
+
+    where = os.environ.get("SYNTHDATA_CACHE", str(Path.home() / ".cache" / "synthdata"))
+    return None if where.strip() in ("", "off") else Path(where)
+
+
+def cached_reference(train, heldout, spec: FeatureSpec, *, seed: int) -> tuple[RealReference, nn.Module]:
+    """The study's feature space (trained on `train`, an ImageSet) and the real reference (`heldout`'s features, k-NN
+    radii), computed once per (data, split, feature spec, seed) and kept on disk, as NVlabs' EDM2 keeps its reference
+    statistics: every seed with that split, every arm and every later study reuses them. A set whose identity cannot
+    be told (a user's Dataset read lazily) is computed each time."""
+    import hashlib
+    import json
+
+    from synthdata.imagestore import fingerprint
+
+    prints = [fingerprint(train.images), fingerprint(heldout.images)]
+    root = cache_dir()
+    path = None
+    if root is not None and None not in prints:
+        h = hashlib.blake2b(digest_size=20)
+        for part in (*prints, train.labels.numpy().tobytes(), heldout.labels.numpy().tobytes(),
+                     json.dumps(spec.model_dump(mode="json"), sort_keys=True).encode(), str(seed).encode(), str(REFERENCE_VERSION).encode()):
+            h.update(part if isinstance(part, bytes) else part.encode())
+        path = root / "references" / f"{h.hexdigest()}.safetensors"
+    if path is not None and path.is_file():
+        try:
+            return _load_reference(path, train, spec)
+        except Exception:  # a damaged cache entry is computed again (and replaced)
+            path.unlink(missing_ok=True)
+    extractor = train_feature_extractor(train.images, train.labels, train.num_classes, spec, seed=seed)
+    reference = RealReference.build(extractor, heldout.images, heldout.labels)
+    if path is not None:
+        _save_reference(path, reference, extractor)
+    return reference, extractor
+
+
+def _save_reference(path: Path, reference: RealReference, extractor: nn.Module) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {"features": reference.features, "labels": reference.labels, "radii": reference.radii}
+    if isinstance(extractor, FeatureExtractor):
+        tensors.update({f"extractor.{k}": v.detach().cpu().contiguous() for k, v in extractor.net.state_dict().items()})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{__import__('os').getpid()}.partial")
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata={"k": str(reference.k)})
+    tmp.replace(path)  # atomic: two studies computing the same reference at once both end with a whole file
+
+
+def _load_reference(path: Path, train, spec: FeatureSpec) -> tuple[RealReference, nn.Module]:
+    from safetensors import safe_open
+
+    from synthdata.classifiers import create_classifier
+
+    with safe_open(str(path), framework="pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        k = int(f.metadata()["k"])
+    if spec.name == "inception":
+        extractor: nn.Module = InceptionFeatures(spec.weights)
+    else:
+        c, h, _ = train.shape
+        net = create_classifier(spec, c, train.num_classes, h)
+        net.load_state_dict({key.removeprefix("extractor."): v for key, v in tensors.items() if key.startswith("extractor.")})
+        extractor = FeatureExtractor(net)
+    reference = RealReference(tensors["features"], tensors["labels"], tensors["radii"], k, spec.name == "inception")
+    return reference, extractor
+
+
 def prdc(real: RealReference, fake: torch.Tensor) -> dict[str, float]:
     """Precision, recall, density and coverage (Naeem et al. 2020; Kynkäänniemi et al. 2019), k-NN manifolds."""
     fake = fake.double()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import threading
 from typing import Any
 
@@ -74,6 +75,15 @@ def signals_kept(*signums: int):
                 faulthandler.register(s, all_threads=True)
 
 
+def _unraisable(unraisable: Any) -> None:
+    """A stop raised inside a destructor or weakref callback (where a signal can land: SQLAlchemy's registry, a
+    tensor's finalizer) is "ignored" by Python with a printed traceback; it is recorded in STOPS, and the next
+    `check_stopped` raises it, so nothing is printed for it. Anything else goes to Python's own hook."""
+    if isinstance(unraisable.exc_value, StudyStopped):
+        return
+    sys.__unraisablehook__(unraisable)
+
+
 @contextlib.contextmanager
 def on_sigterm(action: Any):
     """SIGTERM's handler for the block: `raise_stopped` while the study runs (as Ctrl-C raises
@@ -85,8 +95,10 @@ def on_sigterm(action: Any):
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, action)
+    previous, hook = signal.signal(signal.SIGTERM, action), sys.unraisablehook
+    sys.unraisablehook = _unraisable
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+        sys.unraisablehook = hook

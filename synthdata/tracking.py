@@ -286,6 +286,7 @@ class StudyTracker:
         )
         self._log_params(run.info.run_id, {**self.params, **params})
         self.arm_runs[arm] = run.info.run_id
+        self._flushed[arm] = time.monotonic()  # writes every flush_every_s from here (not from the machine's boot)
         return run.info.run_id
 
     def log_generation(

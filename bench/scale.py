@@ -2,7 +2,7 @@
 
     .venv/bin/python -m bench.scale                       # 2k, 10k, 50k images per side at 32x32, 10k at 64x64
     .venv/bin/python -m bench.scale --sizes 2000,20000 --no-big --update-readme
-    .venv/bin/python -m bench.scale --data data/scale --sizes 60000 --no-big --data-only   # studies/scale_loop.yaml's data
+    .venv/bin/python -m bench.scale --data data/scale --sizes 50000,60000 --data-only   # the README's CIFAR-sized runs
 
 Procedurally generated RGB class folders (10 classes): "real" images are smooth colour
 fields with a class-coloured disc; "generated" ones the same with a little more noise, so
@@ -161,13 +161,13 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--update-readme", action="store_true")
     ap.add_argument("--data", default=None, help=f"Where the image folders are made and kept (default {CACHE}).")
-    ap.add_argument("--data-only", action="store_true", help="Only make the folders (real ones for a study's data.root).")
+    ap.add_argument("--data-only", action="store_true", help="Only make the folders (real and generated, at 32x32).")
     args = ap.parse_args()
     global CACHE
     CACHE = Path(args.data) if args.data else CACHE
     if args.data_only:
         for n in args.sizes.split(","):
-            print(make_folder("real", int(n), 32))
+            print(make_folder("real", int(n), 32), make_folder("generated", int(n), 32))
         return
     points = [detect_point(int(n), 32, args.epochs) for n in args.sizes.split(",")]
     if not args.no_big:

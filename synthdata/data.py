@@ -19,11 +19,11 @@ import torch.nn.functional as F
 from synthdata.errors import DataError
 from synthdata.imagestore import (
     IMAGE_EXTENSIONS,
-    ArrayStore,
     DatasetStore,
     FileStore,
     Images,
     LazyImages,
+    TorchvisionStore,
     as_tensor,
     cat_images,
     check_headers,
@@ -171,8 +171,11 @@ def _torchvision_sets(spec: DataSpec) -> tuple[ImageSet, ImageSet]:
             raise DataError(f"data.root: {spec.source} not found under {spec.root} ({err}); set download: true to fetch it") from None
         data = ds.data.numpy() if isinstance(ds.data, torch.Tensor) else np.asarray(ds.data)
         labels = torch.as_tensor(np.asarray(ds.targets), dtype=torch.long)
-        codes = np.ascontiguousarray(data[:, None] if data.ndim == 3 else data.transpose(0, 3, 1, 2))
-        images = from_uint8(data) if in_memory(len(codes), codes.shape[1:], spec) else _lazy(ArrayStore(codes), spec)
+        shape = (1, *data.shape[1:3]) if data.ndim == 3 else (data.shape[3], *data.shape[1:3])
+        if in_memory(len(data), shape, spec):
+            images = from_uint8(data)
+        else:  # read again from `root` in each process that needs it: its array never travels through Ray
+            images = _lazy(TorchvisionStore(spec.source, str(spec.root), train, shape, len(data)), spec)
         out.append(ImageSet(images, labels, len(ds.classes)))
     return out[0], out[1]
 

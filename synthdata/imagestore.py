@@ -49,7 +49,7 @@ def codes_to_float(codes: np.ndarray | torch.Tensor, levels: int | None = 256) -
     if t.is_floating_point():  # continuous data (a toy's) is stored as it is
         return t.float()
     t = t.float()
-    return t / 127.5 - 1 if levels in (None, 256) else t * (2 / (levels - 1)) - 1
+    return t / 127.5 - 1 if levels in (None, 256) else t / ((levels - 1) / 2) - 1  # quantize's own arithmetic
 
 
 def _hwc_to_chw(array: np.ndarray) -> np.ndarray:
@@ -74,12 +74,15 @@ def decode_image(data: Any, where: str, mode: str | None, size: int | None) -> n
         raise DataError(f"{where}: cannot read image ({type(err).__name__})") from None
 
 
-def image_mode(first: Any) -> str:
+def image_mode(first: Any, where: str | None = None) -> str:
     """"L" for a grey first image, else "RGB": every image of a set is read in the first one's mode."""
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
 
-    with Image.open(first) as im:
-        return "L" if im.mode in ("1", "L", "LA", "I", "I;16") else "RGB"
+    try:
+        with Image.open(first) as im:
+            return "L" if im.mode in ("1", "L", "LA", "I", "I;16") else "RGB"
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise DataError(f"{where or f'{first} (image 0)'}: cannot read image ({type(err).__name__})") from None
 
 
 def _stack(arrays: list[np.ndarray], wheres: list[str], first: str) -> np.ndarray:
@@ -188,6 +191,31 @@ class ArrayStore:
             at = shard == k
             out[at] = maps[k][index[at] - self._offsets[k]]
         return codes_to_float(out, self.levels)
+
+
+class TorchvisionStore:
+    """A torchvision set's uint8 array (MNIST, CIFAR-10), loaded from `root` on first read in each process and dropped
+    when pickled: Ray carries the name and root, never the array."""
+
+    def __init__(self, source: str, root: str, train: bool, shape: tuple[int, int, int], count: int) -> None:
+        self.source, self.root, self.train, self.shape, self.count = source, root, train, tuple(shape), count
+        self._codes: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_codes": None}
+
+    def read(self, index: np.ndarray) -> torch.Tensor:
+        if self._codes is None:
+            import torchvision.datasets as tvd
+
+            cls = {"mnist": tvd.MNIST, "fashion_mnist": tvd.FashionMNIST, "cifar10": tvd.CIFAR10}[self.source]
+            data = cls(self.root, train=self.train, download=False).data
+            data = data.numpy() if isinstance(data, torch.Tensor) else np.asarray(data)
+            self._codes = np.ascontiguousarray(data[:, None] if data.ndim == 3 else data.transpose(0, 3, 1, 2))
+        return codes_to_float(self._codes[np.asarray(index, dtype=np.int64)])
 
 
 class DatasetStore:
@@ -338,8 +366,7 @@ def _store_identity(store: Any) -> str | None:
 
     h = hashlib.blake2b(digest_size=16)
     if isinstance(store, (FileStore, ZipStore)):
-        paths = store.paths if isinstance(store, FileStore) else [store.path, *store.names]
-        for p in paths if isinstance(store, FileStore) else [store.path]:
+        for p in store.paths if isinstance(store, FileStore) else [store.path]:
             st = os.stat(p)
             h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}".encode())
         if isinstance(store, ZipStore):
@@ -355,6 +382,8 @@ def _store_identity(store: Any) -> str | None:
                 st = os.stat(p)
                 h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}".encode())
         h.update(str(store.levels).encode())
+    elif isinstance(store, TorchvisionStore):
+        h.update(f"{store.source}|{os.path.abspath(store.root)}|{store.train}|{store.count}".encode())
     elif isinstance(store, TensorStore):
         h.update(store.images.detach().cpu().float().contiguous().numpy().tobytes())
     elif isinstance(store, ConcatStore):
@@ -462,7 +491,10 @@ def iter_batches(images: Images, batches: Sequence[torch.Tensor], workers: int |
         return
     loader = torch.utils.data.DataLoader(_Reader(images), batch_sampler=[idx.cpu().tolist() for idx in batches],
                                          num_workers=workers, collate_fn=lambda x: x, persistent_workers=False)
-    yield from loader
+    try:
+        yield from loader
+    except DataError as err:  # re-raised by the DataLoader with the worker's traceback in its message: its last line
+        raise DataError(str(err).strip().splitlines()[-1].split("DataError: ", 1)[-1]) from None
 
 
 # --- the shard format of `synthdata prepare`, and its reader -----------------------------------------------------
@@ -507,14 +539,24 @@ def write_zip(files: Sequence[Path], labels: Sequence[int], classes: Sequence[st
               progress: bool = True) -> dict:
     """Write images as an uncompressed zip of PNGs with `dataset.json` (labels, classes): every image decoded, so a
     corrupt one fails here, naming it. Returns what `dataset.json` holds besides the labels."""
+
+
+    mode = image_mode(files[0])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".partial")
+    try:
+        return _write_zip(files, labels, classes, out, tmp, mode, size, progress)
+    finally:
+        tmp.unlink(missing_ok=True)  # nothing half-written is left (the finished zip was moved to `out`)
+
+
+def _write_zip(files: Sequence[Path], labels: Sequence[int], classes: Sequence[str], out: Path, tmp: Path, mode: str,
+               size: int | None, progress: bool) -> dict:
     import io
 
     from PIL import Image
     from tqdm import tqdm
 
-    mode = image_mode(files[0])
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".partial")
     shape = None
     with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as z:
         names = []

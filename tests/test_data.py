@@ -102,6 +102,14 @@ def test_mnist_from_a_local_root(tmp_path):
     assert s.train.shape == (1, 16, 16) and s.train.num_classes == 10
     assert len(s.test) == 40  # the official test split
     assert len(s.train) + len(s.heldout) == 120
+    # Read per batch (a large set): the array is loaded from root in the process that reads it, never pickled.
+    import cloudpickle  # as Ray pickles task arguments
+
+    from synthdata.imagestore import as_tensor, is_lazy
+
+    lazy = make_splits(DataSpec(source="mnist", root=tmp_path, image_size=16, in_memory_mb=0), seed=0)
+    assert is_lazy(lazy.train.images) and len(cloudpickle.dumps(lazy.test.images)) < 4000
+    assert torch.equal(as_tensor(lazy.train.images), s.train.images) and torch.equal(as_tensor(lazy.test.images), s.test.images)
 
 
 def test_missing_torchvision_data_is_a_data_error(tmp_path):

@@ -141,6 +141,7 @@ def cached_reference(train, heldout, spec: FeatureSpec, *, seed: int) -> tuple[R
     import json
 
     from synthdata.imagestore import fingerprint
+    from synthdata.version import __version__
 
     prints = [fingerprint(train.images), fingerprint(heldout.images)]
     root = cache_dir()
@@ -148,7 +149,8 @@ def cached_reference(train, heldout, spec: FeatureSpec, *, seed: int) -> tuple[R
     if root is not None and None not in prints:
         h = hashlib.blake2b(digest_size=20)
         for part in (*prints, train.labels.numpy().tobytes(), heldout.labels.numpy().tobytes(),
-                     json.dumps(spec.model_dump(mode="json"), sort_keys=True).encode(), str(seed).encode(), str(REFERENCE_VERSION).encode()):
+                     json.dumps(spec.model_dump(mode="json"), sort_keys=True).encode(), str(seed).encode(),
+                     f"{REFERENCE_VERSION}|{__version__}|{torch.__version__}".encode()):  # new code: computed anew
             h.update(part if isinstance(part, bytes) else part.encode())
         path = root / "references" / f"{h.hexdigest()}.safetensors"
     if path is not None and path.is_file():

@@ -126,8 +126,8 @@ def measured(cmd: list[str], cwd: Path) -> dict:
             "table": out.strip().splitlines()[-3:]}
 
 
-def detect_point(n: int, size: int, epochs: int) -> dict:
-    real, gen = make_folder("real", n, size), make_folder("generated", n, size)
+def detect_point(n: int, size: int, epochs: int, where: Path | None = None) -> dict:
+    real, gen = make_folder("real", n, size, where), make_folder("generated", n, size, where)
     disk = sum(f.stat().st_size for f in real.rglob("*.png")) + sum(f.stat().st_size for f in gen.rglob("*.png"))
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [str(Path(sys.executable).parent / "synthdata"), "detect", "--real", str(real), "--generated", f"g={gen}",
@@ -163,15 +163,14 @@ def main() -> None:
     ap.add_argument("--data", default=None, help=f"Where the image folders are made and kept (default {CACHE}).")
     ap.add_argument("--data-only", action="store_true", help="Only make the folders (real and generated, at 32x32).")
     args = ap.parse_args()
-    global CACHE
-    CACHE = Path(args.data) if args.data else CACHE
+    where = Path(args.data) if args.data else CACHE
     if args.data_only:
         for n in args.sizes.split(","):
-            print(make_folder("real", int(n), 32), make_folder("generated", int(n), 32))
+            print(make_folder("real", int(n), 32, where), make_folder("generated", int(n), 32, where))
         return
-    points = [detect_point(int(n), 32, args.epochs) for n in args.sizes.split(",")]
+    points = [detect_point(int(n), 32, args.epochs, where) for n in args.sizes.split(",")]
     if not args.no_big:
-        points.append(detect_point(10000, 64, args.epochs))
+        points.append(detect_point(10000, 64, args.epochs, where))
     result = {"machine": machine("cpu"), "detect": points, "command": " ".join(sys.argv)}
     (REPO / "bench" / "scale.json").write_text(json.dumps(result, indent=1))
     text = table(points)

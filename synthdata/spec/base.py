@@ -117,7 +117,7 @@ class DataSpec(Strict):
     image_size: int | None = Field(None, ge=4, le=512, description="Resize images to this square size.")
     limit: int | None = Field(None, ge=20, description="Use at most this many images per split (for quick runs).")
     in_memory_mb: float = Field(
-        128, ge=0, description="Real data up to this size as float32 is read into memory at the start (fastest); a "
+        32, ge=0, description="Real data up to this size as float32 is read into memory at the start (fastest); a "
         "larger set stays on disk (or as uint8) and is read a batch at a time.",
     )
     loader_workers: int = Field(0, ge=0, le=64, description="DataLoader processes that decode a large set's training "

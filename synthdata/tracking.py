@@ -286,7 +286,6 @@ class StudyTracker:
         )
         self._log_params(run.info.run_id, {**self.params, **params})
         self.arm_runs[arm] = run.info.run_id
-        self._flushed[arm] = time.monotonic()  # writes every flush_every_s from here (not from the machine's boot)
         return run.info.run_id
 
     def log_generation(
@@ -337,7 +336,8 @@ class StudyTracker:
                 self._held[arm] = (generation, samples, checkpoint)
         self._pending.setdefault(arm, []).extend(items)
         self._pending_since.setdefault(arm, time.monotonic())
-        if time.monotonic() - self._flushed.get(arm, 0.0) >= self.flush_every_s:
+        last = self._flushed.get(arm)  # None: the arm's first write goes out at once (on any machine's clock)
+        if last is None or time.monotonic() - last >= self.flush_every_s:
             self.flush(arm)
 
     def _upload_checkpoint(self, arm: str, generation: int, samples: ImageSet | None,

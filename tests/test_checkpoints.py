@@ -69,7 +69,8 @@ def test_a_fast_loop_uploads_its_latest_checkpoint_once_per_write_of_its_metrics
     for g in range(1, 8):
         t.log_generation("replace/seed0", g, {"m": float(g)}, None, _samples(g), {"generator.safetensors": b"w"},
                          checkpoint_every=3)
-    assert _done(c, run) == -1 and set(_kept(c, run)) == {3, 6}  # no metric written yet: only the k-th ones are in
+    # The arm's first write went out at once (generation 1, with its checkpoint); the rest wait: only the k-th are in.
+    assert _done(c, run) == 1 and set(_kept(c, run)) == {1, 3, 6}
     t.end_arm("replace/seed0")
     assert _done(c, run) == 7 and set(_kept(c, run)) == {3, 6, 7}
     assert [m.step for m in c.get_metric_history(run, "m")] == list(range(1, 8))

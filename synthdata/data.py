@@ -466,6 +466,12 @@ def fingerprints(images: torch.Tensor) -> list[str]:
 SHARDS_REFERENCE = ".shards.json"  # a sample set kept as shards: the file that stands for it beside (or instead of) safetensors
 
 
+def shards_reference_path(path: str) -> str:
+    """Where a sample set kept as shards is named, for the path its safetensors would have: `pools/seed0.shards.json`."""
+    folder, _, name = str(path).rpartition("/")
+    return f"{folder}/{name.split('.')[0]}{SHARDS_REFERENCE}" if folder else f"{name.split('.')[0]}{SHARDS_REFERENCE}"
+
+
 def shard_reference(samples: ImageSet) -> dict | None:
     """Where a sample set drawn as shards is (`{"root", "count", "fingerprint"}`: the first `count` images of the shard
     set at `root`), or None when it is held in memory."""
@@ -490,7 +496,7 @@ def save_samples(samples: ImageSet, path: Path) -> Path:
     if reference is not None:
         import json
 
-        out = Path(path).with_name(Path(path).name.split(".")[0] + SHARDS_REFERENCE)
+        out = Path(shards_reference_path(Path(path).as_posix()))
         out.write_text(json.dumps(reference, indent=1))
         return out
     if samples.levels is not None and samples.levels <= 256:

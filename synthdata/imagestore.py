@@ -432,11 +432,9 @@ def as_tensor(images: Images, what: str = "images", max_bytes: int | None = None
     if isinstance(images, torch.Tensor):
         return images
     limit = MAX_LOAD_BYTES if max_bytes is None else max_bytes
-    if images.nbytes() > limit:
-        try:
-            images.load(limit)
-        except DataError as err:  # the one line that says how large, prefixed with who asked
-            raise DataError(f"{what}: {err}") from None
+    if images.nbytes() > limit:  # the one line that says how large, prefixed with who asked
+        raise DataError(f"{what}: {len(images)} images of {tuple(images.shape[1:])} are {images.nbytes() / 2**30:.1f} GiB as "
+                        f"float32, more than {limit / 2**30:.1f} GiB to hold in memory; iterate them in batches (ImageSet.batches)")
     return images.load(limit)  # a file that cannot be read is named by the store
 
 

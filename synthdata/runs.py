@@ -218,13 +218,12 @@ def download_sample_set(uri: str, run_id: str, artifact_path: str) -> ImageSet:
     """A sample set a run kept as an artifact (a generation's samples, a mix seed's pool)."""
     import mlflow.artifacts
 
-    from synthdata.data import SHARDS_REFERENCE
+    from synthdata.data import shards_reference_path
 
     with tempfile.TemporaryDirectory() as tmp:
         try:
             path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path, dst_path=tmp, tracking_uri=uri)
-        except Exception:  # a set drawn as shards is kept as a reference to them
-            folder, _, name = artifact_path.rpartition("/")
-            reference = f"{folder}/{name.split('.')[0]}{SHARDS_REFERENCE}" if folder else f"{name.split('.')[0]}{SHARDS_REFERENCE}"
-            path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=reference, dst_path=tmp, tracking_uri=uri)
+        except Exception:  # not there as safetensors: a set drawn as shards is kept as a reference to them
+            path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=shards_reference_path(artifact_path),
+                                                       dst_path=tmp, tracking_uri=uri)
         return load_samples(Path(path))

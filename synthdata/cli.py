@@ -22,16 +22,19 @@ if TYPE_CHECKING:
     from synthdata.spec import StudySpec
 
 
+STUDY_HELP = "A YAML study file, or the name of a shipped study (quickstart, mad_gaussian, ...: `synthdata.studies`)."
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="synthdata", description="Study synthetic data: detectability, autophagy loops, mixes.")
     sub = p.add_subparsers(dest="command", required=True)
 
     v = sub.add_parser("validate", help="Check a study file and print its resolved spec.")
-    v.add_argument("study", help="Path to a YAML study file.")
+    v.add_argument("study", help=STUDY_HELP)
     v.add_argument("--quiet", "-q", action="store_true", help="Print nothing when the file is valid.")
 
     r = sub.add_parser("run", help="Run a study on Ray and log it to MLflow.")
-    r.add_argument("study", help="Path to a YAML study file.")
+    r.add_argument("study", help=STUDY_HELP)
     r.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray).")
     r.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db).")
     r.add_argument("--no-progress", action="store_true", help="Do not draw progress bars.")
@@ -39,7 +42,8 @@ def _parser() -> argparse.ArgumentParser:
 
     pre = sub.add_parser("pretrain", help="Train a study's generator on one seed's real training split and save it "
                          "(a pretrained start: loop.pretrained).")
-    pre.add_argument("study", help="A study file with a generator section (its data, split and generator are used).")
+    pre.add_argument("study", help="A study file with a generator section, or a shipped study's name (its data, split and "
+                     "generator are used).")
     pre.add_argument("--out", required=True, help="Where to save it: a diffusers directory (or a .safetensors file).")
     pre.add_argument("--seed", type=int, default=0, help="Whose real training split and random streams (default: 0).")
     pre.add_argument("--steps", type=int, default=None, help="Optimizer steps (default: the generator's train_steps).")
@@ -59,14 +63,23 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: the study file's, $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db).")
     rep.add_argument("--out", default=None, help="Folder for index.html and the PNGs (default: <report_dir>/<study>/report).")
 
-    d = sub.add_parser("detect", help="How detectable are generated images? Real vs each source, and what the detector keys on.")
-    d.add_argument("study", nargs="?", help="A detect study file (kind: detect); or build one with the options below.")
+    d = sub.add_parser("detect", help="How detectable are generated images? Real vs each source, and what the detector keys on.",
+                       description="Without a study file, the options build a detect study. Its detector is trained "
+                       "as the options say (--epochs 15, --val-fraction 0.1, --patience 3 unless given: the best epoch "
+                       "on a validation split, early stopping), where a study file's `detector:` section defaults to "
+                       "epochs 10, val_fraction 0, patience null (every epoch, the last one kept).")
+    d.add_argument("study", nargs="?", help="A detect study file (kind: detect) or a shipped one's name; or build one "
+                   "with the options below.")
     d.add_argument("--real", default="digits", help="digits, mnist, fashion_mnist, cifar10, or an image folder (one sub-folder per class).")
     d.add_argument("--data-root", default=None, help="Where a torchvision data set lies (default: data).")
     d.add_argument("--generated", action="append", default=[], metavar="NAME=PATH",
                    help="A source: diffusers pipeline directory, image folder or .safetensors sample set (repeatable).")
     d.add_argument("--detector", default="cnn", help="cnn or a timm model name (resnet18, convnext_tiny, ...).")
-    d.add_argument("--epochs", type=int, default=15)
+    d.add_argument("--epochs", type=int, default=15, help="Detector training epochs (default: 15).")
+    d.add_argument("--val-fraction", type=float, default=0.1,
+                   help="Stratified validation split that picks the best epoch (default: 0.1; 0: none).")
+    d.add_argument("--patience", type=int, default=3,
+                   help="Early stopping after this many validation checks without a better loss (default: 3).")
     d.add_argument("--seeds", default=None, help="Comma-separated seeds (default: 0).")
     d.add_argument("--sizes", default=None, help="Sample-size curve: training images per class, comma-separated.")
     d.add_argument("--bands", default=None, help="Frequency-band analysis: radii as fractions of Nyquist, e.g. 0.25,0.5.")
@@ -74,7 +87,7 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--name", default="detect", help="Study (and MLflow experiment) name.")
     d.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray).")
     d.add_argument("--tracking-uri", default=None, help="MLflow tracking URI.")
-    d.add_argument("--no-progress", action="store_true")
+    d.add_argument("--no-progress", action="store_true", help="Do not draw progress bars.")
     return p
 
 
@@ -163,7 +176,8 @@ def _detect(args: argparse.Namespace) -> int:
         data["root"] = args.data_root or "data"
     study = {
         "name": args.name, "kind": "detect", "data": data,
-        "detector": {"name": args.detector, "epochs": args.epochs, "val_fraction": 0.1, "patience": 3},
+        "detector": {"name": args.detector, "epochs": args.epochs, "val_fraction": args.val_fraction,
+                     "patience": args.patience if args.val_fraction > 0 else None},
         "detect": {"sources": sources, "seeds": _numbers(args.seeds, int, "--seeds") or [0],
                    "sample_sizes": _numbers(args.sizes, int, "--sizes"), "crop_sizes": _numbers(args.crops, int, "--crops"),
                    "bands": {"radii": _numbers(args.bands, float, "--bands")}},
@@ -243,6 +257,17 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _resolve_study(args: argparse.Namespace) -> None:
+    """A bare study name that is no file here names a shipped study (`synthdata run quickstart`, from any directory)."""
+    from synthdata import studies
+
+    if getattr(args, "study", None) and args.command != "report":  # report's bare name is an MLflow experiment's
+        if studies.is_name(args.study) and args.study not in studies.names():
+            raise UserError(f"{args.study}: no such study file, nor a shipped study of that name "
+                            f"(shipped: {', '.join(studies.names())})")
+        args.study = studies.resolve(args.study)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `synthdata` console command."""
     args = _parser().parse_args(argv)
@@ -253,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("alembic").setLevel(logging.WARNING)
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     try:
+        _resolve_study(args)
         return {"validate": _validate, "run": _run, "pretrain": _pretrain, "detect": _detect, "report": _report,
                 "prepare": _prepare}[args.command](args)
     except UserError as err:

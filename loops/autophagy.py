@@ -189,7 +189,9 @@ def run_arm(
         try:
             generator, info = yield from _with_progress(
                 lambda report: fit_generator(spec.generator, train_set, seed=arm.seed, generation=t, device=device,
-                                             guidance=guidance, real=real, progress=report, init=init, train_steps=steps),
+                                             guidance=guidance, real=real, progress=report, init=init, train_steps=steps,
+                                             storage=context.sample_storage(arm.name, t, "guidance"),
+                                             in_memory_mb=spec.data.in_memory_mb),
                 arm.name, t)
             metrics: dict[str, float] = {"train_set_size": float(len(train_set)), **info}
             slow = metrics["time_fit_s"] > 1.0  # worth telling the driver about stages only when generations are slow

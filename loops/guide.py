@@ -11,7 +11,7 @@ of the mean over seeds [95% t interval] per scale, and figures against the scale
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
@@ -28,6 +28,7 @@ from synthdata.generators import check_generator, create_generator, draw_samples
 from synthdata.results import format_guide_table as format_table  # noqa: F401  this runner's text form
 from synthdata.results import guide_table
 from synthdata.seeds import Purpose, Scope, stream_seed
+from synthdata.shards import join, study_storage
 from synthdata.spec import GuideStudy
 
 
@@ -56,10 +57,12 @@ class Fitted:
     info: dict[str, float]
 
 
-def _fit_task(spec: GuideStudy, splits: Splits, seed: int) -> Fitted:
-    """Train the seed's generator on the real training set, then its guiding classifier against it."""
+def _fit_task(spec: GuideStudy, splits: Splits, seed: int, storage: str | None) -> Fitted:
+    """Train the seed's generator on the real training set, then its guiding classifier against it (its unguided
+    samples written to `storage` when they are too large to hold)."""
     device = configure_worker(spec.resources)
-    guided, info = fit_generator(spec.generator, splits.train, seed=seed, device=device, guidance=spec.guidance)
+    guided, info = fit_generator(spec.generator, splits.train, seed=seed, device=device, guidance=spec.guidance,
+                                 storage=storage, in_memory_mb=spec.data.in_memory_mb)
     classifier = {k: v.detach().cpu() for k, v in guided.classifier.state_dict().items()}
     return Fitted(guided.generator.state_dict(), classifier, info)  # the generator's state_dict is on the CPU already
 
@@ -87,7 +90,8 @@ def _arm_task(spec: GuideStudy, splits: Splits, context: StudyContext, arm: Guid
     start = time.perf_counter()
     drawn = draw_samples(GuidedGenerator(generator, classifier, arm.scale), n + n_eval, real,
                          label_seed=stream_seed(arm.seed, Purpose.LABELS), sample_seed=stream_seed(arm.seed, Purpose.SAMPLES),
-                         context=f"guided sampling at scale {arm.scale:g} diverged")
+                         context=f"guided sampling at scale {arm.scale:g} diverged",
+                         storage=context.sample_storage(arm.name, 0), in_memory_mb=spec.data.in_memory_mb)
     metrics = {"time_sample_s": time.perf_counter() - start, **fitted.info}
     samples, held_out = drawn.subset(torch.arange(n)), drawn.subset(torch.arange(n, n + n_eval))
     start = time.perf_counter()
@@ -121,8 +125,10 @@ def schedule(study: Study) -> None:
     fit = ray.remote(_fit_task).options(**resources, max_retries=1)
     measure = ray.remote(_arm_task).options(**resources, max_retries=1)
     # Each seed's real split and what is measured against it (the feature space trained on it), put once.
-    refs_of = {seed: (ray.put(split), ray.put(study_context(spec, split, seed))) for seed, split in study.splits.items()}
-    fitted = {seed: fit.remote(spec, refs_of[seed][0], seed) for seed in spec.guide.seeds}
+    storage = study_storage(spec.tracking.storage, str(spec.tracking.report_dir), spec.name)  # sample sets too large to hold
+    refs_of = {seed: (ray.put(split), ray.put(replace(study_context(spec, split, seed), storage=storage)))
+               for seed, split in study.splits.items()}
+    fitted = {seed: fit.remote(spec, refs_of[seed][0], seed, join(storage, f"seed{seed}_guidance")) for seed in spec.guide.seeds}
     refs = {}
     for arm in arms_of(spec):  # each scale's task waits for its seed's fit (Ray resolves the reference)
         tracker.start_arm(arm.name, arm.params())

@@ -36,13 +36,14 @@ class StudyContext:
     pretrained: dict[str, torch.Tensor] | None = None  # a loop's `loop.pretrained` weights, read in the driver
     storage: str | None = None  # where this run writes sample sets too large to hold (synthdata.shards.study_storage)
 
-    def sample_storage(self, arm: str, generation: int) -> str | None:
-        """The folder of one generation's samples, when they are too large to hold (None: the run has no storage)."""
+    def sample_storage(self, arm: str, generation: int, part: str = "") -> str | None:
+        """The folder of one generation's samples (`part`: another set it draws, e.g. guidance's unguided samples),
+        when they are too large to hold (None: the run has no storage)."""
         if self.storage is None:
             return None
         from synthdata.shards import join
 
-        return join(self.storage, arm.replace("/", "_"), f"generation_{generation:03d}")
+        return join(self.storage, arm.replace("/", "_"), f"generation_{generation:03d}" + (f"_{part}" if part else ""))
 
 
 def study_context(spec: MeasuredStudy, splits: Splits, seed: int = 0,

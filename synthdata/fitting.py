@@ -19,7 +19,8 @@ StageProgress = Callable[[str, float], None]  # (stage, fraction done)
 def fit_generator(spec: GeneratorSpec, train: ImageSet, *, seed: int, generation: int = 0, device: str = "cpu",
                   guidance: GuidanceSpec | None = None, real: ImageSet | None = None,
                   progress: StageProgress | None = None, init: dict | None = None,
-                  train_steps: int | None = None) -> tuple[Generator, dict[str, float]]:
+                  train_steps: int | None = None, storage: str | None = None, in_memory_mb: float | None = None
+                  ) -> tuple[Generator, dict[str, float]]:
     """Create and train a generator on `train`; with `guidance`, then train its guiding classifier too.
 
     Its random streams are the (seed, generation)'s: `Purpose.FIT` for the generator, and
@@ -36,6 +37,9 @@ def fit_generator(spec: GeneratorSpec, train: ImageSet, *, seed: int, generation
     `init` (a state_dict) warm-starts the fit from those weights (`warm_start` = 1 in the
     figures); `train_steps` overrides the generator's own steps for this fit (a pretrained
     start's fine-tune), 0 meaning: take `init` as it is, no training.
+
+    `storage` and `in_memory_mb`: where guidance's unguided samples go as shards when they are
+    too large to hold (as `draw_samples`).
     """
     if train_steps is not None:
         spec = _with_steps(spec, train_steps)
@@ -56,7 +60,8 @@ def fit_generator(spec: GeneratorSpec, train: ImageSet, *, seed: int, generation
 
         start = time.perf_counter()
         generator, guidance_info = with_guidance(generator, guidance, real if real is not None else train, seed=seed,
-                                                 generation=generation, device=device, progress=progress and (
+                                                 generation=generation, device=device, storage=storage,
+                                                 in_memory_mb=in_memory_mb, progress=progress and (
                                                      lambda f: progress("training guiding classifier", f)))
         info.update(guidance_info, time_guidance_s=time.perf_counter() - start)
     return generator, info

@@ -30,7 +30,7 @@ from diffusers.optimization import get_cosine_schedule_with_warmup
 from synthdata.data import ImageSet
 from synthdata.generators import ProgressFn, draw_samples
 from synthdata.generators.diffusion import Correction, DiffusionGenerator
-from synthdata.imagestore import as_tensor
+from synthdata.imagestore import as_tensor, is_lazy, take
 from synthdata.seeds import Purpose, Scope, stream_seed
 from synthdata.spec import GuidanceSpec
 
@@ -105,7 +105,8 @@ def _held_out(spec: GuidanceSpec, real: ImageSet, generated: ImageSet, timesteps
     generated, gen_val = split(generated)
     if not (len(real_val) and len(gen_val)):
         return real, generated, None
-    x0 = torch.cat([as_tensor(real_val.images), as_tensor(gen_val.images)])
+    x0 = torch.cat([as_tensor(real_val.images, "guidance (held-out real images)"),
+                    as_tensor(gen_val.images, "guidance (held-out samples)")])
     t = timesteps[torch.randint(0, len(timesteps), (len(x0),), generator=g)]
     xt = noise_scheduler.add_noise(x0, torch.randn(x0.shape, generator=g), t)
     truth = torch.cat([torch.ones(len(real_val)), torch.zeros(len(gen_val))])
@@ -136,8 +137,10 @@ def train_guiding_classifier(spec: GuidanceSpec, real: ImageSet, generated: Imag
     sched = get_cosine_schedule_with_warmup(opt, min(100, spec.train_steps // 10), spec.train_steps)
 
     real, generated, val = _held_out(spec, real, generated, timesteps, noise_scheduler, g, device)
-    x_real, y_real = as_tensor(real.images, "guidance (real images)").to(device), real.labels.to(device)
-    x_gen, y_gen = as_tensor(generated.images, "guidance (samples)").to(device), generated.labels.to(device)
+    # Sets held in memory move to the device once; a lazy set is read per step (only the step's images).
+    x_real = real.images.to(device) if not is_lazy(real.images) else real.images
+    x_gen = generated.images.to(device) if not is_lazy(generated.images) else generated.images
+    y_real, y_gen = real.labels.to(device), generated.labels.to(device)
     check_every = max(25, spec.train_steps // 20)
     best = {"guiding_val_loss": float("inf"), "guiding_best_step": float(spec.train_steps)}
     best_state = None
@@ -148,7 +151,8 @@ def train_guiding_classifier(spec: GuidanceSpec, real: ImageSet, generated: Imag
     for step in range(1, spec.train_steps + 1):
         ir = torch.randint(0, len(x_real), (b,), generator=g).to(device)
         ig = torch.randint(0, len(x_gen), (b,), generator=g).to(device)
-        x0, y = torch.cat([x_real[ir], x_gen[ig]]), torch.cat([y_real[ir], y_gen[ig]])
+        x0 = torch.cat([take(x_real, ir).to(device), take(x_gen, ig).to(device)])
+        y = torch.cat([y_real[ir], y_gen[ig]])
         t = timesteps[torch.randint(0, len(timesteps), (2 * b,), generator=g)].to(device)
         xt = noise_scheduler.add_noise(x0, torch.randn(x0.shape, generator=g).to(device), t)
         loss = F.binary_cross_entropy_with_logits(model(xt, t, y), target)
@@ -231,19 +235,21 @@ class GuidedGenerator:
 
 
 def with_guidance(generator: DiffusionGenerator, spec: GuidanceSpec, real: ImageSet, *, seed: int, generation: int = 0,
-                  device: str = "cpu", progress: ProgressFn | None = None) -> tuple[GuidedGenerator, dict[str, float]]:
+                  device: str = "cpu", progress: ProgressFn | None = None, storage: str | None = None,
+                  in_memory_mb: float | None = None) -> tuple[GuidedGenerator, dict[str, float]]:
     """Train the guiding classifier for a fitted generator: `real` against its unguided samples.
 
     Returns the generator wrapped to sample at `spec.scale`, and the classifier's training
     figures (final training loss; best validation loss and its step). The samples are
-    drawn (and quantized) as every other sample set is.
+    drawn (and quantized) as every other sample set is: to `storage` as shards when larger
+    than `in_memory_mb`, and the classifier then reads them per step.
     """
     n = spec.train_samples or len(real)
     def seed_of(purpose: Purpose) -> int:
         return stream_seed(seed, purpose, generation, Scope.GUIDANCE)
 
     unguided = draw_samples(generator, n, real, label_seed=seed_of(Purpose.LABELS), sample_seed=seed_of(Purpose.SAMPLES),
-                            context="generator diverged before guidance")
+                            context="generator diverged before guidance", storage=storage, in_memory_mb=in_memory_mb)
     timesteps = generator.sampler().timesteps
     model, info = train_guiding_classifier(spec, real, unguided, timesteps, generator.noise_scheduler, seed=seed_of(Purpose.FIT), device=device,
                               progress=progress)

@@ -31,7 +31,8 @@ def make_pool(generator_spec: GeneratorSpec, real: ImageSet, size: int, *, seed:
     and the fit summary.
     """
     guided = guidance if guidance is not None and guidance.scale > 0 else None
-    generator, info = fit_generator(generator_spec, real, seed=seed, device=device, guidance=guided, progress=progress)
+    generator, info = fit_generator(generator_spec, real, seed=seed, device=device, guidance=guided, progress=progress,
+                                    storage=storage and f"{storage.rstrip('/')}_guidance", in_memory_mb=in_memory_mb)
     pool = draw_samples(generator, size, real, label_seed=stream_seed(seed, Purpose.LABELS), sample_seed=stream_seed(seed, Purpose.SAMPLES),
                         storage=storage, in_memory_mb=in_memory_mb)
     return pool, info

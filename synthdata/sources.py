@@ -69,7 +69,7 @@ def load_source(spec: SourceSpec, real: ImageSet, *, seed: int, device: str = "c
         images = read_image_folder(spec.path, real.shape[-1], mode="L" if real.shape[0] == 1 else "RGB", in_memory_mb=in_memory_mb)
         return to_real_format(images, real, str(spec.path))
     if spec.type == "pipeline":
-        return _from_pipeline(spec, real, seed=seed, device=device)
+        return _from_pipeline(spec, real, seed=seed, device=device, storage=storage, in_memory_mb=in_memory_mb)
     raise ValueError(f"unknown source type {spec.type!r}")
 
 
@@ -98,8 +98,10 @@ def _from_checkpoint(spec: CheckpointSource, real: ImageSet, *, seed: int, devic
     return to_real_format(drawn.images if is_lazy(drawn.images) else drawn.images.cpu(), real, str(spec.path))
 
 
-def _from_pipeline(spec: PipelineSource, real: ImageSet, *, seed: int, device: str) -> ImageSet:
-    """Sample a diffusers pipeline (unconditional image pipelines: DDPM, DDIM, ...)."""
+def _from_pipeline(spec: PipelineSource, real: ImageSet, *, seed: int, device: str, storage: str | None = None,
+                   in_memory_mb: float | None = None) -> ImageSet:
+    """Sample a diffusers pipeline (unconditional image pipelines: DDPM, DDIM, ...), a batch at a time in the real
+    format; a set larger than `in_memory_mb` goes to `storage` as shards as it is drawn."""
     from diffusers import DiffusionPipeline
     from diffusers.utils import logging as diffusers_logging
 
@@ -113,11 +115,26 @@ def _from_pipeline(spec: PipelineSource, real: ImageSet, *, seed: int, device: s
         raise DataError(f"{spec.path}: cannot load a diffusers pipeline{hint} ({type(err).__name__}: {str(err)[:200]})") from None
     pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
+    writer = None
+    if storage is not None and in_memory_mb is not None and spec.size * 4 * int(np.prod(real.shape)) > in_memory_mb * 2**20:
+        from synthdata.shards import ShardWriter
+
+        writer = ShardWriter(storage, real.shape, real.levels, real.num_classes)
     g = torch.Generator(device="cpu").manual_seed(stream_seed(seed, Purpose.SAMPLES))
-    batches = []
+    held = []
     for start in range(0, spec.size, spec.batch_size):
         n = min(spec.batch_size, spec.size - start)
         out = pipe(batch_size=n, generator=g, num_inference_steps=spec.sampling_steps, output_type="np").images  # (n, H, W, C) in [0, 1]
-        batches.append(np.asarray(out, dtype=np.float32))
-    images = torch.from_numpy(np.concatenate(batches)).permute(0, 3, 1, 2) * 2 - 1
-    return to_real_format(images, real, spec.path)
+        batch = to_real_format(torch.from_numpy(np.asarray(out, dtype=np.float32)).permute(0, 3, 1, 2) * 2 - 1, real, spec.path)
+        if writer is not None:
+            writer.add(batch.images, batch.labels)
+        else:
+            held.append(batch.images)
+    if writer is None:
+        images = torch.cat(held)
+        return ImageSet(images, torch.zeros(len(images), dtype=torch.long), real.num_classes, real.levels)
+    from synthdata.shards import open_shards
+
+    writer.close()
+    images, labels, _ = open_shards(storage)
+    return ImageSet(images, labels, real.num_classes, real.levels)

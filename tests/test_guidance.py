@@ -140,3 +140,22 @@ def test_learned_guide_pulls_samples_toward_the_real_data() -> None:
         return detectability(real.images[:half], images[:half], heldout.images[:half], images[half:], detector, seed=0).accuracy
 
     assert fresh(steered) < fresh(plain) - 0.1
+
+
+def test_guidance_on_sets_too_large_to_hold_reads_shards_per_step_and_trains_the_same_classifier(tmp_path) -> None:
+    """Unguided samples over `in_memory_mb` go to shards, the classifier reads both sets a step at a time: same weights."""
+    from synthdata.imagestore import LazyImages, TensorStore, is_lazy
+
+    g = torch.Generator().manual_seed(2)
+    n = 300
+    images = 0.25 + 0.2 * torch.randn((n, *SHAPE), generator=g)
+    real = ImageSet(images, torch.zeros(n, dtype=torch.long), 1, None)
+    lazy_real = ImageSet(LazyImages(TensorStore(images)), real.labels, 1, None)
+    spec = GuidanceSpec(scale=1.0, train_steps=60, batch_size=32, width=8, lr=3e-3, val_fraction=0.1)
+    held, info_held = with_guidance(AnalyticGenerator(-0.05, 0.2), spec, real, seed=0)
+    stored, info_stored = with_guidance(AnalyticGenerator(-0.05, 0.2), spec, lazy_real, seed=0,
+                                        storage=str(tmp_path / "unguided"), in_memory_mb=0.001)
+    assert (tmp_path / "unguided" / "manifest.json").is_file() and not is_lazy(real.images) and is_lazy(lazy_real.images)
+    assert info_held == info_stored
+    for (name, a), b in zip(held.classifier.state_dict().items(), stored.classifier.state_dict().values()):
+        assert torch.equal(a, b), name

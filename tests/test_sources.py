@@ -125,3 +125,14 @@ def test_a_diffusion_checkpoint_is_diffusers_format_and_samples_without_its_gene
     labels = class_balanced_labels(30, real.labels, 10, torch.Generator().manual_seed(stream_seed(1, Purpose.LABELS)))
     expected = quantize(generator.sample(labels, seed=stream_seed(1, Purpose.SAMPLES)), real.levels)
     assert torch.allclose(loaded.images, expected, atol=1e-6)
+
+
+def test_a_pipeline_source_too_large_to_hold_is_written_as_shards_with_the_same_images(tmp_path):
+    from synthdata.imagestore import as_tensor, is_lazy
+
+    real = load_digits_set()
+    spec = PipelineSource(type="pipeline", path=str(_tiny_pipeline(tmp_path / "ddpm")), size=20, sampling_steps=4, batch_size=8)
+    held = load_source(spec, real, seed=1)
+    stored = load_source(spec, real, seed=1, storage=str(tmp_path / "shards"), in_memory_mb=0.001)
+    assert not is_lazy(held.images) and is_lazy(stored.images) and (tmp_path / "shards" / "manifest.json").is_file()
+    assert torch.equal(held.images, as_tensor(stored.images)) and len(stored) == 20

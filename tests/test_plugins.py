@@ -9,7 +9,8 @@ import re
 
 import pytest
 import torch
-from helpers import REPO, tiny_study
+from docblocks import blocks, pages
+from helpers import tiny_study
 from mlflow.tracking import MlflowClient
 
 from synthdata.errors import SpecError
@@ -131,15 +132,15 @@ def test_detectability_in_one_call_on_tensors_and_folders(tmp_path):
     assert np.isclose(found.n_eval, 2 * round(200 * 0.3))
 
 
-def test_the_readme_example_runs(tmp_path, monkeypatch, local_ray):
-    """The README's "Bring your own generator" Python example, executed as written (in a temporary directory)."""
-    text = (REPO / "README.md").read_text()
-    section = text.split("## Bring your own generator", 1)[1].split("\n## ", 1)[0]
-    code = next(block for block in re.findall(r"```python\n(.*?)```", section, re.S) if "synthdata.run(" in block)
+@pytest.mark.parametrize("block", [b for page in pages() for b in blocks(page, "python") if b.mark == "ray"],
+                         ids=lambda b: b.page.stem)
+def test_the_manuals_study_examples_run(block, tmp_path, monkeypatch, local_ray):
+    """Every Python example of the manual that runs a study (marked `<!-- test: ray -->`: the "your own generator"
+    one among them), executed as written in a temporary directory."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     namespace: dict = {}
-    exec(compile(code, "README.md", "exec"), namespace)
+    exec(compile(block.code, str(block.page), "exec"), namespace)
     assert not namespace["result"].failed and len(namespace["result"].table) > 0
 
 

@@ -84,42 +84,4 @@ def test_flat_params_are_dotted_strings():
     assert all(isinstance(v, str) for v in params.values())
 
 
-def test_the_readme_study_file_reference_is_every_key_with_its_default():
-    """The README's study-file block is the contract users write against: every key of every kind's spec is in it,
-    nothing else is, and each value shown is the spec's default (downstream and features list their own keys only;
-    the rest are as for detector)."""
-    import re
-
-    from pydantic import BaseModel
-
-    from synthdata.spec import DetectStudy, GuideStudy, LoopStudy, MixStudy
-
-    text = (REPO / "README.md").read_text().split("## The study file", 1)[1]
-    doc = yaml.safe_load(re.search(r"```yaml\n(.*?)```", text, re.S).group(1))
-    fields: dict = {}
-    for cls in (LoopStudy, MixStudy, DetectStudy, GuideStudy):
-        fields.update(cls.model_fields)
-    assert set(doc) == set(fields)
-    wrong: list[str] = []
-
-    def plain(value):
-        if hasattr(value, "model_dump"):
-            return value.model_dump(mode="json")
-        if isinstance(value, (tuple, list)):
-            return [plain(v) for v in value]
-        return str(value) if isinstance(value, Path) else value
-
-    def walk(path: str, shown, default) -> None:
-        if isinstance(default, BaseModel):
-            keys = set(type(default).model_fields)
-            if set(shown) - keys or (keys - set(shown) and path not in ("downstream", "features")):
-                wrong.append(f"{path}: README has {sorted(set(shown) - keys)} extra, {sorted(keys - set(shown))} missing")
-            for key in set(shown) & keys:
-                walk(f"{path}.{key}", shown[key], getattr(default, key))
-        elif shown != plain(default):
-            wrong.append(f"{path}: README says {shown!r}, the default is {plain(default)!r}")
-
-    for key, shown in doc.items():
-        if not fields[key].is_required():
-            walk(key, shown, fields[key].get_default(call_default_factory=True))
-    assert not wrong, wrong
+# The study-file reference (every key with its default) is written from the spec: tests/test_docs.py checks it.

@@ -67,7 +67,7 @@ def _broken_links(site: Path) -> list[str]:
 
 def test_the_site_builds_strict_and_every_internal_link_and_image_resolves(tmp_path):
     site = tmp_path / "site"
-    done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--quiet", "-d", str(site)], cwd=REPO,
+    done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(site)], cwd=REPO,
                           capture_output=True, text=True, env={**__import__("os").environ, "NO_MKDOCS_2_WARNING": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     assert (site / "reference" / "study-file" / "index.html").is_file()

@@ -31,7 +31,7 @@ from synthdata.data import ImageSet
 from synthdata.generators import ProgressFn, draw_samples
 from synthdata.generators.diffusion import Correction, DiffusionGenerator
 from synthdata.imagestore import as_tensor, is_lazy, take
-from synthdata.seeds import Purpose, Scope, stream_seed
+from synthdata.seeds import Purpose, Scope, per_image, stream_seed
 from synthdata.spec import GuidanceSpec
 
 
@@ -212,11 +212,12 @@ class GuidedGenerator:
     classifier: GuidingClassifier
     scale: float
 
-    def sample(self, labels: torch.Tensor, *, seed: int) -> torch.Tensor:
+    def sample(self, labels: torch.Tensor, *, seeds: torch.Tensor | None = None, seed: int | None = None) -> torch.Tensor:
+        """Guided samples, image i from seeds[i] (the same noise as the unguided generator's)."""
         correction = None
         if self.scale > 0:
             correction = detector_correction(self.classifier, self.generator.noise_scheduler.alphas_cumprod, self.scale)
-        return self.generator.sample(labels, seed=seed, correction=correction)
+        return self.generator.sample(labels, seeds=per_image(seeds, seed, len(labels)), correction=correction)
 
     def at(self, scale: float) -> "GuidedGenerator":
         """The same generator and classifier at another scale."""

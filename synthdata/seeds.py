@@ -8,9 +8,12 @@ a toy source its own sample of the truth.
 """
 from __future__ import annotations
 
+import inspect
 from enum import IntEnum
+from typing import Any
 
 import numpy as np
+import torch
 
 
 class Purpose(IntEnum):
@@ -40,12 +43,59 @@ class Scope(IntEnum):
     GUIDANCE = 200  # detector guidance of a generation: its unguided samples and its guiding classifier
 
 
-def chunk_seed(seed: int, chunk: int) -> int:
-    """The sampling seed of the chunk-th part of a large sample set (`synthdata.generators.draw_samples`): chunk 0
-    draws with `seed` itself, so a set of one chunk (every set that fits in a chunk) is drawn as it always was."""
-    if chunk == 0:
-        return seed
-    return int(np.random.SeedSequence([seed % 2**64, 1_000_003, chunk]).generate_state(1)[0] % 2**31)
+SEED_GROUP = 256  # images per seed for a generator whose `sample` takes one seed, not one per image
+
+_GOLDEN, _M1, _M2 = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+
+
+def _splitmix64(z: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):  # uint64 arithmetic wraps: that is the hash
+        z = z + _GOLDEN
+        z = (z ^ (z >> np.uint64(30))) * _M1
+        z = (z ^ (z >> np.uint64(27))) * _M2
+        return z ^ (z >> np.uint64(31))
+
+
+def image_seeds(seed: int, start: int, count: int) -> torch.Tensor:
+    """The seeds of images start .. start+count-1 of a sample set drawn with `seed` (int64, one per image).
+
+    Image i's seed depends on (seed, i) only, never on how the set is cut into batches or
+    workers (EDM2 draws each image from its own seed the same way), so a set drawn in one call,
+    in chunks or by many workers is the same set, image for image.
+    """
+    base = _splitmix64(np.array([seed % 2**64], dtype=np.uint64))
+    with np.errstate(over="ignore"):
+        z = _splitmix64(base + np.arange(start, start + count, dtype=np.uint64) * _GOLDEN)
+    return torch.from_numpy((z >> np.uint64(1)).astype(np.int64))  # 63 bits: a valid torch seed
+
+
+def per_image(seeds: torch.Tensor | None, seed: int | None, n: int) -> torch.Tensor:
+    """The per-image seeds of a `Generator.sample` call: `seeds` as given, else those of a set drawn with `seed`."""
+    if seeds is not None:
+        if len(seeds) != n:
+            raise ValueError(f"sample: {len(seeds)} seeds for {n} labels")
+        return torch.as_tensor(seeds, dtype=torch.long)
+    if seed is None:
+        raise TypeError("sample: give seeds (one per image) or seed")
+    return image_seeds(seed, 0, n)
+
+
+def stacked_randn(seeds: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Standard normal noise (len(seeds), *shape), row i drawn from seeds[i] alone (on the CPU: the same on any device)."""
+    out = torch.empty((len(seeds), *shape), dtype=dtype)
+    g = torch.Generator()
+    for i, s in enumerate(seeds.tolist()):
+        g.manual_seed(s)
+        out[i] = torch.randn(shape, generator=g, dtype=dtype)
+    return out
+
+
+def takes_image_seeds(generator: Any) -> bool:
+    """Whether a generator's `sample` takes `seeds` (one per image); a plug-in's may take only `seed`."""
+    try:
+        return "seeds" in inspect.signature(generator.sample).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def stream_seed(seed: int, purpose: Purpose, generation: int = 0, scope: Scope = Scope.ARM) -> int:

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from synthdata.data import ImageSet, quantize, read_image_folder
 from synthdata.errors import DataError
 from synthdata.imagestore import Images, is_lazy, map_images
-from synthdata.seeds import Purpose, stream_seed
+from synthdata.seeds import Purpose, image_seeds, stream_seed
 from synthdata.spec import CheckpointSource, PipelineSource, SourceSpec
 
 
@@ -120,11 +120,13 @@ def _from_pipeline(spec: PipelineSource, real: ImageSet, *, seed: int, device: s
         from synthdata.shards import ShardWriter
 
         writer = ShardWriter(storage, real.shape, real.levels, real.num_classes)
-    g = torch.Generator(device="cpu").manual_seed(stream_seed(seed, Purpose.SAMPLES))
+    seeds = image_seeds(stream_seed(seed, Purpose.SAMPLES), 0, spec.size)
     held = []
     for start in range(0, spec.size, spec.batch_size):
         n = min(spec.batch_size, spec.size - start)
-        out = pipe(batch_size=n, generator=g, num_inference_steps=spec.sampling_steps, output_type="np").images  # (n, H, W, C) in [0, 1]
+        # A generator per image: diffusers then draws each image's noise (every step's) from its own seed alone.
+        generators = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds[start : start + n]]
+        out = pipe(batch_size=n, generator=generators, num_inference_steps=spec.sampling_steps, output_type="np").images  # (n, H, W, C) in [0, 1]
         batch = to_real_format(torch.from_numpy(np.asarray(out, dtype=np.float32)).permute(0, 3, 1, 2) * 2 - 1, real, spec.path)
         if writer is not None:
             writer.add(batch.images, batch.labels)

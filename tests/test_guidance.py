@@ -16,6 +16,7 @@ from diffusers import DDIMScheduler, DDPMScheduler
 from synthdata.data import ImageSet
 from synthdata.generators.diffusion import ddim_sample
 from synthdata.guidance import GuidedGenerator, detector_correction, guiding_verdict, with_guidance
+from synthdata.seeds import per_image, stacked_randn
 from synthdata.spec import GuidanceSpec
 
 SHAPE = (1, 4, 4)
@@ -100,8 +101,8 @@ class AnalyticGenerator:
     def sampler(self) -> DDIMScheduler:
         return _schedulers(self.steps)[1]
 
-    def sample(self, labels: torch.Tensor, *, seed: int, correction=None) -> torch.Tensor:
-        x = torch.randn((len(labels), *SHAPE), generator=torch.Generator().manual_seed(seed))
+    def sample(self, labels: torch.Tensor, *, seeds=None, seed=None, correction=None) -> torch.Tensor:
+        x = stacked_randn(per_image(seeds, seed, len(labels)), SHAPE)  # image i's noise from its own seed
         return ddim_sample(self.eps, self.sampler(), x, labels, correction=correction)
 
 

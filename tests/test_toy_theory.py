@@ -50,7 +50,16 @@ def test_replace_mean_variance_follows_the_closed_form(replace_runs):
     se = replace_runs.std(0, ddof=1) / np.sqrt(SEEDS)
     z = (mean - theory) / se
     assert np.all(np.abs(z) < 4), np.round(z, 2)
-    assert mean[-1] == pytest.approx(theory[-1], rel=0.25)
+    # The mean of a product of T chi-square factors is heavy-tailed (at T = 30 its standard error over 160 seeds
+    # is a third of the mean), so the sharp check is on the log: a sum of T i.i.d. terms, E log(chi2_{n-1} / n)
+    # = digamma((n-1)/2) + log 2 - log n each.
+    from scipy.special import digamma
+
+    logs = np.log(replace_runs)
+    log_theory = t * (digamma((N - 1) / 2) + np.log(2) - np.log(N))
+    z_log = (logs.mean(0) - log_theory) / (logs.std(0, ddof=1) / np.sqrt(SEEDS))
+    assert np.all(np.abs(z_log) < 4), np.round(z_log, 2)
+    assert logs.mean(0)[-1] == pytest.approx(log_theory[-1], abs=4 * logs.std(0, ddof=1)[-1] / np.sqrt(SEEDS))
 
 
 def test_seeds_replicate_the_real_draw_so_generation_one_matches_theory(replace_runs):

@@ -2,13 +2,14 @@
 
 The built-ins and plug-ins resolve through one registry (`synthdata.plugins`). Every
 generator follows the `Generator` protocol below: `fit(data, seed=..., progress=...)`
-trains it from scratch on an ImageSet, `sample(labels, seed=...)` returns images in
-[-1, 1] for the given class labels, and its state goes to and from tensors.
+trains it from scratch on an ImageSet, `sample(labels, seeds=...)` returns images in
+[-1, 1] for the given class labels (image i drawn from seeds[i] alone), and its state goes
+to and from tensors.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Callable, Iterator, Protocol
 
 import torch
 
@@ -39,8 +40,14 @@ class Generator(Protocol):
     def fit(self, data: ImageSet, *, seed: int, progress: ProgressFn | None = None) -> dict[str, float]:
         """Train from scratch; return summary figures (final loss, ...). Raise `Collapsed` when the fit is singular."""
 
-    def sample(self, labels: torch.Tensor, *, seed: int) -> torch.Tensor:
-        """Images (N, C, H, W) in [-1, 1], one per label."""
+    def sample(self, labels: torch.Tensor, *, seeds: torch.Tensor) -> torch.Tensor:
+        """Images (N, C, H, W) in [-1, 1], one per label, image i drawn from `seeds[i]` (int64) alone.
+
+        Per-image seeds make a sample set the same image for image however it is batched or
+        spread over workers (`synthdata.seeds.stacked_randn` draws such noise). A plug-in whose
+        `sample` takes `seed: int` instead still works: it is called once per group of
+        `synthdata.seeds.SEED_GROUP` images, each group with its first image's seed.
+        """
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Tensors that restore the fitted generator (saved as safetensors)."""
@@ -75,23 +82,48 @@ def sample_chunk(shape: tuple[int, int, int]) -> int:
     return max(1, SAMPLE_CHUNK_BYTES // (4 * int(torch.tensor(shape).prod())))
 
 
+def sample_images(generator: Generator, labels: torch.Tensor, seeds: torch.Tensor, shape: tuple[int, int, int],
+                  levels: int | None, context: str = "generator diverged") -> Iterator[torch.Tensor]:
+    """The images (of `shape`) for `labels`, image i from `seeds[i]`, quantized to `levels`: `sample_chunk` at a time.
+
+    A generator that takes only `seed` is called per fixed group of `SEED_GROUP` images (the
+    group's first seed), so its images too do not depend on the chunk size. Non-finite samples
+    raise FloatingPointError: a generator that blew up (temperature > 1 compounds every
+    generation of a loop) must stop there, not poison later metrics.
+    """
+    from synthdata.data import quantize
+    from synthdata.seeds import SEED_GROUP, takes_image_seeds
+
+    per_image = takes_image_seeds(generator)
+    step = sample_chunk(shape) if per_image else max(1, sample_chunk(shape) // SEED_GROUP) * SEED_GROUP
+    for first in range(0, len(labels), step):
+        y, s = labels[first : first + step], seeds[first : first + step]
+        if per_image:
+            images = generator.sample(y, seeds=s)
+        else:  # groups start at multiples of SEED_GROUP of the whole set (`step` is a multiple of it)
+            images = torch.cat([generator.sample(yg, seed=int(sg[0])) for yg, sg in zip(y.split(SEED_GROUP), s.split(SEED_GROUP))])
+        images = quantize(images, levels)
+        if not torch.isfinite(images).all():
+            raise FloatingPointError(f"{context}: its samples are not finite")
+        yield images
+
+
 def draw_samples(generator: Generator, n: int, real: ImageSet, *, label_seed: int, sample_seed: int,
                  context: str = "generator diverged", storage: str | None = None, in_memory_mb: float | None = None) -> ImageSet:
     """`n` samples with the real set's class balance, quantized to its intensity levels (as saving them would).
 
-    The generator is asked for `sample_chunk` images at a time (chunk k drawn with
-    `chunk_seed(sample_seed, k)`: a set of one chunk is drawn with `sample_seed` itself).
+    Image i is drawn from its own seed (`image_seeds(sample_seed, i)`) for the i-th of the
+    set's class-balanced labels (`label_seed`), so the set does not depend on how many images
+    are drawn per call, on the generator's batch size or on the number of workers drawing it.
     When `storage` is given and the set is larger than `in_memory_mb` as float32, each chunk
     is written there as uint8 shards as it is drawn (`synthdata.shards`) and the set comes
     back as a lazy view of them; otherwise it is held in memory.
-
-    Non-finite samples raise FloatingPointError: a generator that blew up (temperature > 1
-    compounds every generation of a loop) must stop there, not poison later metrics.
     """
-    from synthdata.data import class_balanced_labels, quantize
-    from synthdata.seeds import chunk_seed
+    from synthdata.data import class_balanced_labels
+    from synthdata.seeds import image_seeds
 
     labels = class_balanced_labels(n, real.labels, real.num_classes, torch.Generator().manual_seed(label_seed))
+    seeds = image_seeds(sample_seed, 0, n)
     shape = real.shape
     large = storage is not None and in_memory_mb is not None and n * 4 * int(torch.tensor(shape).prod()) > in_memory_mb * 2**20
     writer = None
@@ -99,17 +131,16 @@ def draw_samples(generator: Generator, n: int, real: ImageSet, *, label_seed: in
         from synthdata.shards import ShardWriter
 
         writer = ShardWriter(storage, shape, real.levels, real.num_classes)
-    held = []
-    for k, chunk in enumerate(labels.split(sample_chunk(shape)) or (labels,)):
-        images = quantize(generator.sample(chunk, seed=chunk_seed(sample_seed, k)), real.levels)
-        if not torch.isfinite(images).all():
-            raise FloatingPointError(f"{context}: its samples are not finite")
+    held, done = [], 0
+    for images in sample_images(generator, labels, seeds, shape, real.levels, context):
         if writer is not None:
-            writer.add(images, chunk)
+            writer.add(images, labels[done : done + len(images)])
         else:
             held.append(images)
+        done += len(images)
     if writer is None:
-        return ImageSet(torch.cat(held) if len(held) != 1 else held[0], labels, real.num_classes, real.levels)
+        images = torch.cat(held) if len(held) != 1 else held[0] if held else torch.zeros((0, *shape))
+        return ImageSet(images, labels, real.num_classes, real.levels)
     from synthdata.shards import open_shards
 
     writer.close()

@@ -21,6 +21,7 @@ from synthdata.compute import autocast
 from synthdata.data import ImageSet
 from synthdata.generators import ProgressFn
 from synthdata.imagestore import take
+from synthdata.seeds import per_image, stacked_randn
 from synthdata.spec import DiffusionSpec
 
 
@@ -150,18 +151,21 @@ class DiffusionGenerator:
         scheduler.set_timesteps(self.spec.sampling_steps)
         return scheduler
 
-    def sample(self, labels: torch.Tensor, *, seed: int, correction: Correction | None = None) -> torch.Tensor:
+    def sample(self, labels: torch.Tensor, *, seeds: torch.Tensor | None = None, seed: int | None = None,
+               correction: Correction | None = None) -> torch.Tensor:
         """Deterministic DDIM (eta=0) in `sampling_steps` steps, in batches of `sample_batch_size`.
 
-        `correction(x, t, y)`, when given, is added to the noise prediction at every step
-        (detector guidance, see `synthdata.guidance`).
+        Image i starts from noise drawn from seeds[i] alone (or from the set's seeds under
+        `seed`), so the images do not depend on the batch size. `correction(x, t, y)`, when
+        given, is added to the noise prediction at every step (detector guidance, see
+        `synthdata.guidance`).
         """
-        g = torch.Generator().manual_seed(seed)
+        seeds = per_image(seeds, seed, len(labels))
         scheduler = self.sampler()
         out = []
-        for chunk in labels.split(self.spec.sample_batch_size):
+        for chunk, chunk_seeds in zip(labels.split(self.spec.sample_batch_size), seeds.split(self.spec.sample_batch_size)):
             y = chunk.to(self.device)
-            x = torch.randn((len(chunk), *self.shape), generator=g).to(self.device)
+            x = stacked_randn(chunk_seeds, self.shape).to(self.device)
             out.append(ddim_sample(self._eps, scheduler, x, y, correction=correction).cpu())
         return torch.cat(out)
 

@@ -13,6 +13,7 @@ import torch
 
 from synthdata.data import ImageSet
 from synthdata.generators import Collapsed, ProgressFn
+from synthdata.seeds import per_image, stacked_randn
 from synthdata.spec import GaussianSpec, GMMSpec
 
 
@@ -65,10 +66,10 @@ class GaussianGenerator:
         """Per-class mean (K, D) and covariance (K, D, D) of what `sample` draws from."""
         return self.means, self.covs * self.spec.temperature
 
-    def sample(self, labels: torch.Tensor, *, seed: int) -> torch.Tensor:
+    def sample(self, labels: torch.Tensor, *, seeds: torch.Tensor | None = None, seed: int | None = None) -> torch.Tensor:
+        """One draw per label, image i's noise from seeds[i] (or from the set's seeds under `seed`)."""
         assert self.means is not None, "fit() first"
-        g = torch.Generator().manual_seed(seed)
-        z = torch.randn(len(labels), self.means.shape[1], generator=g, dtype=torch.float64)
+        z = stacked_randn(per_image(seeds, seed, len(labels)), (self.means.shape[1],), torch.float64)
         if self._chols is None:
             self._chols = _cholesky(self.covs * self.spec.temperature)
         chols = self._chols
@@ -132,14 +133,20 @@ class GMMGenerator:
             covs.append(c)
         return torch.stack(means), torch.stack(covs)
 
-    def sample(self, labels: torch.Tensor, *, seed: int) -> torch.Tensor:
-        g = torch.Generator().manual_seed(seed)
+    def sample(self, labels: torch.Tensor, *, seeds: torch.Tensor | None = None, seed: int | None = None) -> torch.Tensor:
+        """One draw per label: image i's component and noise from seeds[i] (or from the set's seeds under `seed`)."""
+        seeds = per_image(seeds, seed, len(labels))
         d = self.means[0].shape[1]
         out = torch.empty(len(labels), d, dtype=torch.float64)
+        g = torch.Generator()
         for k in labels.unique().tolist():
             idx = torch.nonzero(labels == k).flatten()
-            comp = torch.multinomial(self.weights[k], len(idx), replacement=True, generator=g)
-            z = torch.randn(len(idx), d, generator=g, dtype=torch.float64)
+            comp = torch.empty(len(idx), dtype=torch.long)
+            z = torch.empty(len(idx), d, dtype=torch.float64)
+            for j, s in enumerate(seeds[idx].tolist()):  # each image's component, then its noise, from its own stream
+                g.manual_seed(s)
+                comp[j] = torch.multinomial(self.weights[k], 1, generator=g)[0]
+                z[j] = torch.randn(d, generator=g, dtype=torch.float64)
             chols = _cholesky(self.covs[k] * self.spec.temperature, f"class {k}'s component")
             out[idx] = self.means[k][comp] + torch.einsum("nij,nj->ni", chols[comp], z)
         return out.float().reshape(len(labels), *self.shape)

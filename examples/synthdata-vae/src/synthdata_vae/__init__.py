@@ -4,7 +4,7 @@ It uses nothing of synthdata but the interface every generator follows: built as
 `ConditionalVAE(shape=(C, H, W), num_classes=K, device=..., **params)`, then
 `fit(data, seed=..., progress=..., init=...)` on an image set (`len(data)`, `.labels` (N,), and
 `data.take(index)`: those images as (n, C, H, W) floats in [-1, 1], read from disk when the set is
-too large to hold), `sample(labels, seed=...)`, and `state_dict` / `load_state_dict`.
+too large to hold), `sample(labels, seeds=...)` (one seed per image), and `state_dict` / `load_state_dict`.
 """
 from __future__ import annotations
 
@@ -79,9 +79,21 @@ class ConditionalVAE:
         return {"final_loss": loss_value}
 
     @torch.no_grad()
-    def sample(self, labels: torch.Tensor, *, seed: int) -> torch.Tensor:
-        """One image per label, (N, C, H, W) in [-1, 1]: z ~ N(0, I) from `seed`, decoded."""
-        z = torch.randn(len(labels), self.latent, generator=torch.Generator().manual_seed(seed)).to(self.device)
+    def sample(self, labels: torch.Tensor, *, seeds: torch.Tensor | None = None, seed: int | None = None) -> torch.Tensor:
+        """One image per label, (N, C, H, W) in [-1, 1]: image i's z ~ N(0, I) from seeds[i] alone, decoded.
+
+        synthdata passes `seeds` (one per image), so the images do not depend on how a set is
+        batched or spread over workers; `seed` alone (calling it by hand) draws every z from one stream.
+        """
+        if seeds is not None:
+            z = torch.empty(len(labels), self.latent)
+            g = torch.Generator()
+            for i, s in enumerate(seeds.tolist()):
+                g.manual_seed(int(s))
+                z[i] = torch.randn(self.latent, generator=g)
+        else:
+            z = torch.randn(len(labels), self.latent, generator=torch.Generator().manual_seed(seed))
+        z = z.to(self.device)
         self.net.eval()
         out = self.net.decode(z, labels.to(self.device)).reshape(len(labels), *self.shape)
         self.net.train()

@@ -15,7 +15,7 @@ import hashlib
 import io
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -24,7 +24,8 @@ from synthdata.errors import DataError
 from synthdata.imagestore import ArrayStore, LazyImages
 
 MANIFEST = "manifest.json"
-SHARD_BYTES = 64 * 2**20  # uint8 bytes per shard file: a few seconds to upload, one read per many batches
+SHARD_BYTES = 16 * 2**20  # uint8 bytes per shard file: a second to upload, one read per many batches, and the unit
+# of work of sharded sampling (`synthdata.sampling`), so a set drawn by k workers has the shards of a set drawn by one
 
 
 def _fs(root: str) -> tuple[Any, str]:
@@ -110,14 +111,53 @@ def _npy(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def to_codes(images: torch.Tensor, levels: int | None) -> np.ndarray:
+    """Images in [-1, 1] (quantized to `levels` already) as stored: uint8 codes when `levels` <= 256, else float32."""
+    x = images.detach().cpu().float()
+    if levels is None or levels > 256:
+        return x.numpy().astype(np.float32)
+    return torch.round((x.clamp(-1, 1) + 1) * ((levels - 1) / 2)).to(torch.uint8).numpy()
+
+
+def images_per_shard(shape: Sequence[int], levels: int | None) -> int:
+    """Images per shard file for images of `shape` (uint8 codes when `levels` <= 256, else float32)."""
+    itemsize = 1 if levels is not None and levels <= 256 else 4
+    return max(1, SHARD_BYTES // (int(np.prod(shape)) * itemsize))
+
+
+def merge_parts(root: str, parts: Sequence[Manifest], labels: torch.Tensor) -> Manifest:
+    """One shard set of parts written side by side under `root` (each in its own folder, by several workers): the
+    manifest lists every part's shards in image order and the set's labels are written once. Parts laid out as one
+    writer would have cut the set give its very shards, digests and fingerprint."""
+    parts = sorted(parts, key=lambda m: m.shards[0]["start"] if m.shards else 0)
+    shards, offset = [], 0
+    for part in parts:
+        prefix = part.root.rstrip("/").rsplit("/", 1)[-1]
+        for s in part.shards:
+            shards.append({**s, "file": f"{prefix}/{s['file']}", "start": offset})
+            offset += s["count"]
+    if offset != len(labels):
+        raise ValueError(f"merge_parts: the parts hold {offset} images, the labels {len(labels)}")
+    fs, path = _fs(root)
+    data = _npy(labels.cpu().long().numpy())
+    with fs.open(join(path, "labels.npy"), "wb") as f:
+        f.write(data)
+    first = parts[0]
+    manifest = Manifest(str(root), offset, first.shape, first.levels, first.num_classes, first.dtype, shards, _digest(data))
+    with fs.open(join(path, MANIFEST), "w") as f:
+        json.dump(manifest.to_json(), f, indent=1)
+    return manifest
+
+
 class ShardWriter:
     """Writes a sample set a chunk at a time: `add(images, labels)` as they are drawn, then `close()` -> Manifest."""
 
-    def __init__(self, root: str, shape: tuple[int, int, int], levels: int | None, num_classes: int) -> None:
+    def __init__(self, root: str, shape: tuple[int, int, int], levels: int | None, num_classes: int, *,
+                 start: int = 0, per_shard: int | None = None) -> None:
         self.root, self.shape, self.levels, self.num_classes = str(root), tuple(shape), levels, num_classes
         self.dtype = "uint8" if levels is not None and levels <= 256 else "float32"
-        itemsize = 1 if self.dtype == "uint8" else 4
-        self.per_shard = max(1, SHARD_BYTES // (int(np.prod(shape)) * itemsize))
+        self.per_shard = per_shard or images_per_shard(shape, levels)
+        self.start = start  # the first image's index in the whole set: file names say where a part's images sit
         self.fs, self.path = _fs(self.root)
         self.fs.makedirs(self.path, exist_ok=True)
         self.pending: list[np.ndarray] = []
@@ -127,10 +167,7 @@ class ShardWriter:
         self.shards: list[dict] = []
 
     def _codes(self, images: torch.Tensor) -> np.ndarray:
-        x = images.detach().cpu().float()
-        if self.dtype == "float32":
-            return x.numpy().astype(np.float32)
-        return torch.round((x.clamp(-1, 1) + 1) * ((self.levels - 1) / 2)).to(torch.uint8).numpy()
+        return to_codes(images, self.levels)
 
     def add(self, images: torch.Tensor, labels: torch.Tensor) -> None:
         """Append images (n, C, H, W) in [-1, 1] (quantized to the set's levels already) and their labels."""
@@ -144,11 +181,12 @@ class ShardWriter:
         block = np.concatenate(self.pending) if len(self.pending) > 1 else self.pending[0]
         shard, rest = block[:n], block[n:]
         self.pending = [rest] if len(rest) else []
-        name = f"images_{self.written:08d}-{self.written + len(shard) - 1:08d}.npy"
+        first = self.start + self.written
+        name = f"images_{first:08d}-{first + len(shard) - 1:08d}.npy"
         data = _npy(np.ascontiguousarray(shard))
         with self.fs.open(join(self.path, name), "wb") as f:
             f.write(data)
-        self.shards.append({"file": name, "start": self.written, "count": len(shard), "digest": _digest(data)})
+        self.shards.append({"file": name, "start": first, "count": len(shard), "digest": _digest(data)})
         self.written += len(shard)
 
     def close(self) -> Manifest:

@@ -1,0 +1,126 @@
+"""A sample set drawn by several Ray workers at once, the same set image for image as one process draws.
+
+Every image has its own seed (`synthdata.seeds.image_seeds`), so the set can be cut anywhere:
+it is cut into work items of one shard each (`synthdata.shards.images_per_shard`), and a pool
+of `workers` Ray actors (each holding the fitted generator, one GPU each where a study asks for
+GPUs) draws the items in whatever order they come. Identity lives in the items' first indices
+and in the shard file names, never in the order results arrive. A set too large to hold is
+written by the workers as shards side by side under its storage folder and merged into one
+manifest (the very shards one writer would have written: same digests, same fingerprint);
+a smaller one comes back as uint8 codes and is assembled in memory.
+
+A pool of actors (`ray.util.ActorPool`) rather than Ray Data: the work is a list of index
+ranges, each drawn once by a stateful worker, and Ray Data's row order, which it does not
+keep by default, is not needed when every item names its own range.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from synthdata.data import ImageSet, class_balanced_labels
+from synthdata.seeds import SEED_GROUP, image_seeds
+from synthdata.shards import join
+from synthdata.spec import GeneratorSpec
+
+
+class SamplingWorker:
+    """A Ray actor holding one generator: `load` a fitted state, then `draw` index ranges of a sample set."""
+
+    def __init__(self, spec: GeneratorSpec, shape: tuple[int, int, int], num_classes: int, threads: int = 1,
+                 device: str = "cpu") -> None:
+        from synthdata.generators import create_generator
+
+        torch.set_num_threads(max(1, int(threads)))
+        self.shape = tuple(shape)
+        self.generator = create_generator(spec, shape, num_classes, device)
+
+    def load(self, state: dict[str, torch.Tensor]) -> None:
+        self.generator.load_state_dict(state)
+
+    def draw(self, labels: torch.Tensor, seeds: torch.Tensor, start: int, levels: int | None, num_classes: int,
+             root: str | None, context: str) -> tuple[int, Any]:
+        """Images start .. start+len(labels)-1: a part's manifest when written under `root`, else their codes."""
+        from synthdata.generators import sample_images
+        from synthdata.shards import ShardWriter, to_codes
+
+        images = torch.cat(list(sample_images(self.generator, labels, seeds, self.shape, levels, context)))
+        if root is None:
+            return start, to_codes(images, levels)
+        writer = ShardWriter(root, self.shape, levels, num_classes, start=start, per_shard=len(labels))
+        writer.add(images, labels)
+        return start, writer.close()
+
+
+class SamplingPool:
+    """`workers` Ray actors for one generator (of `spec`, for images of `shape`): started once (an arm's), then
+    `draw` a fitted state's sample sets as often as needed (every generation), `close` at the end."""
+
+    def __init__(self, spec: GeneratorSpec, shape: tuple[int, int, int], num_classes: int, workers: int, *,
+                 cpus_per_worker: float = 1, gpus_per_worker: float = 0) -> None:
+        import ray
+
+        actor = ray.remote(SamplingWorker).options(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker)
+        device = "cuda" if gpus_per_worker > 0 else "cpu"
+        self.actors = [actor.remote(spec, shape, num_classes, max(1, int(cpus_per_worker)), device) for _ in range(max(1, workers))]
+
+    def draw(self, state: dict[str, torch.Tensor], n: int, real: ImageSet, *, label_seed: int, sample_seed: int,
+             storage: str | None = None, in_memory_mb: float | None = None, item_size: int | None = None,
+             context: str = "generator diverged", show: Any = None) -> ImageSet:
+        """`draw_samples` of the fitted `state`: the same images and labels, drawn by the pool.
+
+        `item_size` images per work item (default: a sixteenth of the set, at least SEED_GROUP
+        and at most a shard's worth: the same items for any number of workers, so the same
+        shards and fingerprint). A set larger than `in_memory_mb` as float32 goes to `storage`
+        as shards; the workers write them.
+        """
+        import ray
+        from ray.util import ActorPool
+
+        from synthdata.imagestore import codes_to_float
+        from synthdata.shards import images_per_shard, merge_parts, open_shards
+
+        shape, levels = real.shape, real.levels
+        labels = class_balanced_labels(n, real.labels, real.num_classes, torch.Generator().manual_seed(label_seed))
+        seeds = image_seeds(sample_seed, 0, n)
+        large = storage is not None and in_memory_mb is not None and n * 4 * int(np.prod(shape)) > in_memory_mb * 2**20
+        step = item_size or min(images_per_shard(shape, levels), max(SEED_GROUP, -(-n // 16)))
+        items = [(i, min(i + step, n)) for i in range(0, n, step)]
+        state_ref = ray.put(state)  # once in the object store, read by every worker
+        ray.get([a.load.remote(state_ref) for a in self.actors])
+        parts = {}
+        for start, part in ActorPool(self.actors).map_unordered(
+                lambda a, item: a.draw.remote(labels[item[0]:item[1]], seeds[item[0]:item[1]], item[0], levels,
+                                              real.num_classes, join(storage, f"part_{item[0]:09d}") if large else None,
+                                              context), items):
+            parts[start] = part
+            if show is not None:
+                show(len(parts) / len(items))
+        if large:
+            merge_parts(storage, list(parts.values()), labels)
+            images, stored_labels, _ = open_shards(storage)
+            return ImageSet(images, stored_labels, real.num_classes, levels)
+        if not items:
+            return ImageSet(torch.zeros((0, *shape)), labels, real.num_classes, levels)
+        codes = np.concatenate([parts[start] for start, _ in items])  # in index order, however they arrived (read-only)
+        return ImageSet(codes_to_float(codes, levels), labels, real.num_classes, levels)
+
+    def close(self) -> None:
+        import ray
+
+        for a in self.actors:
+            ray.kill(a)
+        self.actors = []
+
+
+def draw_sharded(spec: GeneratorSpec, state: dict[str, torch.Tensor], n: int, real: ImageSet, *, workers: int,
+                 cpus_per_worker: float = 1, gpus_per_worker: float = 0, **draw: Any) -> ImageSet:
+    """One sample set of a fitted generator by a pool of `workers` started for it (`SamplingPool.draw`'s keywords)."""
+    pool = SamplingPool(spec, real.shape, real.num_classes, workers, cpus_per_worker=cpus_per_worker,
+                        gpus_per_worker=gpus_per_worker)
+    try:
+        return pool.draw(state, n, real, **draw)
+    finally:
+        pool.close()

@@ -42,7 +42,6 @@ def main() -> None:
     spec = quickstart_generator().model_copy(update={"train_steps": 20})
     generator = create_generator(spec, real.shape, real.num_classes, args.device)
     generator.fit(real, seed=0)
-    state = generator.state_dict()
     kw = dict(label_seed=1, sample_seed=2)
     ray.init(num_cpus=2, num_gpus=1 if args.device == "cuda" else 0, include_dashboard=False, logging_level="ERROR")
     gpus = 0.5 if args.device == "cuda" else 0
@@ -56,13 +55,14 @@ def main() -> None:
 
     rows = [row("in this process, 1 thread", lambda: draw_samples(generator, args.n, real, **kw))]
     started = {}
-    for workers in (1, 2):
+    for workers, local, name in ((1, False, "1 worker"), (2, False, "2 workers"),
+                                 (2, True, "this process + 1 worker (an arm with sampling_workers: 2)")):
         start = time.perf_counter()
-        pool = SamplingPool(spec, real.shape, real.num_classes, workers, gpus_per_worker=gpus)
-        pool.draw(state, 16, real, **kw)  # the actors' start-up and imports: once per arm, not per set
-        started[workers] = time.perf_counter() - start
-        rows.append(row(f"{workers} worker{'s' * (workers > 1)}, 1 thread each", lambda: pool.draw(
-            state, args.n, real, item_size=max(1, args.n // 16), **kw)))
+        pool = SamplingPool(spec, real.shape, real.num_classes, workers, gpus_per_worker=gpus, local=local)
+        pool.draw(generator, 16, real, **kw)  # the actors' start-up and imports: once per arm, not per set
+        started.setdefault(workers, time.perf_counter() - start)
+        rows.append(row(f"{name}, 1 thread each", lambda: pool.draw(
+            generator, args.n, real, item_size=max(1, args.n // 16), **kw)))
         pool.close()
     ray.shutdown()
     base, one = rows[0], rows[1]

@@ -43,33 +43,47 @@ class SamplingWorker:
     def draw(self, labels: torch.Tensor, seeds: torch.Tensor, start: int, levels: int | None, num_classes: int,
              root: str | None, context: str) -> tuple[int, Any]:
         """Images start .. start+len(labels)-1: a part's manifest when written under `root`, else their codes."""
-        from synthdata.generators import sample_images
-        from synthdata.shards import ShardWriter, to_codes
+        return _draw_item(self.generator, labels, seeds, start, self.shape, levels, num_classes, root, context)
 
-        images = torch.cat(list(sample_images(self.generator, labels, seeds, self.shape, levels, context)))
-        if root is None:
-            return start, to_codes(images, levels)
-        writer = ShardWriter(root, self.shape, levels, num_classes, start=start, per_shard=len(labels))
-        writer.add(images, labels)
-        return start, writer.close()
+
+def _draw_item(generator: Any, labels: torch.Tensor, seeds: torch.Tensor, start: int, shape: tuple[int, int, int],
+               levels: int | None, num_classes: int, root: str | None, context: str) -> tuple[int, Any]:
+    """One work item, images start .. start+len(labels)-1: a part's manifest when written under `root`, else codes."""
+    from synthdata.generators import sample_images
+    from synthdata.shards import ShardWriter, to_codes
+
+    images = torch.cat(list(sample_images(generator, labels, seeds, shape, levels, context)))
+    if root is None:
+        return start, to_codes(images, levels)
+    writer = ShardWriter(root, shape, levels, num_classes, start=start, per_shard=len(labels))
+    writer.add(images, labels)
+    return start, writer.close()
 
 
 class SamplingPool:
-    """`workers` Ray actors for one generator (of `spec`, for images of `shape`): started once (an arm's), then
-    `draw` a fitted state's sample sets as often as needed (every generation), `close` at the end."""
+    """Ray actors for one generator (of `spec`, for images of `shape`): started once (an arm's), then `draw` a fitted
+    generator's sample sets as often as needed (every generation), `close` at the end.
+
+    With `local=True` the calling process is one of the `workers` (it draws items between
+    collecting the actors' results): an arm with `resources.sampling_workers: k` holds its own
+    CPUs and k - 1 workers', never idles while they sample, and k = 1 is the plain in-process
+    draw.
+    """
 
     def __init__(self, spec: GeneratorSpec, shape: tuple[int, int, int], num_classes: int, workers: int, *,
-                 cpus_per_worker: float = 1, gpus_per_worker: float = 0) -> None:
+                 cpus_per_worker: float = 1, gpus_per_worker: float = 0, local: bool = False) -> None:
         import ray
 
+        self.local = local
         actor = ray.remote(SamplingWorker).options(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker)
         device = "cuda" if gpus_per_worker > 0 else "cpu"
-        self.actors = [actor.remote(spec, shape, num_classes, max(1, int(cpus_per_worker)), device) for _ in range(max(1, workers))]
+        count = max(0 if local else 1, workers - (1 if local else 0))
+        self.actors = [actor.remote(spec, shape, num_classes, max(1, int(cpus_per_worker)), device) for _ in range(count)]
 
-    def draw(self, state: dict[str, torch.Tensor], n: int, real: ImageSet, *, label_seed: int, sample_seed: int,
+    def draw(self, generator: Any, n: int, real: ImageSet, *, label_seed: int, sample_seed: int,
              storage: str | None = None, in_memory_mb: float | None = None, item_size: int | None = None,
              context: str = "generator diverged", show: Any = None) -> ImageSet:
-        """`draw_samples` of the fitted `state`: the same images and labels, drawn by the pool.
+        """`draw_samples` of the fitted `generator` (its `state_dict()` goes to the actors): the same images and labels.
 
         `item_size` images per work item (default: a sixteenth of the set, at least SEED_GROUP
         and at most a shard's worth: the same items for any number of workers, so the same
@@ -77,35 +91,52 @@ class SamplingPool:
         as shards; the workers write them.
         """
         import ray
-        from ray.util import ActorPool
 
         from synthdata.imagestore import codes_to_float
         from synthdata.shards import images_per_shard, merge_parts, open_shards
 
-        shape, levels = real.shape, real.levels
-        labels = class_balanced_labels(n, real.labels, real.num_classes, torch.Generator().manual_seed(label_seed))
+        shape, levels, k = real.shape, real.levels, real.num_classes
+        labels = class_balanced_labels(n, real.labels, k, torch.Generator().manual_seed(label_seed))
         seeds = image_seeds(sample_seed, 0, n)
         large = storage is not None and in_memory_mb is not None and n * 4 * int(np.prod(shape)) > in_memory_mb * 2**20
         step = item_size or min(images_per_shard(shape, levels), max(SEED_GROUP, -(-n // 16)))
-        items = [(i, min(i + step, n)) for i in range(0, n, step)]
-        state_ref = ray.put(state)  # once in the object store, read by every worker
-        ray.get([a.load.remote(state_ref) for a in self.actors])
-        parts = {}
-        for start, part in ActorPool(self.actors).map_unordered(
-                lambda a, item: a.draw.remote(labels[item[0]:item[1]], seeds[item[0]:item[1]], item[0], levels,
-                                              real.num_classes, join(storage, f"part_{item[0]:09d}") if large else None,
-                                              context), items):
-            parts[start] = part
+        todo = [(i, min(i + step, n)) for i in range(0, n, step)]
+        if self.actors:
+            state_ref = ray.put({key: v.detach().cpu() for key, v in generator.state_dict().items()})  # once, read by all
+            ray.get([a.load.remote(state_ref) for a in self.actors])
+
+        def root(a: int) -> str | None:
+            return join(storage, f"part_{a:09d}") if large else None
+
+        parts: dict[int, Any] = {}
+        running: dict[Any, Any] = {}
+        idle = list(self.actors)
+        while todo or running:
+            while idle and todo:  # every idle actor gets the next item
+                a, b = todo.pop(0)
+                actor = idle.pop()
+                running[actor.draw.remote(labels[a:b], seeds[a:b], a, levels, k, root(a), context)] = actor
+            if self.local and todo:  # then this process draws one, and collects whatever finished meanwhile
+                a, b = todo.pop(0)
+                start, part = _draw_item(generator, labels[a:b], seeds[a:b], a, shape, levels, k, root(a), context)
+                parts[start] = part
+                finished = ray.wait(list(running), num_returns=len(running), timeout=0)[0] if running else []
+            else:
+                finished = ray.wait(list(running), num_returns=1)[0]
+            for ref in finished:
+                start, part = ray.get(ref)
+                parts[start] = part
+                idle.append(running.pop(ref))
             if show is not None:
-                show(len(parts) / len(items))
+                show(len(parts) / -(-n // step))
         if large:
             merge_parts(storage, list(parts.values()), labels)
             images, stored_labels, _ = open_shards(storage)
-            return ImageSet(images, stored_labels, real.num_classes, levels)
-        if not items:
-            return ImageSet(torch.zeros((0, *shape)), labels, real.num_classes, levels)
-        codes = np.concatenate([parts[start] for start, _ in items])  # in index order, however they arrived (read-only)
-        return ImageSet(codes_to_float(codes, levels), labels, real.num_classes, levels)
+            return ImageSet(images, stored_labels, k, levels)
+        if not parts:
+            return ImageSet(torch.zeros((0, *shape)), labels, k, levels)
+        codes = np.concatenate([parts[start] for start in sorted(parts)])  # in index order, however they arrived
+        return ImageSet(codes_to_float(codes, levels), labels, k, levels)
 
     def close(self) -> None:
         import ray
@@ -115,12 +146,13 @@ class SamplingPool:
         self.actors = []
 
 
-def draw_sharded(spec: GeneratorSpec, state: dict[str, torch.Tensor], n: int, real: ImageSet, *, workers: int,
+def draw_sharded(spec: GeneratorSpec, generator: Any, n: int, real: ImageSet, *, workers: int, local: bool = False,
                  cpus_per_worker: float = 1, gpus_per_worker: float = 0, **draw: Any) -> ImageSet:
-    """One sample set of a fitted generator by a pool of `workers` started for it (`SamplingPool.draw`'s keywords)."""
+    """One sample set of a fitted generator (built from `spec`) by a pool of `workers` started for it
+    (`SamplingPool.draw`'s keywords; `local`: this process is one of them)."""
     pool = SamplingPool(spec, real.shape, real.num_classes, workers, cpus_per_worker=cpus_per_worker,
-                        gpus_per_worker=gpus_per_worker)
+                        gpus_per_worker=gpus_per_worker, local=local)
     try:
-        return pool.draw(state, n, real, **draw)
+        return pool.draw(generator, n, real, **draw)
     finally:
         pool.close()

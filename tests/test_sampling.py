@@ -29,10 +29,10 @@ def test_one_or_two_sampling_workers_draw_the_set_one_process_draws(local_ray, f
     kw = dict(label_seed=3, sample_seed=4)
     n, item = 700, 64
     alone = draw_samples(generator, n, real, **kw)
-    for workers in (1, 2):
-        held = draw_sharded(spec, generator.state_dict(), n, real, workers=workers, item_size=item, **kw)
+    for workers, local in ((1, False), (2, False), (2, True), (3, True)):  # local: this process is one of the workers
+        held = draw_sharded(spec, generator, n, real, workers=workers, local=local, item_size=item, **kw)
         assert not is_lazy(held.images)
-        assert torch.equal(held.images, alone.images) and torch.equal(held.labels, alone.labels), workers
+        assert torch.equal(held.images, alone.images) and torch.equal(held.labels, alone.labels), (workers, local)
 
     # Written as shards: the workers write the parts, the manifest lists them in index order.
     monkeypatch.setattr(shards, "SHARD_BYTES", 64 * item)  # one writer's shards of `item` images (1x8x8 uint8 each)
@@ -40,7 +40,7 @@ def test_one_or_two_sampling_workers_draw_the_set_one_process_draws(local_ray, f
     prints = {open_shards(str(tmp_path / "one"))[2].fingerprint}
     for workers in (1, 2):
         root = tmp_path / f"w{workers}"
-        stored = draw_sharded(spec, generator.state_dict(), n, real, workers=workers, item_size=item, **kw,
+        stored = draw_sharded(spec, generator, n, real, workers=workers, local=workers == 2, item_size=item, **kw,
                               storage=str(root), in_memory_mb=0)
         assert is_lazy(stored.images) and torch.equal(as_tensor(stored.images), alone.images)
         assert torch.equal(stored.labels, alone.labels)

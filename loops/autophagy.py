@@ -177,51 +177,72 @@ def run_arm(
     n, n_eval = loop.samples_per_generation, len(splits.heldout)
     guidance = spec.guidance if spec.guidance.scale > 0 else None
     previous = resume.state if resume else None  # G_{t-1}'s weights, kept when generations warm-start
-    for t in range(first, loop.generations + 1):
-        train_set = build_training_set(
-            arm.loop_type, splits, history, real_fraction=loop.real_fraction,
-            generator=torch.Generator().manual_seed(seed_of(t, Purpose.FRESH)), fixed_order=fixed_order,
-        )
-        if t == 1:  # from the pretrained weights, if any; generation 1 always trains on the real data
-            init, steps = context.pretrained, loop.pretrained_steps
-        else:
-            init, steps = (previous if loop.init == "previous" else None), None
-        try:
-            generator, info = yield from _with_progress(
-                lambda report: fit_generator(spec.generator, train_set, seed=arm.seed, generation=t, device=device,
-                                             guidance=guidance, real=real, progress=report, init=init, train_steps=steps,
-                                             storage=context.sample_storage(arm.name, t, "guidance"),
-                                             in_memory_mb=spec.data.in_memory_mb),
-                arm.name, t)
-            metrics: dict[str, float] = {"train_set_size": float(len(train_set)), **info}
-            slow = metrics["time_fit_s"] > 1.0  # worth telling the driver about stages only when generations are slow
+    # More than one sampling worker: this arm and k - 1 actors in its placement group draw each generation's samples
+    # (the same images: per-image seeds). Started at the first sampling, stopped with the arm.
+    workers = spec.resources.sampling_workers if guidance is None else 1
+    pool = None
+
+    def draw(generator: Any, t: int) -> ImageSet:
+        nonlocal pool
+        kw = dict(label_seed=seed_of(t, Purpose.LABELS), sample_seed=seed_of(t, Purpose.SAMPLES),
+                  context=f"generator diverged at generation {t}", storage=context.sample_storage(arm.name, t),
+                  in_memory_mb=spec.data.in_memory_mb)
+        if workers == 1:
+            return draw_samples(generator, n + n_eval, real, **kw)
+        if pool is None:
+            from synthdata.sampling import SamplingPool
+
+            pool = SamplingPool(spec.generator, real.shape, real.num_classes, workers,
+                                gpus_per_worker=spec.resources.gpus_per_arm, local=True)
+        return pool.draw(generator, n + n_eval, real, **kw)
+
+    try:
+        for t in range(first, loop.generations + 1):
+            train_set = build_training_set(
+                arm.loop_type, splits, history, real_fraction=loop.real_fraction,
+                generator=torch.Generator().manual_seed(seed_of(t, Purpose.FRESH)), fixed_order=fixed_order,
+            )
+            if t == 1:  # from the pretrained weights, if any; generation 1 always trains on the real data
+                init, steps = context.pretrained, loop.pretrained_steps
+            else:
+                init, steps = (previous if loop.init == "previous" else None), None
+            try:
+                generator, info = yield from _with_progress(
+                    lambda report: fit_generator(spec.generator, train_set, seed=arm.seed, generation=t, device=device,
+                                                 guidance=guidance, real=real, progress=report, init=init, train_steps=steps,
+                                                 storage=context.sample_storage(arm.name, t, "guidance"),
+                                                 in_memory_mb=spec.data.in_memory_mb),
+                    arm.name, t)
+                metrics: dict[str, float] = {"train_set_size": float(len(train_set)), **info}
+                slow = metrics["time_fit_s"] > 1.0  # worth telling the driver about stages only when generations are slow
+                if slow:
+                    yield Progress(arm.name, t, "sampling")
+                start = time.perf_counter()
+                drawn = draw(generator, t)
+            except Collapsed as err:
+                if t == 1:
+                    raise ValueError(f"generation 1 (fitted on the real training set): {err}; "
+                                     "a loop needs a fit of the real data that is not singular (gaussian: generator.ridge above 0)") from err
+                yield Collapse(arm.name, t, str(err))
+                return
+            if loop.init == "previous":
+                previous = {k: v.detach().cpu() for k, v in generator.state_dict().items()}
+            metrics["time_sample_s"] = time.perf_counter() - start
+            samples = drawn.subset(torch.arange(n))
+            held_out_fakes = drawn.images[n:]  # never trained on, by the detector or the next generator
             if slow:
-                yield Progress(arm.name, t, "sampling")
+                yield Progress(arm.name, t, "metrics")
+
             start = time.perf_counter()
-            drawn = draw_samples(generator, n + n_eval, real, label_seed=seed_of(t, Purpose.LABELS),
-                                 sample_seed=seed_of(t, Purpose.SAMPLES), context=f"generator diverged at generation {t}",
-                                 storage=context.sample_storage(arm.name, t), in_memory_mb=spec.data.in_memory_mb)
-        except Collapsed as err:
-            if t == 1:
-                raise ValueError(f"generation 1 (fitted on the real training set): {err}; "
-                                 "a loop needs a fit of the real data that is not singular (gaussian: generator.ridge above 0)") from err
-            yield Collapse(arm.name, t, str(err))
-            return
-        if loop.init == "previous":
-            previous = {k: v.detach().cpu() for k, v in generator.state_dict().items()}
-        metrics["time_sample_s"] = time.perf_counter() - start
-        samples = drawn.subset(torch.arange(n))
-        held_out_fakes = drawn.images[n:]  # never trained on, by the detector or the next generator
-        if slow:
-            yield Progress(arm.name, t, "metrics")
+            metrics.update(measure_samples(spec, splits, context, samples, held_out_fakes, lambda p: seed_of(t, p), device))
+            if "toy" in spec.metrics and splits.truth is not None:
+                metrics.update(toy_metrics(splits.truth, *generator.moments()))
+            metrics["time_metrics_s"] = time.perf_counter() - start
 
-        start = time.perf_counter()
-        metrics.update(measure_samples(spec, splits, context, samples, held_out_fakes, lambda p: seed_of(t, p), device))
-        if "toy" in spec.metrics and splits.truth is not None:
-            metrics.update(toy_metrics(splits.truth, *generator.moments()))
-        metrics["time_metrics_s"] = time.perf_counter() - start
-
-        files = checkpoint_files(generator) if spec.tracking.checkpoints else None
-        yield GenerationResult(arm.name, t, metrics, grid_subset(samples.images, samples.labels), samples, files,
-                               previous if loop.init == "previous" else None)
-        history = history + [samples] if arm.loop_type == "accumulate" else [samples]
+            files = checkpoint_files(generator) if spec.tracking.checkpoints else None
+            yield GenerationResult(arm.name, t, metrics, grid_subset(samples.images, samples.labels), samples, files,
+                                   previous if loop.init == "previous" else None)
+            history = history + [samples] if arm.loop_type == "accumulate" else [samples]
+    finally:
+        if pool is not None:
+            pool.close()

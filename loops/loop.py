@@ -220,6 +220,7 @@ class _Driver:
         self.retries: dict[str, int] = {}
         self.streams: dict[Any, list[Arm]] = {}  # a running arm task -> the arms its events stand for (several: a shared prefix)
         self.pending: list = []
+        self.placement: dict = {}  # a running arm task -> the placement group it and its sampling workers hold
         # Each seed's real split and what is measured against it (the feature space trained on it), put once.
         pretrained = study.prepared.pretrained
         storage = study_storage(spec.tracking.storage, str(spec.tracking.report_dir), spec.name)  # samples too large to hold
@@ -235,13 +236,25 @@ class _Driver:
 
         res = self.spec.resources
         width = min(res.cpus_per_arm * len(group), widest_node_cpus()) if len(group) > 1 else res.cpus_per_arm
-        task = ray.remote(arm_task).options(num_cpus=width, num_gpus=res.gpus_per_arm, max_retries=0)
+        options: dict = {}
+        if res.sampling_workers > 1:  # the arm and its sampling workers, reserved together or not at all
+            from ray.util.placement_group import placement_group
+            from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+            gpu = {"GPU": res.gpus_per_arm} if res.gpus_per_arm else {}
+            bundles = [{"CPU": width, **gpu}] + [{"CPU": 1, **gpu} for _ in range(res.sampling_workers - 1)]
+            group_pg = placement_group(bundles, strategy="PACK")
+            options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
+                group_pg, placement_group_bundle_index=0, placement_group_capture_child_tasks=True)
+        task = ray.remote(arm_task).options(num_cpus=width, num_gpus=res.gpus_per_arm, max_retries=0, **options)
         # Ray's own task retries would rerun a dead arm from generation 0 and log its
         # generations twice; the driver restarts it instead, from its last finished generation.
         spec = prefix_spec(self.spec, width) if len(group) > 1 else self.spec
         splits_ref, context_ref = self.refs[group[0].seed]
         stream = task.remote(spec, splits_ref, group[0], context_ref, None if len(group) > 1 else state)
         self.streams[stream] = group
+        if options:
+            self.placement[stream] = group_pg
         self.pending.append(stream)
 
     def start(self) -> None:
@@ -331,6 +344,15 @@ class _Driver:
         self.study.results.append({**arm.row(t), COLLAPSED: float(t)})
         self.bars.collapsed(arm.name, t, f"{arm.name}: {note}; the arm ends FINISHED")
 
+    def release(self, stream) -> None:
+        """A stream that ended: no longer waited on, and its placement group (if any) handed back."""
+        self.pending.remove(stream)
+        group_pg = self.placement.pop(stream, None)
+        if group_pg is not None:
+            from ray.util.placement_group import remove_placement_group
+
+            remove_placement_group(group_pg)
+
     def run(self) -> None:
         import ray
 
@@ -344,15 +366,15 @@ class _Driver:
                     try:
                         events = ray.get(next(stream))
                     except StopIteration:
-                        self.pending.remove(stream)
+                        self.release(stream)
                         self.ended(group)
                         continue
                     except ray.exceptions.RayTaskError as err:  # the arm's own code raised: not worth retrying
-                        self.pending.remove(stream)
+                        self.release(stream)
                         self.fail(group, short_reason(err))
                         continue
                     except ray.exceptions.RayError as err:  # the worker or its node died
-                        self.pending.remove(stream)
+                        self.release(stream)
                         self.lost(group, err)
                         continue
                     self.log(group, events)

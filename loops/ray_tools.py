@@ -46,6 +46,20 @@ def refuse_before_start(resources: ResourcesSpec, address: str | None) -> None:
     most = local_cpus()
     if resources.cpus_per_arm > most:
         raise _too_wide("cpus_per_arm", resources.cpus_per_arm, most, "CPUs")
+    _check_sampling_workers(resources, most)
+
+
+def arm_cpus(resources: ResourcesSpec) -> float:
+    """The CPUs one arm holds: its own and its sampling workers' (1 each beyond the arm itself)."""
+    return resources.cpus_per_arm + (resources.sampling_workers - 1)
+
+
+def _check_sampling_workers(resources: ResourcesSpec, most: float) -> None:
+    if resources.sampling_workers > 1 and arm_cpus(resources) > most:
+        raise UserError(f"resources.sampling_workers: {resources.sampling_workers} workers per arm hold "
+                        f"{arm_cpus(resources):g} CPUs with cpus_per_arm {resources.cpus_per_arm:g} (the arm and "
+                        f"{resources.sampling_workers - 1} of 1 CPU), but this machine's Ray has {most:g}; set at most "
+                        f"{max(1, int(most - resources.cpus_per_arm + 1))}")
 
 
 def _too_wide(field: str, asked: float, most: float, what: str) -> UserError:
@@ -80,6 +94,8 @@ def check_resources(resources: ResourcesSpec, local: bool) -> None:
             raise _too_wide(field, asked, most, what)
         print(f"waiting: no node of the cluster has {asked:g} {what} for an arm yet (resources.{field}); "
               "the autoscaler may add one", file=sys.stderr, flush=True)
+    if local:  # a local Ray is one node: an arm's placement group must fit on it whole
+        _check_sampling_workers(resources, most_on_one_node("CPU"))
 
 
 class InfeasibleWatch:

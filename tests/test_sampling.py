@@ -51,3 +51,37 @@ def test_one_or_two_sampling_workers_draw_the_set_one_process_draws(local_ray, f
         assert len(list(root.glob("part_*"))) == -(-n // item)
     assert len(prints) == 1, prints  # one writer, one worker, two workers: the same shards
     assert torch.equal(as_tensor(one_writer.images), alone.images)
+
+
+def test_a_loop_arm_with_two_sampling_workers_measures_what_one_measures(local_ray, tracking_uri):
+    """sampling_workers: 2 on a 2-CPU Ray: each arm and one actor hold a placement group of 2 CPUs; the samples,
+    hence every metric of every generation, are those of the arm sampling alone."""
+    from loops.study import run_study
+    from synthdata.spec import parse_spec
+
+    def study(workers: int) -> dict:
+        return {"name": f"sampled_by_{workers}", "data": {"source": "gaussian"}, "metrics": ["toy"],
+                "generator": {"name": "gaussian", "covariance": "diag"},
+                "loop": {"types": ["replace", "accumulate"], "generations": 3, "samples_per_generation": 600},
+                "resources": {"cpus_per_arm": 1, "sampling_workers": workers}, "tracking": {"checkpoints": False}}
+
+    from ray.util import placement_group_table
+
+    before = set(placement_group_table())
+    tables = [run_study(parse_spec(study(k)), tracking_uri=tracking_uri, show_progress=False).table for k in (1, 2)]
+    made = [pg for key, pg in placement_group_table().items() if key not in before]
+    # One group per arm of the second study (the first asks for none): the arm's CPU and its worker's, handed back.
+    assert len(made) == 2 and all(len(pg["bundles"]) == 2 and pg["state"] == "REMOVED" for pg in made), made
+    cols = ["arm", "generation", "fitted_variance", "w2_to_truth"]
+    one, two = (t[cols].sort_values(["arm", "generation"]).reset_index(drop=True) for t in tables)
+    assert len(one) == 8 and one.equals(two), (one, two)
+
+
+def test_more_sampling_workers_than_the_machine_holds_are_refused(local_ray):
+    from loops.ray_tools import check_resources
+    from synthdata.errors import UserError
+    from synthdata.spec import ResourcesSpec
+
+    with pytest.raises(UserError, match=r"resources.sampling_workers: 3 workers per arm hold 3 CPUs .* has 2; set at most 2"):
+        check_resources(ResourcesSpec(cpus_per_arm=1, sampling_workers=3), local=True)
+    check_resources(ResourcesSpec(cpus_per_arm=1, sampling_workers=2), local=True)  # fits: no error

@@ -255,6 +255,12 @@ class TrackingSpec(Strict):
         10, ge=1, description="Which generations' checkpoints stay: every k-th (10, 20, ...) and always the latest; an "
         "accumulate arm also keeps every generation's samples (its later generations train on them). 1: every generation.")
     report_dir: Path = Field(Path("runs"), description="Figures and tables are also written to REPORT_DIR/<study name>/.")
+    outage_limit_s: float = Field(
+        600, gt=0, description="How long a tracking server may be away mid-study, in seconds. Meanwhile arms keep "
+        "computing and what the study cannot write (metrics, params, tags, artifacts and checkpoints, run ends) waits in "
+        "REPORT_DIR/<study name>/spool/, to be sent once, in order, when the server answers again; one line says when it "
+        "went and one when it is back. Past the limit the study stops (exit code 75, its runs left resumable), and "
+        "`synthdata run --resume` with the server back sends the spool first and continues.")
     storage: str | None = Field(
         None, description="Where sample sets too large to hold (over data.in_memory_mb) are written as uint8 shards: a "
         "directory or an fsspec URL (s3://bucket/path, gs://...; its package installed). Default: REPORT_DIR/<study name>/samples.",
@@ -266,6 +272,13 @@ class ResourcesSpec(Strict):
 
     cpus_per_arm: float = Field(1, gt=0, description="CPUs Ray reserves for each arm; torch uses as many threads.")
     gpus_per_arm: float = Field(0, ge=0, description="GPUs for each arm (0 on CPU-only machines).")
+    sampling_workers: int = Field(
+        1, ge=1, le=1024,
+        description="Workers that draw each generation's samples in a loop arm: the arm itself and sampling_workers - 1 "
+        "Ray actors of 1 CPU (and gpus_per_arm GPUs) each, reserved together with the arm (one placement group), so "
+        "two half-started arms never wait on each other. Every image has its own seed: the samples do not depend on "
+        "this number. 1: the arm samples alone. Guided generations sample in the arm.",
+    )
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="auto: bf16 autocast and TF32 on GPUs that support them, fp32 on CPUs; fp32 or bf16 everywhere.")
     address: str | None = Field(None, description="Ray cluster address (default: $RAY_ADDRESS, else a local Ray).")

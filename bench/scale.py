@@ -6,9 +6,10 @@
 
 Procedurally generated RGB class folders (10 classes): "real" images are smooth colour
 fields with a class-coloured disc; "generated" ones the same with a little more noise, so
-a detector has something to find. Each point is one `synthdata detect --real REAL
---generated g=GEN --epochs 2` as a user runs it, in a fresh folder with its own SQLite
-store. Memory is sampled every 0.25 s over the command's whole process tree (the driver,
+a detector has something to find. Each detect point is one `synthdata detect --real REAL
+--generated g=GEN --epochs 2` as a user runs it, and each loop point one `synthdata run`
+of a two-generation replace loop (the example VAE plug-in, tiny), in a fresh folder with
+its own SQLite store. Memory is sampled every 0.25 s over the command's whole process tree (the driver,
 the local Ray it starts and every worker): the peak of the sum of resident sets, the
 largest single process at that moment, and what each kind of process held then.
 Targets (issue 24): peak memory at 20k and 50k at most 1.3x that at 2k; time per image
@@ -139,6 +140,29 @@ def detect_point(n: int, size: int, epochs: int, where: Path | None = None) -> d
     return r
 
 
+def loop_point(n: int, size: int, where: Path | None = None, gpu: bool = False) -> dict:
+    """A two-generation `replace` loop on the n real images (tiny VAE, one-epoch detector and downstream classifier),
+    each generation drawing n samples: `synthdata run` of a study file, as a user runs it."""
+    import yaml
+
+    real = make_folder("real", n, size, where)
+    study = {"name": f"scale_loop{n}", "data": {"source": "folder", "root": str(real)},
+             "generator": {"name": "vae", "params": {"latent": 16, "hidden": 128, "train_steps": 200, "batch_size": 128}},
+             "detector": {"epochs": 1}, "downstream": {"epochs": 1},
+             "loop": {"types": ["replace"], "generations": 2, "samples_per_generation": n, "seeds": [0]},
+             "tracking": {"sample_grid": False},
+             "resources": {"cpus_per_arm": 4, "gpus_per_arm": 1} if gpu else {"cpus_per_arm": 2}}
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "study.yaml").write_text(yaml.safe_dump(study))
+        cmd = [str(Path(sys.executable).parent / "synthdata"), "run", "study.yaml", "--no-progress",
+               "--tracking-uri", f"sqlite:///{tmp}/mlflow.db"]
+        r = measured(cmd, Path(tmp))
+    r.update(n=n, size=size, png_mb=sum(f.stat().st_size for f in real.rglob("*.png")) / 1e6, s_per_image=r["wall_s"] / (3 * n))
+    print(f"loop {n} x {size}px: peak {r['peak_gb']:.2f} GB (largest {r['largest_gb']:.2f}), {r['wall_s']:.0f} s",
+          file=sys.stderr, flush=True)
+    return r
+
+
 def table(points: list[dict]) -> str:
     base = next((p for p in points if p["n"] == min(q["n"] for q in points) and p["size"] == 32), points[0])
     ten = next((p for p in points if p["n"] == 10000 and p["size"] == 32), None)
@@ -162,18 +186,26 @@ def main() -> None:
     ap.add_argument("--update-readme", action="store_true")
     ap.add_argument("--data", default=None, help=f"Where the image folders are made and kept (default {CACHE}).")
     ap.add_argument("--data-only", action="store_true", help="Only make the folders (real and generated, at 32x32).")
+    ap.add_argument("--no-loop", action="store_true", help="Skip the two-generation loop points.")
+    ap.add_argument("--loop-only", action="store_true", help="Only the loop points (no detect study).")
+    ap.add_argument("--gpu", action="store_true", help="The loop arm on one GPU (gpus_per_arm: 1).")
+    ap.add_argument("--out", default=str(REPO / "bench" / "scale.json"))
     args = ap.parse_args()
     where = Path(args.data) if args.data else CACHE
     if args.data_only:
         for n in args.sizes.split(","):
             print(make_folder("real", int(n), 32, where), make_folder("generated", int(n), 32, where))
         return
-    points = [detect_point(int(n), 32, args.epochs, where) for n in args.sizes.split(",")]
-    if not args.no_big:
+    points = [] if args.loop_only else [detect_point(int(n), 32, args.epochs, where) for n in args.sizes.split(",")]
+    if not args.no_big and not args.loop_only:
         points.append(detect_point(10000, 64, args.epochs, where))
-    result = {"machine": machine("cpu"), "detect": points, "command": " ".join(sys.argv)}
-    (REPO / "bench" / "scale.json").write_text(json.dumps(result, indent=1))
-    text = table(points)
+    loops = [] if args.no_loop else [loop_point(int(n), 32, where, args.gpu) for n in args.sizes.split(",")]
+    result = {"machine": machine("cuda" if args.gpu else "cpu"), "detect": points, "loop": loops, "command": " ".join(sys.argv)}
+    Path(args.out).write_text(json.dumps(result, indent=1))
+    text = "A detect study (`synthdata detect --epochs 2`, real against generated):\n\n" + table(points) if points else ""
+    if loops:
+        text += ("\n\n" if text else "") + ("A two-generation `replace` loop (`synthdata run`, tiny VAE; each generation draws as many samples as "
+                 "there are real images; time per image counts the real set and both generations' samples):\n\n" + table(loops))
     print(text)
     if args.update_readme:
         update_readme("scale", f"Machine: {result['machine']['cpu']}, {result['machine']['cores']} cores.\n\n{text}")

@@ -24,7 +24,7 @@ from synthdata.errors import UserError
 from synthdata.figures import confusion_figure, detect_figures, sample_grid
 from synthdata.imagestore import as_tensor
 from synthdata.results import detect_table, format_detect_table, real_vs_real_warning
-from synthdata.shards import join, study_storage
+from synthdata.shards import join, storage_of
 from synthdata.sources import load_source
 from synthdata.spec import DetectStudy
 
@@ -57,7 +57,7 @@ def load_sources(spec: DetectStudy, splits: dict[int, Splits], read: dict[str, I
                                             max_retries=0)
     expensive = [name for name, source in spec.detect.sources.items() if source.type in EXPENSIVE]
     local = {name: _absolute(spec.detect.sources[name]) for name in expensive}
-    storage = study_storage(spec.tracking.storage, str(spec.tracking.report_dir), spec.name)  # sources too large to hold
+    storage = storage_of(spec)  # sources too large to hold
     refs = {(seed, name): task.remote(local[name][0], splits[seed].train, seed, spec.resources,
                                       join(storage, "sources", name, f"seed{seed}"), spec.data.in_memory_mb)
             for seed in spec.detect.seeds for name in expensive}

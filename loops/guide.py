@@ -28,7 +28,7 @@ from synthdata.generators import check_generator, create_generator, draw_samples
 from synthdata.results import format_guide_table as format_table  # noqa: F401  this runner's text form
 from synthdata.results import guide_table
 from synthdata.seeds import Purpose, Scope, stream_seed
-from synthdata.shards import join, study_storage
+from synthdata.shards import join, storage_of
 from synthdata.spec import GuideStudy
 
 
@@ -125,7 +125,7 @@ def schedule(study: Study) -> None:
     fit = ray.remote(_fit_task).options(**resources, max_retries=1)
     measure = ray.remote(_arm_task).options(**resources, max_retries=1)
     # Each seed's real split and what is measured against it (the feature space trained on it), put once.
-    storage = study_storage(spec.tracking.storage, str(spec.tracking.report_dir), spec.name)  # sample sets too large to hold
+    storage = storage_of(spec)  # sample sets too large to hold
     refs_of = {seed: (ray.put(split), ray.put(replace(study_context(spec, split, seed), storage=storage)))
                for seed, split in study.splits.items()}
     fitted = {seed: fit.remote(spec, refs_of[seed][0], seed, join(storage, f"seed{seed}_guidance")) for seed in spec.guide.seeds}

@@ -29,7 +29,7 @@ from synthdata.generators import check_generator, pretrained_overlap
 from synthdata.metrics.registry import COLLAPSED, progress_metrics
 from synthdata.results import format_table, results_table  # noqa: F401  format_table: this runner's text form
 from synthdata.runs import download_generator_state, download_samples, loop_rows, pretrained_weights, study_to_resume
-from synthdata.shards import study_storage
+from synthdata.shards import storage_of
 from synthdata.spec import LoopStudy
 
 RESUMABLE = True
@@ -223,7 +223,7 @@ class _Driver:
         self.placement: dict = {}  # a running arm task -> the placement group it and its sampling workers hold
         # Each seed's real split and what is measured against it (the feature space trained on it), put once.
         pretrained = study.prepared.pretrained
-        storage = study_storage(spec.tracking.storage, str(spec.tracking.report_dir), spec.name)  # samples too large to hold
+        storage = storage_of(spec)  # samples too large to hold
         self.refs = {seed: (ray.put(split), ray.put(replace(study_context(spec, split, seed, pretrained), storage=storage)))
                      for seed, split in study.splits.items()}
         if found:  # generations before the resume

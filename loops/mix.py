@@ -88,7 +88,7 @@ def make_pools(spec: MixStudy, splits: dict[int, Splits], show_progress: bool, s
     """
     import ray
 
-    from synthdata.shards import join, study_storage
+    from synthdata.shards import join, storage_of
 
     seeds = spec.mix.seeds if seeds is None else seeds
     first = splits[spec.mix.seeds[0]].train  # every seed's split has the same sizes and format
@@ -99,7 +99,7 @@ def make_pools(spec: MixStudy, splits: dict[int, Splits], show_progress: bool, s
             raise DataError(f"{spec.mix.samples}: has {len(pool)} samples, the largest ratio needs {size}")
         return {seed: pool for seed in seeds}
     task = ray.remote(_pool_task).options(num_cpus=spec.resources.cpus_per_arm, num_gpus=spec.resources.gpus_per_arm)
-    storage = study_storage(spec.tracking.storage, str(spec.tracking.report_dir), spec.name)
+    storage = storage_of(spec)
     refs = {seed: task.remote(spec, real_subset(splits[seed].train, spec.mix.real_size, seed=seed), size, seed,
                               join(storage, "pools", f"seed{seed}")) for seed in seeds}
     if show_progress:

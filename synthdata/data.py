@@ -150,8 +150,17 @@ def load_digits_set() -> ImageSet:
 
 def in_memory(n: int, shape: tuple[int, ...], spec: DataSpec | None) -> bool:
     """Whether n images of `shape` are small enough (float32, `data.in_memory_mb`) to read into one tensor."""
-    limit = spec.in_memory_mb if spec is not None else DataSpec().in_memory_mb
-    return n * int(np.prod(shape)) * 4 <= limit * 2**20
+    return fits_in_memory(n, shape, spec.in_memory_mb if spec is not None else DataSpec().in_memory_mb)
+
+
+def fits_in_memory(n: int, shape: Sequence[int], in_memory_mb: float) -> bool:
+    """Whether n images of `shape` as float32 are at most `in_memory_mb` (the one rule for holding a set or not)."""
+    return n * int(np.prod(shape)) * 4 <= in_memory_mb * 2**20
+
+
+def spills(n: int, shape: Sequence[int], storage: str | None, in_memory_mb: float | None) -> bool:
+    """Whether a sample set of n images goes to `storage` as shards: there is a storage and the set is too large."""
+    return storage is not None and in_memory_mb is not None and not fits_in_memory(n, shape, in_memory_mb)
 
 
 def _lazy(store, spec: DataSpec | None) -> LazyImages:
@@ -237,7 +246,7 @@ def read_image_folder(folder: Path, image_size: int | None = None, mode: str | N
     if in_memory_mb is not None:
         probe = decode_image(files[0], f"{files[0]} (image 0)", mode, image_size)
         shape = (1 if mode == "L" else 3, *probe.shape[:2])
-        if len(files) * int(np.prod(shape)) * 4 > in_memory_mb * 2**20:
+        if not fits_in_memory(len(files), shape, in_memory_mb):
             check_headers(files)
             return LazyImages(FileStore(files, shape, mode, image_size))
     return from_uint8(read_images(files, image_size, mode))

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from synthdata.data import ImageSet, class_balanced_labels
+from synthdata.data import ImageSet, class_balanced_labels, spills
 from synthdata.seeds import SEED_GROUP, image_seeds
 from synthdata.shards import join
 from synthdata.spec import GeneratorSpec
@@ -98,7 +98,7 @@ class SamplingPool:
         shape, levels, k = real.shape, real.levels, real.num_classes
         labels = class_balanced_labels(n, real.labels, k, torch.Generator().manual_seed(label_seed))
         seeds = image_seeds(sample_seed, 0, n)
-        large = storage is not None and in_memory_mb is not None and n * 4 * int(np.prod(shape)) > in_memory_mb * 2**20
+        large = spills(n, shape, storage, in_memory_mb)
         step = item_size or min(images_per_shard(shape, levels), max(SEED_GROUP, -(-n // 16)))
         todo = [(i, min(i + step, n)) for i in range(0, n, step)]
         if self.actors:

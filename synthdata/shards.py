@@ -58,6 +58,11 @@ def study_storage(storage: str | None, report_dir: str, study: str) -> str:
     return join(root, f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{uuid.uuid4().hex[:6]}")
 
 
+def storage_of(spec: Any) -> str:
+    """A new folder for this run's shards of a study (`study_storage` of its `tracking.storage`, report dir and name)."""
+    return study_storage(spec.tracking.storage, str(spec.tracking.report_dir), spec.name)
+
+
 def check_writable(root: str, what: str = "tracking.storage") -> None:
     """Write and remove a probe file under `root`: a storage that cannot be written is refused before a study starts."""
     probe = join(root, ".synthdata-probe")

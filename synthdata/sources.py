@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from synthdata.data import ImageSet, quantize, read_image_folder
+from synthdata.data import ImageSet, quantize, read_image_folder, spills
 from synthdata.errors import DataError
 from synthdata.imagestore import Images, is_lazy, map_images
 from synthdata.seeds import Purpose, image_seeds, stream_seed
@@ -116,7 +116,7 @@ def _from_pipeline(spec: PipelineSource, real: ImageSet, *, seed: int, device: s
     pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     writer = None
-    if storage is not None and in_memory_mb is not None and spec.size * 4 * int(np.prod(real.shape)) > in_memory_mb * 2**20:
+    if spills(spec.size, real.shape, storage, in_memory_mb):
         from synthdata.shards import ShardWriter
 
         writer = ShardWriter(storage, real.shape, real.levels, real.num_classes)

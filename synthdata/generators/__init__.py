@@ -119,13 +119,13 @@ def draw_samples(generator: Generator, n: int, real: ImageSet, *, label_seed: in
     is written there as uint8 shards as it is drawn (`synthdata.shards`) and the set comes
     back as a lazy view of them; otherwise it is held in memory.
     """
-    from synthdata.data import class_balanced_labels
+    from synthdata.data import class_balanced_labels, spills
     from synthdata.seeds import image_seeds
 
     labels = class_balanced_labels(n, real.labels, real.num_classes, torch.Generator().manual_seed(label_seed))
     seeds = image_seeds(sample_seed, 0, n)
     shape = real.shape
-    large = storage is not None and in_memory_mb is not None and n * 4 * int(torch.tensor(shape).prod()) > in_memory_mb * 2**20
+    large = spills(n, shape, storage, in_memory_mb)
     writer = None
     if large:
         from synthdata.shards import ShardWriter

@@ -22,35 +22,37 @@ def fitted():
 
 def test_one_or_two_sampling_workers_draw_the_set_one_process_draws(local_ray, fitted, tmp_path, monkeypatch):
     import synthdata.shards as shards
-    from synthdata.sampling import draw_sharded
+    from synthdata.sampling import SamplingPool
     from synthdata.shards import open_shards
 
     spec, generator, real = fitted
-    kw = dict(label_seed=3, sample_seed=4)
+    kw = dict(label_seed=3, sample_seed=4, item_size=64)
     n, item = 700, 64
-    alone = draw_samples(generator, n, real, **kw)
-    for workers, local in ((1, False), (2, False), (2, True), (3, True)):  # local: this process is one of the workers
-        held = draw_sharded(spec, generator, n, real, workers=workers, local=local, item_size=item, **kw)
-        assert not is_lazy(held.images)
-        assert torch.equal(held.images, alone.images) and torch.equal(held.labels, alone.labels), (workers, local)
-
-    # Written as shards: the workers write the parts, the manifest lists them in index order.
+    alone = draw_samples(generator, n, real, label_seed=3, sample_seed=4)
     monkeypatch.setattr(shards, "SHARD_BYTES", 64 * item)  # one writer's shards of `item` images (1x8x8 uint8 each)
-    one_writer = draw_samples(generator, n, real, **kw, storage=str(tmp_path / "one"), in_memory_mb=0)
+    one_writer = draw_samples(generator, n, real, label_seed=3, sample_seed=4, storage=str(tmp_path / "one"), in_memory_mb=0)
+    assert torch.equal(as_tensor(one_writer.images), alone.images)
     prints = {open_shards(str(tmp_path / "one"))[2].fingerprint}
-    for workers in (1, 2):
-        root = tmp_path / f"w{workers}"
-        stored = draw_sharded(spec, generator, n, real, workers=workers, local=workers == 2, item_size=item, **kw,
-                              storage=str(root), in_memory_mb=0)
-        assert is_lazy(stored.images) and torch.equal(as_tensor(stored.images), alone.images)
+    # One actor; and this process with one actor (what an arm with sampling_workers: 2 runs). One pool at a time: the
+    # session's Ray has 2 CPUs, and an actor holds its CPU while it lives.
+    for name, workers, local in (("1 worker", 1, False), ("this process + 1", 2, True)):
+        pool = SamplingPool(spec, real.shape, real.num_classes, workers, local=local)
+        try:
+            held = pool.draw(generator, n, real, **kw)
+            assert not is_lazy(held.images)
+            assert torch.equal(held.images, alone.images) and torch.equal(held.labels, alone.labels), name
+            # Written as shards: the workers write the parts, the manifest lists them in index order.
+            root = tmp_path / f"{workers}{local}"
+            stored = pool.draw(generator, n, real, **kw, storage=str(root), in_memory_mb=0)
+        finally:
+            pool.close()
+        assert is_lazy(stored.images) and torch.equal(as_tensor(stored.images), alone.images), name
         assert torch.equal(stored.labels, alone.labels)
         _, _, manifest = open_shards(str(root), verify=True)
-        assert manifest.count == n and len(manifest.shards) == -(-n // item)
-        assert [s["start"] for s in manifest.shards] == list(range(0, n, item))
-        prints.add(manifest.fingerprint)
+        assert manifest.count == n and [s["start"] for s in manifest.shards] == list(range(0, n, item))
         assert len(list(root.glob("part_*"))) == -(-n // item)
-    assert len(prints) == 1, prints  # one writer, one worker, two workers: the same shards
-    assert torch.equal(as_tensor(one_writer.images), alone.images)
+        prints.add(manifest.fingerprint)
+    assert len(prints) == 1, prints  # one writer, one worker, two: the same shards
 
 
 def test_a_loop_arm_with_two_sampling_workers_measures_what_one_measures(local_ray, tracking_uri):

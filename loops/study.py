@@ -21,12 +21,13 @@ from typing import Any
 
 import pandas as pd
 
-from loops.stopping import STOPS, StudyStopped, on_sigterm, raise_stopped
+from loops.stopping import STOPS, StudyStopped, check_stopped, on_sigterm, raise_stopped
 from synthdata.data import Splits, study_splits
 from synthdata.errors import UserError
 from synthdata.provenance import provenance_tags
 from synthdata.runs import Resumable
 from synthdata.spec import StudySpec, flat_params, spec_hash, spec_yaml
+from synthdata.spool import send_spooled, spool_dir
 from synthdata.tracking import StudyTracker, check_tracking_server, resolve_tracking_uri
 
 
@@ -125,6 +126,8 @@ def run_study(spec: StudySpec, runner: ModuleType | None = None, *, address: str
     splits = study_splits(spec.data, spec.seeds)  # per seed; data errors surface here, before Ray or MLflow
     uri = resolve_tracking_uri(tracking_uri or spec.tracking.uri)
     check_tracking_server(uri)  # a wrong or unreachable server: one line now, not MLflow's minutes of retries later
+    spooled = spool_dir(spec.tracking.report_dir, spec.name)
+    send_spooled(spooled, uri)  # what an earlier run could not write (its server was away): in, before --resume reads
     if spec.tracking.storage is not None:  # where large sample sets go: a storage that cannot be written, refused now
         from synthdata.shards import check_writable
 
@@ -147,16 +150,21 @@ def run_study(spec: StudySpec, runner: ModuleType | None = None, *, address: str
             ray.shutdown()
         raise
     store.join()
+    tracker: StudyTracker | None = None
     try:
         STOPS.clear()
         with on_sigterm(raise_stopped), watch_infeasible(spec.resources, enabled=not started_ray) as watch:
             tracker = StudyTracker(uri, spec.experiment_name, spec.name, flat_params(spec), description=spec.description,
                                    tags={"synthdata.kind": spec.kind, "synthdata.spec_hash": spec_hash(spec)},
-                                   resume=prepared.resume, run_tags=provenance_tags(source))
+                                   resume=prepared.resume, run_tags=provenance_tags(source), spool_dir=spooled,
+                                   outage_limit_s=spec.tracking.outage_limit_s)
             if prepared.resume is None:  # the validated study file, runnable again as it is
                 tracker.log_table("study.yaml", spec_yaml(spec))
             study = Study(spec, splits, uri, tracker, prepared.state, show_progress)
             table, figures = _schedule(runner, study, watch)
+            # A server away at the end: wait for it, up to tracking.outage_limit_s; a stop (even one that came while the
+            # last writes were made) ends the wait, the writes kept in the spool.
+            tracker.settle(check=check_stopped)
     except KeyboardInterrupt as stop:
         if watch.message:  # the cluster can never hold an arm: the study failed, for a reason the user can fix
             raise UserError(f"resources: no node type of the cluster can hold an arm ({watch.message.split('. ')[0]})") from None
@@ -165,16 +173,24 @@ def run_study(spec: StudySpec, runner: ModuleType | None = None, *, address: str
 
             ray.shutdown()
         stop = STOPS[-1] if STOPS else stop  # Ray turns a signal's exception into a plain KeyboardInterrupt
-        how, code = (str(stop), stop.exit_code) if isinstance(stop, StudyStopped) else ("interrupted", 130)
+        how, code = (str(stop), stop.exit_code) if hasattr(stop, "exit_code") else ("interrupted", 130)  # TrackingLost too
         if not getattr(runner, "RESUMABLE", False):
             again = "run it again to redo it"
         elif source.endswith((".yaml", ".yml")):
             again = f"continue it with `synthdata run {source} --resume`"
         else:
             again = "continue it with run_study(..., resume=True)"
-        raise StudyStopped(f"study '{spec.name}' stopped ({how}); its runs are marked KILLED in MLflow ({uri}); {again}",
-                           code) from None
+        waiting = tracker.spool_note() if tracker is not None else ""
+        marked = (f"the tracking server is away: {waiting}, its runs' ends among them, and are sent when the study runs "
+                  "again" if waiting else f"its runs are marked KILLED in MLflow ({uri})")
+        raise StudyStopped(f"study '{spec.name}' stopped ({how}); {marked}; {again}", code) from None
     return StudyResult(table, tracker.parent_id, study.failed, time.perf_counter() - start, figures)
+
+
+def _note_stop(signum: int, frame: Any) -> None:
+    """SIGTERM while a study makes its last writes: they go on (its runs end), and the stop is only recorded. A study
+    whose server is away then stops instead of waiting for it (`StudyTracker.settle`)."""
+    STOPS.append(StudyStopped(signal.Signals(signum).name, 128 + signum))
 
 
 def _schedule(runner: ModuleType, study: Study, watch: Any) -> tuple[pd.DataFrame, list[Path]]:
@@ -190,7 +206,7 @@ def _schedule(runner: ModuleType, study: Study, watch: Any) -> tuple[pd.DataFram
             tracker.set_tag("synthdata.failure", watch.message)
         raise
     finally:
-        with on_sigterm(signal.SIG_IGN):
+        with on_sigterm(_note_stop):
             try:
                 table = runner.table(study)
                 if not table.empty:

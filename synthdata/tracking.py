@@ -3,7 +3,9 @@
 The study driver is the only process that writes to MLflow: arms stream their results
 back through Ray and the driver logs them. One writer means no "database is locked"
 on a local SQLite store and exactly one value per metric and generation. Runners write
-through `StudyTracker`'s methods only; `synthdata.runs` reads a study back.
+through `StudyTracker`'s methods only; `synthdata.runs` reads a study back. Every write
+goes through `synthdata.spool.SpoolingClient`: while a tracking server is away it waits
+on disk and is sent once when the server is back.
 """
 from __future__ import annotations
 
@@ -227,19 +229,41 @@ class StudyTracker:
         resume: Any = None,
         description: str = "",
         run_tags: dict[str, str] | None = None,
+        spool_dir: Path | None = None,
+        outage_limit_s: float = 600.0,
     ) -> None:
         """Open the study run (or, with `resume` from `synthdata.runs.find_resumable`, reopen it and its arms' runs).
 
-        `run_tags` (provenance: source, user, code version) go on the study run and on every arm's run.
+        `run_tags` (provenance: source, user, code version) go on the study run and on every arm's run. What cannot
+        be written while the tracking server is away waits in `spool_dir` (default: runs/<study>/spool) for up to
+        `outage_limit_s` seconds (see `synthdata.spool`).
         """
+        from synthdata.spool import SpoolingClient, quick_client
+        from synthdata.spool import spool_dir as default_spool
+
         self.uri = uri
-        self.client = mlflow_client(uri)
-        self.experiment_id = get_or_create_experiment(uri, experiment)
+        with quick_client():  # the server was there a moment ago (check_tracking_server); a failure now is one line
+            try:
+                self.client = SpoolingClient(mlflow_client(uri), uri, spool_dir or default_spool("runs", study),
+                                             outage_limit_s)
+                self.experiment_id = get_or_create_experiment(uri, experiment)
+            except Exception as err:
+                from synthdata.spool import EXIT_TEMPFAIL, is_unreachable
+
+                if not is_unreachable(err):
+                    raise
+                from synthdata.errors import UserError
+
+                error = UserError(f"tracking.uri: {uri}: went away as the study started (nothing was written): run it "
+                                  "again once the server answers")
+                error.exit_code = EXIT_TEMPFAIL
+                raise error from None
         self.study = study
         self.params = params
         self.resumed = resume
         self.run_tags = dict(run_tags or {})
         self.arm_runs: dict[str, str] = {}
+        self._open: set[str] = set()  # arms whose runs this study has not ended (end() ends them)
         self.flush_every_s = 2.0
         self._pending: dict[str, list] = {}
         self._pending_since: dict[str, float] = {}  # when each arm's oldest unwritten metric was buffered
@@ -250,22 +274,26 @@ class StudyTracker:
         self._interim: dict[str, list[int]] = {}
         self._newest: dict[str, int] = {}  # arm -> the newest generation whose checkpoint was uploaded
         self._policy: dict[str, tuple[int, bool]] = {}  # arm -> (checkpoint_every, all_samples)
-        self._artifact_repos: dict[str, Any] = {}
         self._resumed: dict[str, int] = {}  # arm -> its last finished generation before this run resumed it
         if resume is not None:  # continue the same runs, so each metric keeps one value per generation
-            self.parent_id = resume.parent_id
-            self.client.update_run(self.parent_id, status="RUNNING")
+            self._parent_id = resume.parent_id
+            self.client.update_run(self._parent_id, status="RUNNING")
             for arm, run_id in resume.arm_runs.items():
                 self.arm_runs[arm] = run_id
+                self._open.add(arm)
                 self.client.update_run(run_id, status="RUNNING")
                 self._resumed[arm] = resume.done.get(arm, -1)
             return
         base_tags = {**self.run_tags, "synthdata.study": study, "synthdata.role": "study", **(tags or {})}
         if description:
             base_tags["mlflow.note.content"] = description  # shown as the run's description in the MLflow UI
-        run = self.client.create_run(self.experiment_id, run_name=study, tags=base_tags)
-        self.parent_id = run.info.run_id
-        self._log_params(self.parent_id, params)
+        self._parent_id = self.client.create_run(self.experiment_id, run_name=study, tags=base_tags)
+        self._log_params(self._parent_id, params)
+
+    @property
+    def parent_id(self) -> str:
+        """The study run's id (MLflow's, once a run created while the server was away has been sent)."""
+        return self.client.resolve(self._parent_id)
 
     def _log_params(self, run_id: str, params: dict[str, str]) -> None:
         from mlflow.entities import Param
@@ -278,15 +306,16 @@ class StudyTracker:
         """A child run named after the arm (`replace/seed0`), with the study's params plus the arm's."""
         if arm in self.arm_runs:  # resumed
             return self.arm_runs[arm]
-        run = self.client.create_run(
+        run_id = self.client.create_run(
             self.experiment_id,
             run_name=arm,
-            tags={**self.run_tags, "mlflow.parentRunId": self.parent_id, "synthdata.study": self.study, "synthdata.role": "arm",
+            tags={**self.run_tags, "mlflow.parentRunId": self._parent_id, "synthdata.study": self.study, "synthdata.role": "arm",
                   "synthdata.arm": arm},
         )
-        self._log_params(run.info.run_id, {**self.params, **params})
-        self.arm_runs[arm] = run.info.run_id
-        return run.info.run_id
+        self._log_params(run_id, {**self.params, **params})
+        self.arm_runs[arm] = run_id
+        self._open.add(arm)
+        return run_id
 
     def log_generation(
         self,
@@ -324,7 +353,7 @@ class StudyTracker:
         run_id = self.arm_runs[arm]
         if grid is not None:
             self.client.log_image(run_id, grid, artifact_file=f"samples/generation_{generation:03d}.png")  # the report's
-            self.client.log_image(run_id, grid, key="samples", step=generation, synchronous=True)  # the UI's step slider
+            self.client.log_image(run_id, grid, key="samples", step=generation)  # the UI's step slider
         if keep_checkpoint and (samples is not None or checkpoint):
             if generation % max(1, checkpoint_every) == 0:  # kept for good
                 self._held.pop(arm, None)  # an earlier latest, superseded before it was uploaded
@@ -388,22 +417,7 @@ class StudyTracker:
 
     def _delete_checkpoint(self, arm: str, generation: int, keep_samples: bool) -> None:
         """Best effort: an artifact store that cannot delete keeps the checkpoint (more files, nothing lost)."""
-        folder = checkpoint_dir(generation)
-        try:
-            repo = self._artifact_repos.get(arm)
-            if repo is None:
-                from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
-
-                artifact_uri = self.client.get_run(self.arm_runs[arm]).info.artifact_uri
-                repo = self._artifact_repos[arm] = get_artifact_repository(artifact_uri, tracking_uri=self.uri)
-            if not keep_samples:
-                repo.delete_artifacts(folder)
-                return
-            for entry in repo.list_artifacts(folder):
-                if not Path(entry.path).name.startswith("samples."):  # samples.safetensors or samples.shards.json
-                    repo.delete_artifacts(entry.path)
-        except Exception:
-            pass
+        self.client.delete_checkpoint(self.arm_runs[arm], checkpoint_dir(generation), keep_samples)
 
     def log_metrics(self, arm: str, metrics: dict[str, float], step: int = 0) -> None:
         """Metrics of a run that has one set of them (a detect study's cell), in one batch."""
@@ -434,8 +448,11 @@ class StudyTracker:
         """Write the buffer of every arm whose oldest unwritten metric has waited `flush_every_s`.
 
         Called by the driver on each turn of its loop: a finished generation reaches MLflow
-        within about that time even when nothing else of its arm follows soon.
+        within about that time even when nothing else of its arm follows soon. While the
+        tracking server is away, this is also where it is asked whether it is back (and where
+        the study stops, `synthdata.spool.TrackingLost`, once it has been away too long).
         """
+        self.client.tick()
         now = time.monotonic()
         for name, since in list(self._pending_since.items()):
             if now - since >= self.flush_every_s:
@@ -449,7 +466,7 @@ class StudyTracker:
         self.client.set_tag(run_id, "synthdata.last_retry_reason", reason[:5000])
 
     def _run(self, arm: str | None) -> str:
-        return self.parent_id if arm is None else self.arm_runs[arm]
+        return self._parent_id if arm is None else self.arm_runs[arm]
 
     def set_tag(self, key: str, value: str, arm: str | None = None) -> None:
         """A tag on the study run, or on an arm's run (how it ran, e.g. which generations it shared)."""
@@ -486,7 +503,7 @@ class StudyTracker:
 
     def log_table(self, name: str, text: str) -> None:
         """A text artifact of the study run (a results table)."""
-        self.client.log_text(self.parent_id, text, name)
+        self.client.log_text(self._parent_id, text, name)
 
     def log_figures(self, paths: list[Path]) -> None:
         """Figures (PNGs) into the study run's `figures/`."""
@@ -499,11 +516,35 @@ class StudyTracker:
         if reason:
             self.client.set_tag(run_id, "synthdata.failure", reason[:5000])
         self.client.set_terminated(run_id, status)
+        self._open.discard(arm)
 
     def end(self, status: str = "FINISHED") -> None:
-        """End the study run and any arm run still open (a study never leaves a run RUNNING)."""
+        """End the study run and any arm run still open (a study never leaves a run RUNNING).
+
+        A study that was stopped (KILLED) makes its last writes without retries, and sends what waits in the
+        spool if the server answers now; otherwise they stay there for the next run. (A study that ran to its end
+        waits for the server instead: `settle`.)
+        """
+        if status == "KILLED":
+            self.client.hurry()
         self.flush()
-        for run_id in self.arm_runs.values():
-            if self.client.get_run(run_id).info.status == "RUNNING":
-                self.client.set_terminated(run_id, "KILLED" if status != "FINISHED" else status)
-        self.client.set_terminated(self.parent_id, status)
+        for arm in sorted(self._open):
+            self.client.set_terminated(self.arm_runs[arm], "KILLED" if status != "FINISHED" else status)
+        self._open.clear()
+        self.client.set_terminated(self._parent_id, status)
+        if status == "KILLED":
+            self.client.try_drain()
+            self.client.close()
+
+    def settle(self, check: Callable[[], None] | None = None) -> None:
+        """After a finished study's `end`: while the tracking server is away, wait for it (up to tracking.outage_limit_s
+        since it went) and send what the spool holds; TrackingLost past the limit. `check` is called on each turn
+        (`loops.stopping.check_stopped`: a stop ends the wait)."""
+        try:
+            self.client.settle(check)
+        finally:
+            self.client.close()
+
+    def spool_note(self) -> str:
+        """What waits in the spool ('' when nothing does): for the line a stopped study ends with."""
+        return self.client.note()

@@ -70,6 +70,7 @@ def mlflow_server():
     root = Path(tempfile.mkdtemp(prefix="sdts", dir="/tmp"))
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING_")}
+    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"  # no job consumers (seven processes, of no use here)
     with open(root / "mlflow.log", "w") as log:
         proc = subprocess.Popen([str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
                                  "--backend-store-uri", f"sqlite:///{root / 'server.db'}",

@@ -297,7 +297,7 @@ def table(r: dict) -> str:
         ("matmul peak (fp32)", f"{r['peak_flops'] / 1e9:.1f} GFLOP/s", f"{r['threads']} thread(s)"),
         ("generator training, synthdata", f"{r['train_ours_ips']:.0f} img/s", f"{r['train_steps']} steps x batch {r['batch']}"),
         ("generator training, plain diffusers-style loop", f"{r['train_base_ips']:.0f} img/s", "baseline, same UNet and steps"),
-        ("  ratio synthdata / baseline", f"{r['train_ratio']:.2f}x", "target 1.5x (issue 8)"),
+        ("  ratio synthdata / baseline", f"{r['train_ratio']:.2f}x", "target 1.5x"),
         ("  MFU of the training step", f"{100 * r['mfu']:.1f}%", f"{r['step_gflop']:.2f} GFLOP per step"),
         *([("generator training, precision auto (bf16 + TF32)", f"{r['train_auto_ips']:.0f} img/s",
             f"fp32: {r['train_fp32_ips']:.0f} img/s; speed-up {r['precision_ratio']:.2f}x")] if "precision_ratio" in r else []),

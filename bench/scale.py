@@ -12,7 +12,7 @@ of a two-generation replace loop (the example VAE plug-in, tiny), in a fresh fol
 its own SQLite store. Memory is sampled every 0.25 s over the command's whole process tree (the driver,
 the local Ray it starts and every worker): the peak of the sum of resident sets, the
 largest single process at that moment, and what each kind of process held then.
-Targets (issue 24): peak memory at 20k and 50k at most 1.3x that at 2k; time per image
+Targets: peak memory at 20k and 50k at most 1.3x that at 2k; time per image
 at 50k within 1.3x of that at 10k.
 
 Writes bench/scale.json; with --update-readme the table between the scale markers of bench/README.md.

@@ -166,7 +166,7 @@ def table_md(r: dict) -> str:
          f"fit {st['fit']:.0f}s, sample {st['sample']:.0f}s, metrics {st['metrics']:.0f}s"),
         ("`synthdata run` (arms in parallel on Ray, shared generation 1, MLflow)", f"{r['synthdata_s']:.0f} s",
          "start-up, feature extractor and logging included"),
-        ("  speed-up", f"{r['speedup']:.2f}x", "target 1.5x (issue 8)"),
+        ("  speed-up", f"{r['speedup']:.2f}x", "target 1.5x"),
     ]
     for arm, vals in r["final_synthdata"].items():
         base = r["final_plain"].get(arm, {})

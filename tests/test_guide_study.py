@@ -34,6 +34,7 @@ def _guide_study(**extra) -> dict:
 def test_guide_study_validation():
     spec = parse_spec(_guide_study())
     assert spec.guide.scales == (0.0, 4.0) and spec.guidance.train_steps == 40
+    parse_spec(_guide_study(guidance={"scale": 0, "train_steps": 40}))  # the reference's guidance block, pasted: fine
     bad = [
         (_guide_study(guide={"scales": [1, 2]}), "guide.scales: include 0"),
         (_guide_study(guidance={"scale": 2}), "guidance.scale: a guide study samples at every one of guide.scales"),

@@ -44,6 +44,6 @@ class GuideStudy(MeasuredStudy):
 
     @model_validator(mode="after")
     def _scales_not_scale(self) -> "GuideStudy":
-        if "scale" in self.guidance.model_fields_set:
+        if "scale" in self.guidance.model_fields_set and self.guidance.scale != 0:  # 0 (the default) says nothing
             raise ValueError("guidance.scale: a guide study samples at every one of guide.scales; set those instead")
         return self

@@ -55,7 +55,7 @@ def test_one_or_two_sampling_workers_draw_the_set_one_process_draws(local_ray, f
     assert len(prints) == 1, prints  # one writer, one worker, two: the same shards
 
 
-def test_a_loop_arm_with_two_sampling_workers_measures_what_one_measures(local_ray, tracking_uri):
+def test_a_loop_arm_with_two_sampling_workers_measures_what_one_measures(local_ray, tracking_uri, tmp_path):
     """sampling_workers: 2 on a 2-CPU Ray: each arm and one actor hold a placement group of 2 CPUs; the samples,
     hence every metric of every generation, are those of the arm sampling alone."""
     from loops.study import run_study
@@ -65,7 +65,7 @@ def test_a_loop_arm_with_two_sampling_workers_measures_what_one_measures(local_r
         return {"name": f"sampled_by_{workers}", "data": {"source": "gaussian"}, "metrics": ["toy"],
                 "generator": {"name": "gaussian", "covariance": "diag"},
                 "loop": {"types": ["replace", "accumulate"], "generations": 3, "samples_per_generation": 600},
-                "resources": {"cpus_per_arm": 1, "sampling_workers": workers}, "tracking": {"checkpoints": False}}
+                "resources": {"cpus_per_arm": 1, "sampling_workers": workers}, "tracking": {"checkpoints": False, "report_dir": str(tmp_path / "runs")}}
 
     from ray.util import placement_group_table
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from synthdata.data import ImageSet, quantize, read_image_folder, spills
+from synthdata.data import ImageSet, quantize, read_image_folder
 from synthdata.errors import DataError
 from synthdata.imagestore import Images, is_lazy, map_images
 from synthdata.seeds import Purpose, image_seeds, stream_seed
@@ -115,28 +115,17 @@ def _from_pipeline(spec: PipelineSource, real: ImageSet, *, seed: int, device: s
         raise DataError(f"{spec.path}: cannot load a diffusers pipeline{hint} ({type(err).__name__}: {str(err)[:200]})") from None
     pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
-    writer = None
-    if spills(spec.size, real.shape, storage, in_memory_mb):
-        from synthdata.shards import ShardWriter
+    from synthdata.generators import collect_samples
 
-        writer = ShardWriter(storage, real.shape, real.levels, real.num_classes)
     seeds = image_seeds(stream_seed(seed, Purpose.SAMPLES), 0, spec.size)
-    held = []
-    for start in range(0, spec.size, spec.batch_size):
-        n = min(spec.batch_size, spec.size - start)
-        # A generator per image: diffusers then draws each image's noise (every step's) from its own seed alone.
-        generators = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds[start : start + n]]
-        out = pipe(batch_size=n, generator=generators, num_inference_steps=spec.sampling_steps, output_type="np").images  # (n, H, W, C) in [0, 1]
-        batch = to_real_format(torch.from_numpy(np.asarray(out, dtype=np.float32)).permute(0, 3, 1, 2) * 2 - 1, real, spec.path)
-        if writer is not None:
-            writer.add(batch.images, batch.labels)
-        else:
-            held.append(batch.images)
-    if writer is None:
-        images = torch.cat(held)
-        return ImageSet(images, torch.zeros(len(images), dtype=torch.long), real.num_classes, real.levels)
-    from synthdata.shards import open_shards
 
-    writer.close()
-    images, labels, _ = open_shards(storage)
-    return ImageSet(images, labels, real.num_classes, real.levels)
+    def batches():
+        for start in range(0, spec.size, spec.batch_size):
+            n = min(spec.batch_size, spec.size - start)
+            # A generator per image: diffusers then draws each image's noise (every step's) from its own seed alone.
+            generators = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds[start : start + n]]
+            out = pipe(batch_size=n, generator=generators, num_inference_steps=spec.sampling_steps, output_type="np").images
+            yield to_real_format(torch.from_numpy(np.asarray(out, dtype=np.float32)).permute(0, 3, 1, 2) * 2 - 1, real,
+                                 spec.path).images  # (n, H, W, C) in [0, 1] -> the real format
+
+    return collect_samples(batches(), torch.zeros(spec.size, dtype=torch.long), real, storage=storage, in_memory_mb=in_memory_mb)

@@ -9,7 +9,7 @@ to and from tensors.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Iterator, Protocol
+from typing import Callable, Iterable, Iterator, Protocol
 
 import torch
 
@@ -119,20 +119,29 @@ def draw_samples(generator: Generator, n: int, real: ImageSet, *, label_seed: in
     is written there as uint8 shards as it is drawn (`synthdata.shards`) and the set comes
     back as a lazy view of them; otherwise it is held in memory.
     """
-    from synthdata.data import class_balanced_labels, spills
+    from synthdata.data import class_balanced_labels
     from synthdata.seeds import image_seeds
 
     labels = class_balanced_labels(n, real.labels, real.num_classes, torch.Generator().manual_seed(label_seed))
     seeds = image_seeds(sample_seed, 0, n)
-    shape = real.shape
-    large = spills(n, shape, storage, in_memory_mb)
+    chunks = sample_images(generator, labels, seeds, real.shape, real.levels, context)
+    return collect_samples(chunks, labels, real, storage=storage, in_memory_mb=in_memory_mb)
+
+
+def collect_samples(chunks: Iterable[torch.Tensor], labels: torch.Tensor, real: ImageSet, *, storage: str | None = None,
+                    in_memory_mb: float | None = None) -> ImageSet:
+    """Image chunks (in the real format, in order) for `labels` as one sample set: written to `storage` as shards while
+    they come when the set is larger than `in_memory_mb` (a lazy view of them comes back), else held in memory."""
+    from synthdata.data import spills
+
+    shape, n = real.shape, len(labels)
     writer = None
-    if large:
+    if spills(n, shape, storage, in_memory_mb):
         from synthdata.shards import ShardWriter
 
         writer = ShardWriter(storage, shape, real.levels, real.num_classes)
     held, done = [], 0
-    for images in sample_images(generator, labels, seeds, shape, real.levels, context):
+    for images in chunks:
         if writer is not None:
             writer.add(images, labels[done : done + len(images)])
         else:

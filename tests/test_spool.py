@@ -224,6 +224,34 @@ def test_a_write_that_reached_the_server_but_whose_answer_was_lost_is_logged_onc
     assert len(images) == 1, images
 
 
+def test_a_stop_landing_mid_write_to_a_sqlite_store_still_ends_every_run_killed(tracking_uri, tmp_path, monkeypatch):
+    """SIGTERM raised inside a write (the driver's signal handler raising while MLflow writes): the write waits in the
+    spool, and the study's way out sends it and ends every run KILLED, since a SQLite store has no server to go
+    away; nothing is left waiting, no run left RUNNING (what CI once saw in test_driver's SIGTERM test)."""
+    t = StudyTracker(tracking_uri, "exp", "study", {}, spool_dir=tmp_path / "spool")
+    t.flush_every_s = 0.0
+    run = t.start_arm("replace/seed0", {})
+    real, hits = t.client._client.log_batch, []
+
+    def stopped_on_the_way(*args, **kwargs):
+        if not hits:
+            hits.append(1)
+            raise KeyboardInterrupt  # what loops.stopping's handler raises for SIGTERM
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(t.client._client, "log_batch", stopped_on_the_way)
+    with pytest.raises(KeyboardInterrupt):
+        t.log_generation("replace/seed0", 1, {"m": 1.0})
+    assert t.client.away  # the interrupted write waits
+    t.end("KILLED")
+    assert t.spool_note() == ""
+    c = MlflowClient(tracking_uri)
+    runs = c.search_runs([c.get_experiment_by_name("exp").experiment_id])
+    assert {r.info.status for r in runs} == {"KILLED"} and len(runs) == 2
+    assert [(m.step, m.value) for m in c.get_metric_history(run, "m")] == [(1, 1.0)]
+    assert not (tmp_path / "spool").exists() or not any((tmp_path / "spool").rglob("journal.jsonl"))
+
+
 # -- whole studies: `synthdata run` against a server that goes ---------------------------------------------------------
 
 T = 24

@@ -58,7 +58,7 @@ def study_context(spec: MeasuredStudy, splits: Splits, seed: int = 0,
     heldout = splits.heldout
     if heldout.images.shape[-1] == 1:  # toy vectors are their own features
         return StudyContext(RealReference.build(None, heldout.images.flatten(1), heldout.labels), pretrained=pretrained)
-    # Trained once per (data, split, feature spec, seed) and kept on disk (synthdata.metrics.features.cache_dir).
+    # Trained once per (data, split, feature spec, seed) and kept on disk (synthdata.cache.cache_dir).
     reference, extractor = cached_reference(splits.train, heldout, spec.features, seed=stream_seed(seed, Purpose.FEATURES))
     return StudyContext(reference, extractor, pretrained)
 

@@ -156,10 +156,57 @@ def mlflow_client(uri: str):
     db = Path(uri.removeprefix("sqlite:///"))
     db.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(f"{db}.lock", timeout=600):
+        if not db.exists() or db.stat().st_size == 0:
+            copy_empty_store(db)
         client = _RetryLocked(MlflowClient(tracking_uri=uri))
         client.search_experiments(max_results=1)  # opens the store: tables, migrations
     _READY.add(uri)
     return client
+
+
+def copy_empty_store(db: Path) -> bool:
+    """Make the new SQLite store `db` a copy of an empty one, kept per MLflow version under the cache (made once); True
+    when it did. A new store otherwise runs every one of MLflow's schema migrations (7 s here with MLflow 3.17, more
+    than the rest of a toy study). The kept one has no Default experiment, so that MLflow makes it for `db` (its
+    artifact location) on opening, as for any new store. With the cache off or unwritable, MLflow makes `db` itself."""
+    import shutil
+
+    import mlflow
+    from filelock import FileLock
+
+    from synthdata.cache import cache_dir
+
+    root = cache_dir()
+    if root is None:
+        return False
+    kept = root / "mlflow-stores" / f"empty-{mlflow.__version__}.db"
+    try:
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(f"{kept}.lock", timeout=600):
+            if not kept.exists():
+                _make_empty_store(kept)
+        shutil.copyfile(kept, db)
+    except OSError:
+        db.unlink(missing_ok=True)  # half a copy is no store: MLflow makes it instead
+        return False
+    return True
+
+
+def _make_empty_store(path: Path) -> None:
+    """An MLflow store with every table made and migrated and no experiment in it, written whole or not at all."""
+    import sqlite3
+
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+        made = Path(tmp) / "store.db"
+        store = SqlAlchemyStore(f"sqlite:///{made}", str(Path(tmp) / "artifacts"))
+        store.engine.dispose()
+        with sqlite3.connect(made) as con:  # MLflow makes the Default experiment of each store it opens without one
+            con.execute("DELETE FROM experiment_tags")
+            con.execute("DELETE FROM experiments")
+        con.close()
+        os.replace(made, path)
 
 
 def forget_store(uri: str) -> None:

@@ -46,7 +46,18 @@ def local_ray():
     """A real local Ray for the whole session, two CPUs, no dashboard."""
     import ray
 
-    # "local": a new Ray of its own, never one that `ray start` (the cluster tests) left on this machine.
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    # Its workers (for this process and for the drivers tests start on it with --address) import the tests' own
+    # plug-ins (slow_generator, helpers) as a user's installed ones: a raylet's workers start from its environment.
+    # (Set while Ray starts, then put back: this process's other subprocesses keep the environment they had.)
+    before = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).parent), before]))
+    try:
+        # "local": a new Ray of its own, never one that `ray start` (the cluster tests) left on this machine.
+        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    finally:
+        if before is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = before
     yield ray
     ray.shutdown()

@@ -13,8 +13,8 @@ def tiny_study(**overrides) -> dict:
     study = {
         "name": "tiny",
         "generator": {"name": "gaussian", "covariance": "diag"},
-        "detector": {"epochs": 3, "batch_size": 64},
-        "downstream": {"epochs": 3, "batch_size": 64},
+        "detector": {"epochs": 1, "batch_size": 64},  # one epoch: tests that need a trained classifier ask for more
+        "downstream": {"epochs": 1, "batch_size": 64},
         "loop": {"types": ["replace", "augment"], "generations": 2, "samples_per_generation": 300},
     }
     for key, value in overrides.items():

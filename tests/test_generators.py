@@ -49,7 +49,6 @@ def two_class_diffusion():
 
     Two classes that differ only in brightness: a conditional model must keep them apart.
     """
-    torch.set_num_threads(2)
     n = 256
     labels = torch.arange(2).repeat_interleave(n // 2)
     images = torch.where(labels[:, None, None, None] == 0, -0.3, 0.3) + 0.05 * torch.randn(n, 1, 8, 8, generator=torch.Generator().manual_seed(0))

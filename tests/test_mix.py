@@ -153,7 +153,7 @@ def test_a_killed_mix_worker_is_retried_without_logging_an_epoch_twice(local_ray
 
     from helpers import kill_a_worker_when
 
-    epochs = 40
+    epochs = 20  # long enough that the kill lands mid-arm (seconds of epochs), short enough to redo
     spec = parse_spec(_mix_spec(tmp_path, epochs))
     out: dict = {}
     thread = threading.Thread(target=lambda: out.setdefault("result", run_study(spec, tracking_uri=tracking_uri, show_progress=False)))
@@ -192,7 +192,7 @@ def test_a_sigkilled_mix_study_resumes_with_every_epoch_once(local_ray, tmp_path
 
     from synthdata.cli import main
 
-    epochs = 40
+    epochs = 20  # long enough that the kill lands mid-arm (seconds of epochs), short enough to redo
     path = tmp_path / "mix.yaml"
     path.write_text(yaml.safe_dump(_mix_spec(tmp_path, epochs, resources={"cpus_per_arm": 1})))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

@@ -274,7 +274,10 @@ def _study_file(tmp_path: Path, name: str, limit: float = 600, generations: int 
 class Driver:
     """`synthdata run` in a process of its own, its stderr read line by line as it comes (with the time of each)."""
 
-    def __init__(self, path: Path, uri: str, *extra: str) -> None:
+    def __init__(self, path: Path, uri: str, *extra: str, ray: object | None = None) -> None:
+        """`ray`: the tests' own Ray (the `local_ray` fixture), joined instead of starting one (seconds per driver)."""
+        if ray is not None:
+            extra = (*extra, "--address", ray.get_runtime_context().gcs_address)
         env = {**os.environ, "RAY_ADDRESS": "", "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))}
         env = {k: v for k, v in env.items() if not k.startswith("MLFLOW_TRACKING_")}
         self.proc = subprocess.Popen([str(BIN / "synthdata"), "run", str(path), "--no-progress", "--tracking-uri", uri, *extra],
@@ -361,9 +364,9 @@ def _wait_for_generation(uri: str, name: str, driver: Driver, generation: int, t
 
 
 @pytest.mark.slow
-def test_a_server_stopped_mid_study_and_started_again_on_its_store_leaves_every_generation_logged_once(server, tmp_path):
+def test_a_server_stopped_mid_study_and_started_again_on_its_store_leaves_every_generation_logged_once(server, tmp_path, local_ray):
     path = _study_file(tmp_path, "blip")
-    driver = Driver(path, server.uri)
+    driver = Driver(path, server.uri, ray=local_ray)
     try:
         _wait_for_generation(server.uri, path.stem, driver, 4)
         server.stop()
@@ -388,11 +391,11 @@ def test_a_server_stopped_mid_study_and_started_again_on_its_store_leaves_every_
 G = 80  # generations of a study that is stopped: it goes on computing while the server is away
 
 
-def _stop_part_way(server: Server, path: Path, signum: int | None = None) -> tuple[Driver, int, str, dict[str, float]]:
+def _stop_part_way(server: Server, path: Path, ray: object, signum: int | None = None) -> tuple[Driver, int, str, dict[str, float]]:
     """Run the study, stop the server once every arm has logged generation 4, and (`signum`) signal the driver once
     it has said the server is gone: the driver, its exit code, its last line, and how long each step took."""
     t0 = time.monotonic()
-    driver = Driver(path, server.uri)
+    driver = Driver(path, server.uri, ray=ray)
     try:
         _wait_for_generation(server.uri, path.stem, driver, 4)
         t1 = time.monotonic()
@@ -428,12 +431,12 @@ def _computed(path: Path) -> dict[str, int]:
 
 
 @pytest.mark.slow
-def test_a_server_gone_past_the_outage_limit_ends_the_study_and_resume_sends_the_spool_first(server, tmp_path):
+def test_a_server_gone_past_the_outage_limit_ends_the_study_and_resume_sends_the_spool_first(server, tmp_path, local_ray):
     """The server does not come back: past tracking.outage_limit_s the study ends in one line (exit 75, no
     traceback), its runs not marked FINISHED; with the server back, --resume sends what waited and completes the
     study from where it had computed to, every metric once."""
     path = _study_file(tmp_path, "gone", limit=3, generations=G, grid=False)
-    driver, code, last, timing = _stop_part_way(server, path)
+    driver, code, last, timing = _stop_part_way(server, path, local_ray)
     assert code == 75, driver.stderr[-3000:]
     assert last.startswith(f"stopped: study 'gone' stopped (tracking server {server.uri} unreachable for "), last
     assert "s, past tracking.outage_limit_s (3s))" in last, last
@@ -446,7 +449,7 @@ def test_a_server_gone_past_the_outage_limit_ends_the_study_and_resume_sends_the
     runs = c.search_runs([c.get_experiment_by_name("gone").experiment_id])
     assert {r.info.status for r in runs} == {"RUNNING"}  # what the store holds until the spool is sent: not FINISHED
     t0 = time.monotonic()
-    again = Driver(path, server.uri, "--resume")
+    again = Driver(path, server.uri, "--resume", ray=local_ray)
     try:
         code = again.finish()
     finally:
@@ -461,14 +464,14 @@ def test_a_server_gone_past_the_outage_limit_ends_the_study_and_resume_sends_the
 
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_a_signal_while_the_server_is_away_ends_the_study_within_seconds_its_writes_kept(server, tmp_path, signum):
+def test_a_signal_while_the_server_is_away_ends_the_study_within_seconds_its_writes_kept(server, tmp_path, signum, local_ray):
     """SIGTERM or Ctrl-C while the server is away: the driver ends in seconds with one line (the shell's code for the
     signal), and the spool holds everything it computed, its runs' ends included: sent (as the next run would send
     it), MLflow holds every generation it had computed once and its runs KILLED."""
     from synthdata.spool import send_spooled
 
     path = _study_file(tmp_path, "term", generations=G, grid=False)
-    driver, code, last, timing = _stop_part_way(server, path, signum)
+    driver, code, last, timing = _stop_part_way(server, path, local_ray, signum)
     name = "SIGTERM" if signum == signal.SIGTERM else "interrupted"  # Ctrl-C's line, as before the spool
     assert code == 128 + signum and last.startswith(f"stopped: study 'term' stopped ({name})"), driver.stderr[-3000:]
     assert timing["signal -> exit"] < 10, timing  # 2.0-2.4 s measured here
@@ -493,7 +496,6 @@ def test_two_studies_writing_to_one_store_at_once_both_finish_with_every_metric_
     made by one of them while the other waits) or of one `mlflow server`: forty toy generations each."""
     n = 40
     uri = request.getfixturevalue("server").uri if store == "server" else f"sqlite:///{tmp_path / 'shared.db'}"
-    address = local_ray.get_runtime_context().gcs_address
     drivers = []
     for name in ("one", "two"):
         (tmp_path / name).mkdir()
@@ -505,7 +507,7 @@ def test_two_studies_writing_to_one_store_at_once_both_finish_with_every_metric_
                  "resources": {"cpus_per_arm": 0.5}}
         path = tmp_path / name / f"{name}.yaml"
         path.write_text(yaml.safe_dump(study))
-        drivers.append(Driver(path, uri, "--address", address))
+        drivers.append(Driver(path, uri, ray=local_ray))
     try:
         codes = [d.finish() for d in drivers]
     finally:

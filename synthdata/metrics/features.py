@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from synthdata.cache import cache_dir
 from synthdata.classifiers import SmallCNN, train_classifier
 from synthdata.spec import FeatureSpec
 
@@ -122,14 +123,6 @@ class RealReference:
 
 
 REFERENCE_VERSION = 1  # bump when what a cached reference holds, or how it is computed, changes
-
-
-def cache_dir() -> Path | None:
-    """Where reference statistics are kept: $SYNTHDATA_CACHE, else ~/.cache/synthdata; None when it is "off" or ""."""
-    import os
-
-    where = os.environ.get("SYNTHDATA_CACHE", str(Path.home() / ".cache" / "synthdata"))
-    return None if where.strip() in ("", "off") else Path(where)
 
 
 def cached_reference(train, heldout, spec: FeatureSpec, *, seed: int) -> tuple[RealReference, nn.Module]:

@@ -78,7 +78,7 @@ def _kind(p) -> str:
         cmd = " ".join(p.cmdline())
     except Exception:
         return "?"
-    for key, name in (("synthdata detect", "driver"), ("raylet", "raylet"), ("gcs_server", "gcs"), ("ray::", "ray workers"),
+    for key, name in (("synthdata detect", "driver"), ("synthdata run", "driver"), ("raylet", "raylet"), ("gcs_server", "gcs"), ("ray::", "ray workers"),
                       ("default_worker", "ray workers"), ("dashboard", "ray dashboard/agents"), ("agent", "ray dashboard/agents"),
                       ("log_monitor", "ray monitors"), ("monitor", "ray monitors")):
         if key in cmd:
@@ -141,17 +141,17 @@ def detect_point(n: int, size: int, epochs: int, where: Path | None = None) -> d
 
 
 def loop_point(n: int, size: int, where: Path | None = None, gpu: bool = False) -> dict:
-    """A two-generation `replace` loop on the n real images (tiny VAE, one-epoch detector and downstream classifier),
-    each generation drawing n samples: `synthdata run` of a study file, as a user runs it."""
+    """studies/scale_loop.yaml on the n real images (a two-generation `replace` loop, tiny VAE, one-epoch detector and
+    downstream classifier), each generation drawing n samples: `synthdata run` of a study file, as a user runs it."""
     import yaml
 
     real = make_folder("real", n, size, where)
-    study = {"name": f"scale_loop{n}", "data": {"source": "folder", "root": str(real)},
-             "generator": {"name": "vae", "params": {"latent": 16, "hidden": 128, "train_steps": 200, "batch_size": 128}},
-             "detector": {"epochs": 1}, "downstream": {"epochs": 1},
-             "loop": {"types": ["replace"], "generations": 2, "samples_per_generation": n, "seeds": [0]},
-             "tracking": {"sample_grid": False},
-             "resources": {"cpus_per_arm": 4, "gpus_per_arm": 1} if gpu else {"cpus_per_arm": 2}}
+    # The shipped study (studies/scale_loop.yaml) at this size: its models, its loop, n real images and n samples.
+    study = yaml.safe_load((REPO / "studies" / "scale_loop.yaml").read_text())
+    study.update(name=f"scale_loop{n}", data={"source": "folder", "root": str(real)})
+    study["loop"]["samples_per_generation"] = n
+    study["tracking"] = {"sample_grid": False}
+    study["resources"] = {"cpus_per_arm": 4, "gpus_per_arm": 1} if gpu else {"cpus_per_arm": 2}
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "study.yaml").write_text(yaml.safe_dump(study))
         cmd = [str(Path(sys.executable).parent / "synthdata"), "run", "study.yaml", "--no-progress",
@@ -191,7 +191,7 @@ def main() -> None:
     ap.add_argument("--gpu", action="store_true", help="The loop arm on one GPU (gpus_per_arm: 1).")
     ap.add_argument("--out", default=str(REPO / "bench" / "scale.json"))
     args = ap.parse_args()
-    where = Path(args.data) if args.data else CACHE
+    where = Path(args.data).resolve() if args.data else CACHE  # the study files are written in a temporary folder
     if args.data_only:
         for n in args.sizes.split(","):
             print(make_folder("real", int(n), 32, where), make_folder("generated", int(n), 32, where))
@@ -202,13 +202,19 @@ def main() -> None:
     loops = [] if args.no_loop else [loop_point(int(n), 32, where, args.gpu) for n in args.sizes.split(",")]
     result = {"machine": machine("cuda" if args.gpu else "cpu"), "detect": points, "loop": loops, "command": " ".join(sys.argv)}
     Path(args.out).write_text(json.dumps(result, indent=1))
-    text = "A detect study (`synthdata detect --epochs 2`, real against generated):\n\n" + table(points) if points else ""
-    if loops:
-        text += ("\n\n" if text else "") + ("A two-generation `replace` loop (`synthdata run`, tiny VAE; each generation draws as many samples as "
-                 "there are real images; time per image counts the real set and both generations' samples):\n\n" + table(loops))
-    print(text)
-    if args.update_readme:
-        update_readme("scale", f"Machine: {result['machine']['cpu']}, {result['machine']['cores']} cores.\n\n{text}")
+    where_run = f"Machine: {result['machine']['cpu']}, {result['machine']['cores']} cores."
+    if points:
+        text = "A detect study (`synthdata detect --epochs 2`, real against generated):\n\n" + table(points)
+        print(text)
+        if args.update_readme:
+            update_readme("scale", f"{where_run}\n\n{text}")
+    if loops:  # a block of its own: a --loop-only run leaves the detect table as it is
+        text = ("`studies/scale_loop.yaml` at each size (`synthdata run`: a two-generation `replace` loop, tiny VAE; each "
+                "generation draws as many samples as there are real images; time per image counts the real set and both "
+                "generations' samples):\n\n" + table(loops))
+        print(text)
+        if args.update_readme:
+            update_readme("scale-loop", f"{where_run} `{' '.join(['python -m bench.scale', *sys.argv[1:]])}`\n\n{text}")
 
 
 if __name__ == "__main__":

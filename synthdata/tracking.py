@@ -186,8 +186,8 @@ def copy_empty_store(db: Path) -> bool:
             if not kept.exists():
                 _make_empty_store(kept)
         shutil.copyfile(kept, db)
-    except OSError:
-        db.unlink(missing_ok=True)  # half a copy is no store: MLflow makes it instead
+    except Exception:  # unwritable cache, a full disk, a store MLflow could not make there: MLflow makes `db` instead
+        db.unlink(missing_ok=True)  # half a copy is no store
         return False
     return True
 

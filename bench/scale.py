@@ -189,8 +189,10 @@ def main() -> None:
     ap.add_argument("--no-loop", action="store_true", help="Skip the two-generation loop points.")
     ap.add_argument("--loop-only", action="store_true", help="Only the loop points (no detect study).")
     ap.add_argument("--gpu", action="store_true", help="The loop arm on one GPU (gpus_per_arm: 1).")
-    ap.add_argument("--out", default=str(REPO / "bench" / "scale.json"))
+    ap.add_argument("--out", default=None, help="Where the figures go (default bench/scale.json; bench/scale_loop.json "
+                    "with --loop-only, so that a loop run leaves the detect figures as they are).")
     args = ap.parse_args()
+    args.out = args.out or str(REPO / "bench" / ("scale_loop.json" if args.loop_only else "scale.json"))
     where = Path(args.data).resolve() if args.data else CACHE  # the study files are written in a temporary folder
     if args.data_only:
         for n in args.sizes.split(","):

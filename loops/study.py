@@ -135,6 +135,9 @@ def run_study(spec: StudySpec, runner: ModuleType | None = None, *, address: str
     prepared: Prepared = runner.prepare(spec, splits, uri, resume)  # bad input stops the study here too
     refuse_before_start(spec.resources, address or spec.resources.address)  # an arm wider than this machine
     store = _StoreOpener(uri)  # MLflow's store (a new SQLite file: its tables) is made while Ray starts
+    import ray
+
+    connected = not ray.is_initialized()  # this study connects (starts a Ray, or joins a cluster): it disconnects on a stop
     started_ray = False
     try:
         started_ray = init_ray(address or spec.resources.address)
@@ -145,8 +148,6 @@ def run_study(spec: StudySpec, runner: ModuleType | None = None, *, address: str
     except BaseException:
         store.discard()  # refused, stopped or unreachable before its first run: the study leaves nothing behind
         if started_ray:
-            import ray
-
             ray.shutdown()
         raise
     store.join()
@@ -168,10 +169,8 @@ def run_study(spec: StudySpec, runner: ModuleType | None = None, *, address: str
     except KeyboardInterrupt as stop:
         if watch.message:  # the cluster can never hold an arm: the study failed, for a reason the user can fix
             raise UserError(f"resources: no node type of the cluster can hold an arm ({watch.message.split('. ')[0]})") from None
-        if started_ray:  # a stopped study leaves no Ray process of its own behind
-            import ray
-
-            ray.shutdown()
+        if connected:  # a stopped study leaves no Ray of its own behind, and its arms on a cluster it joined end with it:
+            ray.shutdown()  # disconnected now, Ray's "worker died" lines for them never come after the study's last line
         stop = STOPS[-1] if STOPS else stop  # Ray turns a signal's exception into a plain KeyboardInterrupt
         how, code = (str(stop), stop.exit_code) if hasattr(stop, "exit_code") else ("interrupted", 130)  # TrackingLost too
         if not getattr(runner, "RESUMABLE", False):

@@ -391,12 +391,12 @@ def test_a_server_stopped_mid_study_and_started_again_on_its_store_leaves_every_
 G = 80  # generations of a study that is stopped: it goes on computing while the server is away
 
 
-def _stop_part_way(server: Server, path: Path, signum: int | None = None) -> tuple[Driver, int, str, dict[str, float]]:
+def _stop_part_way(server: Server, path: Path, ray: object, signum: int | None = None) -> tuple[Driver, int, str, dict[str, float]]:
     """Run the study, stop the server once every arm has logged generation 4, and (`signum`) signal the driver once
     it has said the server is gone: the driver, its exit code, its last line, and how long each step took."""
     t0 = time.monotonic()
-    # A Ray of its own: a driver stopped on a Ray it joined leaves Ray's "worker died" lines to come after its last one.
-    driver = Driver(path, server.uri)
+    # On the tests' Ray, joined as a cluster: a stopped driver disconnects before its last line, so no Ray line follows it.
+    driver = Driver(path, server.uri, ray=ray)
     try:
         _wait_for_generation(server.uri, path.stem, driver, 4)
         t1 = time.monotonic()
@@ -437,7 +437,7 @@ def test_a_server_gone_past_the_outage_limit_ends_the_study_and_resume_sends_the
     traceback), its runs not marked FINISHED; with the server back, --resume sends what waited and completes the
     study from where it had computed to, every metric once."""
     path = _study_file(tmp_path, "gone", limit=3, generations=G, grid=False)
-    driver, code, last, timing = _stop_part_way(server, path)
+    driver, code, last, timing = _stop_part_way(server, path, local_ray)
     assert code == 75, driver.stderr[-3000:]
     assert last.startswith(f"stopped: study 'gone' stopped (tracking server {server.uri} unreachable for "), last
     assert "s, past tracking.outage_limit_s (3s))" in last, last
@@ -465,14 +465,14 @@ def test_a_server_gone_past_the_outage_limit_ends_the_study_and_resume_sends_the
 
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_a_signal_while_the_server_is_away_ends_the_study_within_seconds_its_writes_kept(server, tmp_path, signum):
+def test_a_signal_while_the_server_is_away_ends_the_study_within_seconds_its_writes_kept(server, tmp_path, signum, local_ray):
     """SIGTERM or Ctrl-C while the server is away: the driver ends in seconds with one line (the shell's code for the
     signal), and the spool holds everything it computed, its runs' ends included: sent (as the next run would send
     it), MLflow holds every generation it had computed once and its runs KILLED."""
     from synthdata.spool import send_spooled
 
     path = _study_file(tmp_path, "term", generations=G, grid=False)
-    driver, code, last, timing = _stop_part_way(server, path, signum)
+    driver, code, last, timing = _stop_part_way(server, path, local_ray, signum)
     name = "SIGTERM" if signum == signal.SIGTERM else "interrupted"  # Ctrl-C's line, as before the spool
     assert code == 128 + signum and last.startswith(f"stopped: study 'term' stopped ({name})"), driver.stderr[-3000:]
     assert timing["signal -> exit"] < 10, timing  # 2.0-2.4 s measured here

@@ -15,6 +15,7 @@ even a `replace` loop then sees real data, through the classifier's gradient).
 from __future__ import annotations
 
 import threading
+from contextlib import nullcontext
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Generator, Iterator
@@ -143,6 +144,18 @@ def _reference(spec: LoopStudy, splits: Splits, context: StudyContext, arm: Arm,
     return GenerationResult(arm.name, 0, metrics, grid_subset(real.images, real.labels))
 
 
+def _training_group(spec: LoopStudy, real: ImageSet, device: str) -> Any:
+    """The arm's `TrainingGroup` when `resources.workers_per_arm` > 1 (its actors also sample), else None."""
+    res = spec.resources
+    if res.workers_per_arm == 1:
+        return None
+    from synthdata.parallel import TrainingGroup
+    from synthdata.sampling import ArmWorker
+
+    return TrainingGroup(res.workers_per_arm, gpus_per_worker=res.gpus_per_arm, device=device, actor_class=ArmWorker,
+                         actor_args=(spec.generator, real.shape, real.num_classes, 1, device))
+
+
 def run_arm(
     spec: LoopStudy,
     splits: Splits,
@@ -169,9 +182,19 @@ def run_arm(
     fixed_order = torch.randperm(len(real), generator=torch.Generator().manual_seed(seed_of(0, Purpose.ORDER)))
     history: list[ImageSet] = list(resume.history) if resume else []
     first = resume.start_generation if resume else 0
+    # More than one worker per arm: this arm and k - 1 actors train each model data-parallel (synthdata.parallel), the
+    # reference's too; the same actors sample. Started now, stopped with the arm.
+    group = _training_group(spec, real, device)
     if first == 0:
-        yield Progress(arm.name, 0, "real-data reference")
-        yield _reference(spec, splits, context, arm, device)
+        try:
+            with group.active() if group is not None else nullcontext():
+                yield Progress(arm.name, 0, "real-data reference")
+                reference = _reference(spec, splits, context, arm, device)
+        except BaseException:
+            if group is not None:
+                group.close()
+            raise
+        yield reference
         first = 1
 
     n, n_eval = loop.samples_per_generation, len(splits.heldout)
@@ -179,7 +202,7 @@ def run_arm(
     previous = resume.state if resume else None  # G_{t-1}'s weights, kept when generations warm-start
     # More than one sampling worker: this arm and k - 1 actors in its placement group draw each generation's samples
     # (the same images: per-image seeds). Started at the first sampling, stopped with the arm.
-    workers = spec.resources.sampling_workers if guidance is None else 1
+    workers = max(spec.resources.sampling_workers, spec.resources.workers_per_arm) if guidance is None else 1
     pool = None
 
     def draw(generator: Any, t: int) -> ImageSet:
@@ -193,10 +216,13 @@ def run_arm(
             from synthdata.sampling import SamplingPool
 
             pool = SamplingPool(spec.generator, real.shape, real.num_classes, workers,
-                                gpus_per_worker=spec.resources.gpus_per_arm, local=True)
+                                gpus_per_worker=spec.resources.gpus_per_arm, local=True,
+                                actors=group.actors if group is not None else None)
         return pool.draw(generator, n + n_eval, real, **kw)
 
+    active = group.active() if group is not None else nullcontext()
     try:
+        active.__enter__()
         for t in range(first, loop.generations + 1):
             train_set = build_training_set(
                 arm.loop_type, splits, history, real_fraction=loop.real_fraction,
@@ -244,5 +270,8 @@ def run_arm(
                                    previous if loop.init == "previous" else None)
             history = history + [samples] if arm.loop_type == "accumulate" else [samples]
     finally:
+        active.__exit__(None, None, None)
         if pool is not None:
             pool.close()
+        if group is not None:
+            group.close()

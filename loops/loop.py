@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 
 from loops.autophagy import Arm, Collapse, GenerationResult, Progress, ResumeState, run_arm
-from loops.ray_tools import short_reason, widest_node_cpus
+from loops.ray_tools import arm_workers, short_reason, widest_node_cpus
 from loops.stopping import check_stopped
 from loops.study import Prepared, Study
 from synthdata.autophagy import StudyContext, study_context
@@ -237,12 +237,13 @@ class _Driver:
         res = self.spec.resources
         width = min(res.cpus_per_arm * len(group), widest_node_cpus()) if len(group) > 1 else res.cpus_per_arm
         options: dict = {}
-        if res.sampling_workers > 1:  # the arm and its sampling workers, reserved together or not at all
+        workers = arm_workers(res)
+        if workers > 1:  # the arm and its sampling and training workers, reserved together or not at all
             from ray.util.placement_group import placement_group
             from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
             gpu = {"GPU": res.gpus_per_arm} if res.gpus_per_arm else {}
-            bundles = [{"CPU": width, **gpu}] + [{"CPU": 1, **gpu} for _ in range(res.sampling_workers - 1)]
+            bundles = [{"CPU": width, **gpu}] + [{"CPU": 1, **gpu} for _ in range(workers - 1)]
             group_pg = placement_group(bundles, strategy="PACK")
             options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
                 group_pg, placement_group_bundle_index=0, placement_group_capture_child_tasks=True)

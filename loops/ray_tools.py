@@ -49,16 +49,24 @@ def refuse_before_start(resources: ResourcesSpec, address: str | None) -> None:
     _check_sampling_workers(resources, most)
 
 
+def arm_workers(resources: ResourcesSpec) -> int:
+    """The workers one arm is (itself included): its sampling and training workers are the same actors."""
+    return max(resources.sampling_workers, resources.workers_per_arm)
+
+
 def arm_cpus(resources: ResourcesSpec) -> float:
-    """The CPUs one arm holds: its own and its sampling workers' (1 each beyond the arm itself)."""
-    return resources.cpus_per_arm + (resources.sampling_workers - 1)
+    """The CPUs one arm holds: its own and its workers' (1 each beyond the arm itself)."""
+    return resources.cpus_per_arm + (arm_workers(resources) - 1)
 
 
 def _check_sampling_workers(resources: ResourcesSpec, most: float) -> None:
-    if resources.sampling_workers > 1 and arm_cpus(resources) > most:
-        raise UserError(f"resources.sampling_workers: {resources.sampling_workers} workers per arm hold "
+    """An arm and its workers (one placement group) wider than a node: refused, naming the wider of the two keys."""
+    field = "workers_per_arm" if resources.workers_per_arm >= resources.sampling_workers else "sampling_workers"
+    workers = arm_workers(resources)
+    if workers > 1 and arm_cpus(resources) > most:
+        raise UserError(f"resources.{field}: {workers} workers per arm hold "
                         f"{arm_cpus(resources):g} CPUs with cpus_per_arm {resources.cpus_per_arm:g} (the arm and "
-                        f"{resources.sampling_workers - 1} of 1 CPU), but this machine's Ray has {most:g}; set at most "
+                        f"{workers - 1} of 1 CPU), but this machine's Ray has {most:g}; set at most "
                         f"{max(1, int(most - resources.cpus_per_arm + 1))}")
 
 

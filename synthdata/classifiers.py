@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from synthdata import parallel
 from synthdata.compute import autocast
 from synthdata.imagestore import Images, iter_batches
 from synthdata.spec import AugmentSpec, ClassifierSpec
@@ -78,20 +79,25 @@ def create_classifier(spec: ClassifierSpec, in_channels: int, num_classes: int, 
     return TimmClassifier(spec.name, in_channels, num_classes, image_size, str(pretrained) if pretrained else None)
 
 
-def augment_batch(x: torch.Tensor, crop_padding: int, flip: bool, g: torch.Generator) -> torch.Tensor:
-    """Random crops after reflect padding (one offset per image) and random horizontal flips."""
+def augment_batch(x: torch.Tensor, crop_padding: int, flip: bool, g: torch.Generator, part: slice | None = None,
+                  drawn: int | None = None) -> torch.Tensor:
+    """Random crops after reflect padding (one offset per image) and random horizontal flips.
+
+    `x` may be `part` of a batch of `drawn` images (a worker's, `synthdata.parallel`): the
+    draws are made for the whole batch and cut, so every image gets what one process gives it."""
     n, _, h, w = x.shape
+    part, drawn = part or slice(0, n), drawn or n
     if crop_padding > 0:
         p = crop_padding
         padded = F.pad(x, (p, p, p, p), mode="reflect")
-        dy = torch.randint(0, 2 * p + 1, (n,), generator=g)
-        dx = torch.randint(0, 2 * p + 1, (n,), generator=g)
+        dy = torch.randint(0, 2 * p + 1, (drawn,), generator=g)[part]
+        dx = torch.randint(0, 2 * p + 1, (drawn,), generator=g)[part]
         rows = (dy[:, None] + torch.arange(h)[None]).to(x.device)  # (n, h)
         cols = (dx[:, None] + torch.arange(w)[None]).to(x.device)  # (n, w)
         idx = torch.arange(n, device=x.device)[:, None, None]
         x = padded.permute(0, 2, 3, 1)[idx, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
     if flip:
-        mask = (torch.rand(n, generator=g) < 0.5).to(x.device)
+        mask = (torch.rand(drawn, generator=g) < 0.5)[part].to(x.device)
         x = torch.where(mask[:, None, None, None], x.flip(-1), x)
     return x
 
@@ -112,16 +118,19 @@ def _pass(model: nn.Module, opt: torch.optim.Optimizer, sched, images: Images, l
           steps: int, batch: int, augment: AugmentSpec, g: torch.Generator, device: str) -> torch.Tensor:
     """One pass of `steps` batches in `order`; returns the summed loss (on the device, read once per epoch).
 
-    A lazy set is read batch by batch (in `data.loader_workers` processes when set)."""
+    A lazy set is read batch by batch (in `data.loader_workers` processes when set). In a shared
+    call (`synthdata.parallel`) each worker reads and trains on its part of every batch."""
+    share = parallel.current()
     total = torch.zeros((), device=device)
     index = [order[i * batch : (i + 1) * batch] for i in range(steps)]
-    for idx, x in zip(index, iter_batches(images, index)):
+    parts = [share.part(len(idx)) for idx in index]
+    for idx, mine, x in zip(index, parts, iter_batches(images, [idx[mine] for idx, mine in zip(index, parts)])):
         x = x.to(device)
         if augment.crop_padding or augment.flip:
-            x = augment_batch(x, augment.crop_padding, augment.flip, g)
+            x = augment_batch(x, augment.crop_padding, augment.flip, g, mine, len(idx))
         with autocast(device):  # bf16 where the hardware gains from it (synthdata.compute); a no-op in fp32
             logits = model(x)
-        loss = F.cross_entropy(logits.float(), labels[idx])
+        loss = F.cross_entropy(logits.float(), labels[idx][mine]) * share.weight(len(idx))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -130,6 +139,7 @@ def _pass(model: nn.Module, opt: torch.optim.Optimizer, sched, images: Images, l
     return total
 
 
+@parallel.shared
 def train_classifier(
     spec: ClassifierSpec,
     images: Images,
@@ -147,6 +157,9 @@ def train_classifier(
     with `spec.patience` set, training stops after that many checks without improvement. `on_epoch(epoch, model,
     mean_loss)` is called after each epoch (1-based) with the model in eval mode. `images` are a tensor (moved to
     the device once) or a lazy set (`synthdata.imagestore.LazyImages`, read per batch).
+
+    In an arm with `resources.workers_per_arm` > 1 it trains in all of the arm's workers at once
+    (`synthdata.parallel`: each takes its part of every batch; the arm alone calls `on_epoch`).
     """
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -167,6 +180,7 @@ def train_classifier(
     images = images.to(device) if isinstance(images, torch.Tensor) else images  # a lazy set is read per batch
     labels = labels.to(device)
     best, best_state, stale = float("inf"), None, 0
+    net = parallel.wrap(model, device)  # DDP in a shared call
     # Validate about once per epoch's worth of steps (with a `steps` budget on a small set,
     # a pass is only a step or two: checking every pass would be noise). Epochs inside the
     # one-cycle warm-up are never picked: a near-untrained model has a low loss only
@@ -179,13 +193,14 @@ def train_classifier(
     for epoch in range(1, epochs + 1):
         order = torch.randperm(n, generator=g).to(device)
         steps = min(steps_per_epoch, total_steps - (epoch - 1) * steps_per_epoch)  # the last pass may be partial
-        total = _pass(model, opt, sched, images, labels, order, steps, batch, spec.augment, g, device)
+        total = parallel.mean(float(_pass(net, opt, sched, images, labels, order, steps, batch, spec.augment, g, device)))
         if on_epoch is not None:
-            on_epoch(epoch, model.eval(), float(total) / steps)
+            on_epoch(epoch, model.eval(), total / steps)
         done += steps
         if x_val is not None and done >= warmup and (done - last_check >= check_every or epoch == epochs):
             last_check = done
-            val_loss = float(F.cross_entropy(predict_logits(model.eval(), x_val, device=device), y_val.cpu()))
+            # Averaged: BatchNorm's statistics differ a little between workers, and all must pick the same epoch.
+            val_loss = parallel.mean(float(F.cross_entropy(predict_logits(model.eval(), x_val, device=device), y_val.cpu())))
             if val_loss < best - 1e-4:
                 best, stale = val_loss, 0
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}

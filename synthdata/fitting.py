@@ -8,8 +8,9 @@ from __future__ import annotations
 import time
 from typing import Callable
 
+from synthdata import parallel
 from synthdata.data import ImageSet
-from synthdata.generators import Generator, create_generator
+from synthdata.generators import Generator, create_generator, trains_data_parallel
 from synthdata.seeds import Purpose, stream_seed
 from synthdata.spec import GeneratorSpec, GuidanceSpec
 
@@ -43,15 +44,16 @@ def fit_generator(spec: GeneratorSpec, train: ImageSet, *, seed: int, generation
     """
     if train_steps is not None:
         spec = _with_steps(spec, train_steps)
-    generator = create_generator(spec, train.shape, train.num_classes, device)
     start = time.perf_counter()
     if init is not None and train_steps == 0:
+        generator = create_generator(spec, train.shape, train.num_classes, device)
         generator.load_state_dict(init)
         info: dict[str, float] = {}
     else:
-        kwargs = {"init": init} if init is not None else {}
-        info = {k: float(v) for k, v in generator.fit(train, seed=stream_seed(seed, Purpose.FIT, generation), progress=progress and (
-            lambda f: progress("training generator", f)), **kwargs).items()}
+        # A generator that trains data-parallel does so in all of an arm's workers (resources.workers_per_arm).
+        fit = _fit_shared if trains_data_parallel(spec) else _fit
+        generator, info = fit(spec, train, stream_seed(seed, Purpose.FIT, generation), device, init,
+                              progress=progress and (lambda f: progress("training generator", f)))
     info["time_fit_s"] = time.perf_counter() - start
     if init is not None:
         info["warm_start"] = 1.0
@@ -65,6 +67,22 @@ def fit_generator(spec: GeneratorSpec, train: ImageSet, *, seed: int, generation
                                                      lambda f: progress("training guiding classifier", f)))
         info.update(guidance_info, time_guidance_s=time.perf_counter() - start)
     return generator, info
+
+
+def _fit(spec: GeneratorSpec, train: ImageSet, seed: int, device: str, init: dict | None,
+         progress: Callable[[float], None] | None = None) -> tuple[Generator, dict[str, float]]:
+    """A new generator of `spec`, trained on `train` from `seed` (from `init`'s weights when given)."""
+    generator = create_generator(spec, train.shape, train.num_classes, device)
+    kwargs = {"init": init} if init is not None else {}
+    info = generator.fit(train, seed=seed, progress=progress, **kwargs)
+    return generator, {k: float(v) for k, v in info.items()}
+
+
+@parallel.shared
+def _fit_shared(spec: GeneratorSpec, train: ImageSet, seed: int, device: str, init: dict | None,
+                progress: Callable[[float], None] | None = None) -> tuple[Generator, dict[str, float]]:
+    """`_fit` in every worker of the arm's training group at once, where there is one."""
+    return _fit(spec, train, seed, device, init, progress)
 
 
 def _with_steps(spec: GeneratorSpec, steps: int) -> GeneratorSpec:

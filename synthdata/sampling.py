@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from synthdata.data import ImageSet, class_balanced_labels, spills
+from synthdata.parallel import TrainingWorker
 from synthdata.seeds import SEED_GROUP, image_seeds
 from synthdata.shards import join
 from synthdata.spec import GeneratorSpec
@@ -44,6 +45,11 @@ class SamplingWorker:
              root: str | None, context: str) -> tuple[int, Any]:
         """Images start .. start+len(labels)-1: a part's manifest when written under `root`, else their codes."""
         return _draw_item(self.generator, labels, seeds, start, self.shape, levels, num_classes, root, context)
+
+
+class ArmWorker(SamplingWorker, TrainingWorker):
+    """A Ray actor that both trains (one rank of the arm's `TrainingGroup`) and samples (a `SamplingPool`'s worker):
+    an arm with `workers_per_arm` and `sampling_workers` holds max(both) - 1 of them, not their sum."""
 
 
 def _draw_item(generator: Any, labels: torch.Tensor, seeds: torch.Tensor, start: int, shape: tuple[int, int, int],
@@ -71,14 +77,19 @@ class SamplingPool:
     """
 
     def __init__(self, spec: GeneratorSpec, shape: tuple[int, int, int], num_classes: int, workers: int, *,
-                 cpus_per_worker: float = 1, gpus_per_worker: float = 0, local: bool = False) -> None:
+                 cpus_per_worker: float = 1, gpus_per_worker: float = 0, local: bool = False,
+                 actors: list | None = None) -> None:
+        """`actors`: running `SamplingWorker`s to draw with first (an arm's `ArmWorker`s, left running by `close`);
+        the pool starts the rest of its `workers`."""
         import ray
 
         self.local = local
         actor = ray.remote(SamplingWorker).options(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker)
         device = "cuda" if gpus_per_worker > 0 else "cpu"
         count = max(0 if local else 1, workers - (1 if local else 0))
-        self.actors = [actor.remote(spec, shape, num_classes, max(1, int(cpus_per_worker)), device) for _ in range(count)]
+        self.borrowed = list(actors or [])[:count]
+        self.actors = self.borrowed + [actor.remote(spec, shape, num_classes, max(1, int(cpus_per_worker)), device)
+                                       for _ in range(count - len(self.borrowed))]
 
     def draw(self, generator: Any, n: int, real: ImageSet, *, label_seed: int, sample_seed: int,
              storage: str | None = None, in_memory_mb: float | None = None, item_size: int | None = None,
@@ -142,7 +153,8 @@ class SamplingPool:
         import ray
 
         for a in self.actors:
-            ray.kill(a)
+            if not any(a is b for b in self.borrowed):
+                ray.kill(a)
         self.actors = []
 
 

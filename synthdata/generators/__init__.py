@@ -74,6 +74,16 @@ def create_generator(spec: GeneratorSpec, shape: tuple[int, int, int], num_class
     return resolve("generator", spec.name, "generator.name")(spec, shape, num_classes, device)
 
 
+def trains_data_parallel(spec: GeneratorSpec) -> bool:
+    """Whether the generator named by `spec` trains data-parallel (`data_parallel = True` on its class: its `fit` takes
+    its part of every batch through `synthdata.parallel`), so `resources.workers_per_arm` spreads its fit."""
+    from synthdata.plugins import resolve
+    from synthdata.spec import PluginSpec
+
+    factory = (spec._factory if isinstance(spec, PluginSpec) else None) or resolve("generator", spec.name, "generator.name")
+    return bool(getattr(factory, "data_parallel", False))
+
+
 SAMPLE_CHUNK_BYTES = 256 * 2**20  # float32 images per call of `Generator.sample`: what one chunk holds in memory
 
 

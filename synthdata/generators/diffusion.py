@@ -17,6 +17,7 @@ from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 from diffusers.optimization import get_cosine_schedule_with_warmup
 from diffusers.training_utils import EMAModel
 
+from synthdata import parallel
 from synthdata.compute import autocast
 from synthdata.data import ImageSet
 from synthdata.generators import ProgressFn
@@ -70,6 +71,8 @@ def ddim_sample(eps: Eps, scheduler: DDIMScheduler, x: torch.Tensor, y: torch.Te
 
 
 class DiffusionGenerator:
+    data_parallel = True  # its fit takes its part of every batch (synthdata.parallel): resources.workers_per_arm applies
+
     def __init__(self, spec: DiffusionSpec, shape: tuple[int, int, int], num_classes: int, device: str = "cpu") -> None:
         self.spec = spec
         self.shape = shape
@@ -98,6 +101,8 @@ class DiffusionGenerator:
         ema = EMAModel(model.parameters(), decay=spec.ema_decay, use_ema_warmup=True) if spec.ema_decay > 0 else None
         T = self.noise_scheduler.config.num_train_timesteps
 
+        share = parallel.current()  # with resources.workers_per_arm > 1: this worker's part of every batch
+        net = parallel.wrap(model, device)
         model.train()
         order, pos = torch.randperm(n, generator=g), 0
         running = None
@@ -106,28 +111,33 @@ class DiffusionGenerator:
                 order, pos = torch.randperm(n, generator=g), 0
             idx = order[pos : pos + spec.batch_size].to(device)
             pos += spec.batch_size
-            x0, y = take(images, idx).to(device), labels[idx]
+            # Every draw is made for the whole batch and cut to this worker's part: the same steps for any number of workers.
+            mine = share.part(len(idx))
+            x0, y = take(images, idx[mine]).to(device), labels[idx][mine]
             if spec.cond_dropout > 0:  # label dropout: the same network learns the unconditional model
-                drop = torch.rand(len(idx), generator=g).to(device) < spec.cond_dropout
+                drop = (torch.rand(len(idx), generator=g) < spec.cond_dropout)[mine].to(device)
                 y = torch.where(drop, self.num_classes, y)
-            noise = torch.randn(x0.shape, generator=g).to(device)
-            t = torch.randint(0, T, (len(idx),), generator=g).to(device)
+            noise = torch.randn((len(idx), *x0.shape[1:]), generator=g)[mine].to(device)
+            t = torch.randint(0, T, (len(idx),), generator=g)[mine].to(device)
             xt = self.noise_scheduler.add_noise(x0, noise, t)
             with autocast(device):  # bf16 where the hardware gains from it (synthdata.compute); a no-op in fp32
-                pred = model(xt, t, class_labels=y).sample
-            loss = F.mse_loss(pred.float(), noise)
+                pred = net(xt, t, class_labels=y).sample
+            loss = F.mse_loss(pred.float(), noise) * share.weight(len(idx))
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # of the averaged gradient: one value on all workers
             opt.step()
             lr_schedule.step()
             if ema is not None:
                 ema.step(model.parameters())
             running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
-            if not math.isfinite(running):
+            # A worker's own loss may be finite where another's is not; the averaged gradient's norm is the same on all,
+            # so all stop together.
+            if not math.isfinite(running if share.world == 1 else float(norm)):
                 raise FloatingPointError(f"diffusion training diverged at step {step} (loss {running})")
             if progress and step % 50 == 0:
                 progress(step / spec.train_steps)
+        running = parallel.mean(running)  # the workers' averages of their parts: the global batch's (the average is linear)
         if ema is not None:
             ema.copy_to(model.parameters())
         model.eval()

@@ -279,6 +279,15 @@ class ResourcesSpec(Strict):
         "two half-started arms never wait on each other. Every image has its own seed: the samples do not depend on "
         "this number. 1: the arm samples alone. Guided generations sample in the arm.",
     )
+    workers_per_arm: int = Field(
+        1, ge=1, le=1024,
+        description="Workers that train each of an arm's models data-parallel (DDP: gloo on CPUs, NCCL on GPUs): the "
+        "generator when it trains data-parallel (diffusion, and plug-ins that say so), the detector and the downstream "
+        "classifier. The arm itself and workers_per_arm - 1 Ray actors of 1 CPU (and gpus_per_arm GPUs) each, reserved "
+        "with the arm (one placement group, shared with its sampling workers: the arm holds max(sampling_workers, "
+        "workers_per_arm) workers). Each takes its part of every batch, so the steps are one process's. 1: the arm "
+        "trains alone.",
+    )
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="auto: bf16 autocast and TF32 on GPUs that support them, fp32 on CPUs; fp32 or bf16 everywhere.")
     address: str | None = Field(None, description="Ray cluster address (default: $RAY_ADDRESS, else a local Ray).")

@@ -1,0 +1,117 @@
+"""Data-parallel training (`resources.workers_per_arm`): k workers take the steps one process takes.
+
+Each worker draws the whole batch's randomness and keeps its part, and its loss is weighted by
+its share, so DDP's averaged gradient is the global batch's: a diffusion fit (GroupNorm only, no
+batch statistics) on 2 workers matches the fit in one process to float rounding.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from synthdata.parallel import Share
+
+TINY = dict(channels=(16, 32), train_steps=12, lr=2e-3, warmup_steps=3, sampling_steps=5, cond_dropout=0.2)
+
+
+@pytest.mark.parametrize("n,world", [(64, 2), (63, 2), (10, 3), (7, 7)])
+def test_the_parts_of_a_batch_cover_it_once_and_their_weights_make_the_global_mean(n, world):
+    parts = [Share(r, world).part(n) for r in range(world)]
+    assert [p.start for p in parts] == [0] + [p.stop for p in parts[:-1]] and parts[-1].stop == n  # in order, no gap
+    sizes = [p.stop - p.start for p in parts]
+    assert max(sizes) - min(sizes) <= 1
+    # DDP averages the workers' gradients: sum_r w_r * mean_r / world must be the mean over the batch.
+    losses = torch.arange(n, dtype=torch.float64) ** 2
+    averaged = sum(Share(r, world).weight(n) * losses[p].mean() for r, p in enumerate(parts)) / world
+    assert averaged.item() == pytest.approx(losses.mean().item(), rel=1e-12)
+    assert Share().part(n) == slice(0, n) and Share().weight(n) == 1.0
+
+
+@pytest.mark.parametrize("batch", [64, 63], ids=["even", "odd"])
+def test_a_diffusion_fit_on_two_workers_takes_the_steps_one_process_takes(local_ray, batch):
+    """An odd batch gives parts of 32 and 31 images: without the weights the average of the two means is not the mean."""
+    from synthdata.data import load_digits_set
+    from synthdata.fitting import fit_generator
+    from synthdata.parallel import TrainingGroup
+    from synthdata.spec import DiffusionSpec
+
+    real = load_digits_set()
+    spec = DiffusionSpec(**TINY, batch_size=batch)
+    alone, info_alone = fit_generator(spec, real, seed=0)
+    group = TrainingGroup(2)
+    try:
+        with group.active():
+            shared, info_shared = fit_generator(spec, real, seed=0)
+    finally:
+        group.close()
+    assert info_shared["generator_loss"] == pytest.approx(info_alone["generator_loss"], rel=1e-5)
+    a, b = alone.state_dict(), shared.state_dict()
+    assert a.keys() == b.keys()
+    worst = max((a[k] - b[k]).abs().max().item() for k in a)
+    assert worst < 1e-3, worst  # 12 AdamW steps of lr 2e-3: float rounding only (a wrong batch moves weights by ~1e-3)
+
+
+def test_a_classifier_trained_on_two_workers_learns_what_one_learns(local_ray):
+    """The small CNN has BatchNorm, whose statistics stay per worker (as in plain DDP): close, not identical."""
+    from synthdata.classifiers import train_classifier
+    from synthdata.data import load_digits_set
+    from synthdata.parallel import TrainingGroup
+    from synthdata.spec import ClassifierSpec
+
+    real = load_digits_set()
+    train, test = real.subset(torch.arange(0, 1200)), real.subset(torch.arange(1200, len(real)))
+    spec = ClassifierSpec(epochs=3, batch_size=64, augment={"crop_padding": 1, "flip": False})
+    calls: list[int] = []
+    group = TrainingGroup(2)
+    try:
+        with group.active():
+            shared = train_classifier(spec, train.images, train.labels, 10, seed=0, on_epoch=lambda e, m, loss: calls.append(e))
+    finally:
+        group.close()
+    accuracy = {}
+    for seed in (0, 1):
+        model = train_classifier(spec, train.images, train.labels, 10, seed=seed)
+        accuracy[seed] = (model(test.images).argmax(1) == test.labels).float().mean().item()
+    ours = (shared(test.images).argmax(1) == test.labels).float().mean().item()
+    spread = abs(accuracy[0] - accuracy[1])
+    assert calls == [1, 2, 3]  # the arm's callback, once per epoch
+    assert abs(ours - accuracy[0]) <= max(spread, 0.03), (ours, accuracy)
+
+
+def test_a_loop_arm_with_two_workers_logs_what_one_logs(local_ray, tracking_uri, tmp_path):
+    """workers_per_arm: 2 on a 2-CPU Ray: each arm and one actor hold a placement group of 2 CPUs, train the
+    diffusion generator, detector and downstream classifier together, and sample together. The generator's loss is
+    one process's (to rounding); the metrics are the same ones, the classifiers' close (BatchNorm per worker)."""
+    from ray.util import placement_group_table
+
+    from loops.study import run_study
+    from synthdata.spec import parse_spec
+
+    def study(workers: int) -> dict:
+        return {"name": f"trained_by_{workers}", "data": {"source": "digits"},
+                "generator": {"name": "diffusion", **TINY, "batch_size": 64},
+                "detector": {"epochs": 1}, "downstream": {"epochs": 1},
+                "loop": {"types": ["replace"], "generations": 1, "samples_per_generation": 300},
+                "resources": {"cpus_per_arm": 1, "workers_per_arm": workers},
+                "tracking": {"checkpoints": False, "report_dir": str(tmp_path / "runs")}}
+
+    before = set(placement_group_table())
+    one, two = (run_study(parse_spec(study(k)), tracking_uri=tracking_uri, show_progress=False).table for k in (1, 2))
+    made = [pg for key, pg in placement_group_table().items() if key not in before]
+    assert len(made) == 1 and len(made[0]["bundles"]) == 2 and made[0]["state"] == "REMOVED", made
+    assert list(one.columns) == list(two.columns) and len(one) == len(two) == 2
+    last = lambda t: t[t.generation == 1].iloc[0]  # noqa: E731
+    assert last(two)["generator_loss"] == pytest.approx(last(one)["generator_loss"], rel=1e-4)
+    for metric in ("detectability", "downstream_accuracy"):
+        assert abs(last(two)[metric] - last(one)[metric]) < 0.15, (metric, last(one)[metric], last(two)[metric])
+
+
+def test_more_workers_per_arm_than_the_machine_holds_are_refused(local_ray):
+    from loops.ray_tools import check_resources
+    from synthdata.errors import UserError
+    from synthdata.spec import ResourcesSpec
+
+    with pytest.raises(UserError, match=r"resources.workers_per_arm: 3 workers per arm hold 3 CPUs .* has 2; set at most 2"):
+        check_resources(ResourcesSpec(cpus_per_arm=1, workers_per_arm=3), local=True)
+    # Sampling and training workers are the same actors: 2 and 2 hold 2 CPUs, not 3.
+    check_resources(ResourcesSpec(cpus_per_arm=1, workers_per_arm=2, sampling_workers=2), local=True)

@@ -15,8 +15,8 @@ even a `replace` loop then sees real data, through the classifier's gradient).
 from __future__ import annotations
 
 import threading
-from contextlib import nullcontext
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Callable, Generator, Iterator
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from loops.ray_tools import short_reason, wait_arms
+from loops.ray_tools import arm_placement, release, short_reason, wait_arms
 from loops.study import Prepared, Study
 from synthdata.compute import configure_worker
 from synthdata.data import ImageSet, Splits, concat
@@ -23,6 +23,7 @@ from synthdata.detection import DetectArm, DetectResult, arms_for, run_arm
 from synthdata.errors import UserError
 from synthdata.figures import confusion_figure, detect_figures, sample_grid
 from synthdata.imagestore import as_tensor
+from synthdata.parallel import training_group
 from synthdata.results import detect_table, format_detect_table, real_vs_real_warning
 from synthdata.shards import join, storage_of
 from synthdata.sources import load_source
@@ -37,7 +38,9 @@ def _source_task(source, real: ImageSet, seed: int, resources, storage: str, in_
 
 def _arm_task(arm: DetectArm, spec: DetectStudy, real_train: ImageSet, real_eval: ImageSet, sources: dict[str, ImageSet]) -> DetectResult:
     device = configure_worker(spec.resources)
-    return run_arm(arm, spec.detect, spec.detector, real_train, real_eval, sources, device=device)
+    res = spec.resources  # with workers_per_arm > 1, the arm's detector trains in all of its workers
+    with training_group(res.workers_per_arm, gpus_per_worker=res.gpus_per_arm, device=device):
+        return run_arm(arm, spec.detect, spec.detector, real_train, real_eval, sources, device=device)
 
 
 def read_cheap_sources(spec: DetectStudy, real: ImageSet) -> dict[str, ImageSet]:
@@ -127,24 +130,31 @@ def schedule(study: Study) -> None:
     for name, images in sources[first].items():
         if spec.tracking.sample_grid:
             tracker.log_image(sample_grid(as_tensor(images.images[:64])), f"sources/{name}.png")
-    task = ray.remote(_arm_task).options(num_cpus=spec.resources.cpus_per_arm, num_gpus=spec.resources.gpus_per_arm,
-                                         max_retries=1)
+    task = ray.remote(_arm_task)
     spec_ref = ray.put(spec)
     # Per seed: its real split (neither eval part trains a detector) and its sources; a lazy set travels as its
     # store's paths and an index, never as pixels.
     args = {seed: [ray.put(x) for x in (split.train, concat(split.heldout, split.test), sources[seed])]
             for seed, split in study.splits.items()}
-    refs = {}
+    refs, held = {}, {}
     for arm in arms_for(spec.detect, list(sources[first])):
         tracker.start_arm(arm.name, arm.params())
-        refs[task.remote(arm, spec_ref, *args[arm.seed])] = arm
+        options, held_by = arm_placement(spec.resources)  # the arm with its training workers, together
+        ref = task.options(num_cpus=spec.resources.cpus_per_arm, num_gpus=spec.resources.gpus_per_arm, max_retries=1,
+                           **options).remote(arm, spec_ref, *args[arm.seed])
+        refs[ref], held[ref] = arm, held_by
 
     def on_result(arm: DetectArm, result: DetectResult) -> str:
         _log_arm(tracker, result)
         study.results.append(result)
         return f"{arm.name}: {result.metrics.get('detectability', result.metrics.get('multiway_accuracy')):.3f}"
 
-    study.failed.update(wait_arms(refs, tracker, on_result, desc="detectors", show_progress=study.show_progress))
+    try:
+        study.failed.update(wait_arms(refs, tracker, on_result, desc="detectors", show_progress=study.show_progress,
+                                      on_done=lambda ref: release(held.pop(ref))))
+    finally:
+        for group in held.values():  # a stopped study's arms
+            release(group)
 
 
 def table(study: Study) -> pd.DataFrame:

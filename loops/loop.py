@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 
 from loops.autophagy import Arm, Collapse, GenerationResult, Progress, ResumeState, run_arm
-from loops.ray_tools import arm_workers, short_reason, widest_node_cpus
+from loops.ray_tools import arm_placement, release, short_reason, widest_node_cpus
 from loops.stopping import check_stopped
 from loops.study import Prepared, Study
 from synthdata.autophagy import StudyContext, study_context
@@ -236,17 +236,7 @@ class _Driver:
 
         res = self.spec.resources
         width = min(res.cpus_per_arm * len(group), widest_node_cpus()) if len(group) > 1 else res.cpus_per_arm
-        options: dict = {}
-        workers = arm_workers(res)
-        if workers > 1:  # the arm and its sampling and training workers, reserved together or not at all
-            from ray.util.placement_group import placement_group
-            from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
-            gpu = {"GPU": res.gpus_per_arm} if res.gpus_per_arm else {}
-            bundles = [{"CPU": width, **gpu}] + [{"CPU": 1, **gpu} for _ in range(workers - 1)]
-            group_pg = placement_group(bundles, strategy="PACK")
-            options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
-                group_pg, placement_group_bundle_index=0, placement_group_capture_child_tasks=True)
+        options, group_pg = arm_placement(res, width)  # the arm and its sampling and training workers, together
         task = ray.remote(arm_task).options(num_cpus=width, num_gpus=res.gpus_per_arm, max_retries=0, **options)
         # Ray's own task retries would rerun a dead arm from generation 0 and log its
         # generations twice; the driver restarts it instead, from its last finished generation.
@@ -254,7 +244,7 @@ class _Driver:
         splits_ref, context_ref = self.refs[group[0].seed]
         stream = task.remote(spec, splits_ref, group[0], context_ref, None if len(group) > 1 else state)
         self.streams[stream] = group
-        if options:
+        if group_pg is not None:
             self.placement[stream] = group_pg
         self.pending.append(stream)
 
@@ -348,11 +338,7 @@ class _Driver:
     def release(self, stream) -> None:
         """A stream that ended: no longer waited on, and its placement group (if any) handed back."""
         self.pending.remove(stream)
-        group_pg = self.placement.pop(stream, None)
-        if group_pg is not None:
-            from ray.util.placement_group import remove_placement_group
-
-            remove_placement_group(group_pg)
+        release(self.placement.pop(stream, None))
 
     def run(self) -> None:
         import ray

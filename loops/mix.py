@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from loops.ray_tools import short_reason
+from loops.ray_tools import short_reason, trial_resources
 from loops.stopping import signals_kept
 from loops.study import Prepared, Study
 from synthdata.data import ImageSet, Splits
@@ -124,6 +124,7 @@ def _arm_trial(config: dict[str, Any], spec: MixStudy, splits: dict[int, Splits]
     from synthdata.classifiers import predict_logits, train_classifier
     from synthdata.compute import configure_worker
     from synthdata.metrics.stats import accuracy_with_ci, pack_decisions
+    from synthdata.parallel import training_group
 
     device = configure_worker(spec.resources)
     mode, ratio, seed = config["mode"], float(config["ratio"]), int(config["seed"])
@@ -138,9 +139,13 @@ def _arm_trial(config: dict[str, Any], spec: MixStudy, splits: dict[int, Splits]
         tune.report({"epoch": epoch, **acc.as_metrics(MIX_METRIC), "train_loss": loss, "n_real": len(data) - n_syn,
                      "n_synthetic": n_syn, "n_test": len(test), DECISIONS: pack_decisions(correct)})
 
-    # The classifier's seed depends on the seed only: every ratio of a seed starts from the same weights.
-    train_classifier(spec.downstream, data.images, data.labels, data.num_classes, seed=stream_seed(seed, Purpose.DOWNSTREAM),
-                     device=device, on_epoch=on_epoch)
+    # The classifier's seed depends on the seed only: every ratio of a seed starts from the same weights. With
+    # workers_per_arm > 1 it trains in the trial and its actors (Tune reserved their bundles with the trial); the trial
+    # alone reports.
+    res = spec.resources
+    with training_group(res.workers_per_arm, gpus_per_worker=res.gpus_per_arm, device=device):
+        train_classifier(spec.downstream, data.images, data.labels, data.num_classes,
+                         seed=stream_seed(seed, Purpose.DOWNSTREAM), device=device, on_epoch=on_epoch)
 
 
 DECISIONS = "test_correct"  # each epoch's right/wrong per test image; the last epoch's is logged as test_correct.json
@@ -228,10 +233,8 @@ def _tuner(study: Study, arms: list[dict[str, Any]], pools: dict[int, ImageSet],
     spec = study.spec
     param_space = {"mode": tune.choice(list(spec.mix.modes)), "seed": tune.choice(list(spec.mix.seeds)),
                    "ratio": tune.uniform(*spec.mix.search.ratio_range)}
-    trainable = tune.with_resources(
-        tune.with_parameters(_arm_trial, spec=spec, splits=study.splits, pools=pools),
-        {"cpu": spec.resources.cpus_per_arm, "gpu": spec.resources.gpus_per_arm},
-    )
+    trainable = tune.with_resources(tune.with_parameters(_arm_trial, spec=spec, splits=study.splits, pools=pools),
+                                    trial_resources(spec.resources))
     run_name = f"{spec.name}-{study.tracker.parent_id[:8]}-{int(time.time())}"  # a resume is a new Tune run
     return tune.Tuner(
         trainable,

@@ -59,6 +59,43 @@ def arm_cpus(resources: ResourcesSpec) -> float:
     return resources.cpus_per_arm + (arm_workers(resources) - 1)
 
 
+def arm_placement(resources: ResourcesSpec, cpus: float | None = None) -> tuple[dict, Any]:
+    """Task options that reserve an arm (`cpus`, default cpus_per_arm) with its workers, together or not at all
+    (one placement group, its child tasks captured: the arm's actors land in it), and the group: ({}, None) for an
+    arm without workers. Remove the group (`release`) when the arm's task is done."""
+    workers = arm_workers(resources)
+    if workers == 1:
+        return {}, None
+    from ray.util.placement_group import placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    gpu = {"GPU": resources.gpus_per_arm} if resources.gpus_per_arm else {}
+    bundles = [{"CPU": cpus or resources.cpus_per_arm, **gpu}] + [{"CPU": 1, **gpu} for _ in range(workers - 1)]
+    group = placement_group(bundles, strategy="PACK")
+    strategy = PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=0, placement_group_capture_child_tasks=True)
+    return {"scheduling_strategy": strategy}, group
+
+
+def trial_resources(resources: ResourcesSpec) -> Any:
+    """A Tune trial's resources: an arm's CPUs and GPUs, and with workers the bundles of its actors (Tune reserves
+    them with the trial, its child actors placed in them)."""
+    if arm_workers(resources) == 1:
+        return {"cpu": resources.cpus_per_arm, "gpu": resources.gpus_per_arm}
+    from ray.tune import PlacementGroupFactory
+
+    gpu = {"GPU": resources.gpus_per_arm} if resources.gpus_per_arm else {}
+    return PlacementGroupFactory([{"CPU": resources.cpus_per_arm, **gpu}]
+                                 + [{"CPU": 1, **gpu} for _ in range(arm_workers(resources) - 1)])
+
+
+def release(group: Any) -> None:
+    """Hand an arm's placement group back (None: nothing to do)."""
+    if group is not None:
+        from ray.util import remove_placement_group
+
+        remove_placement_group(group)
+
+
 def _check_sampling_workers(resources: ResourcesSpec, most: float) -> None:
     """An arm and its workers (one placement group) wider than a node: refused, naming the wider of the two keys."""
     field = "workers_per_arm" if resources.workers_per_arm >= resources.sampling_workers else "sampling_workers"
@@ -165,7 +202,8 @@ def short_reason(err: Exception) -> str:
     return lines[-1] if lines else type(err).__name__
 
 
-def wait_arms(refs: dict, tracker, on_result: Callable[[Any, Any], str], *, desc: str, show_progress: bool) -> dict[str, str]:
+def wait_arms(refs: dict, tracker, on_result: Callable[[Any, Any], str], *, desc: str, show_progress: bool,
+              on_done: Callable[[Any], None] | None = None) -> dict[str, str]:
     """Wait for arm tasks (`refs`: task ref -> an arm with a `name` and an open run), in the order they finish.
 
     An arm whose task raised is ended FAILED with the reason; otherwise `on_result(arm,
@@ -187,6 +225,8 @@ def wait_arms(refs: dict, tracker, on_result: Callable[[Any, Any], str], *, desc
             if not ready:
                 continue
             arm = refs[ready[0]]
+            if on_done is not None:  # finished or failed: what it held can go (its placement group)
+                on_done(ready[0])
             try:
                 value = ray.get(ready[0])
             except ray.exceptions.RayError as err:

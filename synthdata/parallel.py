@@ -216,3 +216,17 @@ class TrainingGroup:
         for a in self.actors:
             ray.kill(a)
         self.actors = []
+
+
+@contextmanager
+def training_group(workers: int, *, gpus_per_worker: float = 0, device: str = "cpu") -> Iterator[TrainingGroup | None]:
+    """For the block, `@shared` calls train in `workers` workers (this process and workers - 1 actors); 1: alone."""
+    if workers == 1:
+        yield None
+        return
+    group = TrainingGroup(workers, gpus_per_worker=gpus_per_worker, device=device)
+    try:
+        with group.active():
+            yield group
+    finally:
+        group.close()

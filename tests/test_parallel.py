@@ -115,3 +115,39 @@ def test_more_workers_per_arm_than_the_machine_holds_are_refused(local_ray):
         check_resources(ResourcesSpec(cpus_per_arm=1, workers_per_arm=3), local=True)
     # Sampling and training workers are the same actors: 2 and 2 hold 2 CPUs, not 3.
     check_resources(ResourcesSpec(cpus_per_arm=1, workers_per_arm=2, sampling_workers=2), local=True)
+
+
+def test_a_mix_trial_and_a_detect_arm_with_two_workers_measure_what_one_measures(local_ray, tracking_uri, tmp_path):
+    """A mix trial (Tune reserves its actor's bundle with it) and a detect arm (a placement group of its own) train
+    their classifiers on 2 workers: the same arms and metrics, the values close (BatchNorm per worker)."""
+    from ray.util import placement_group_table
+
+    from loops.study import run_study
+    from synthdata.spec import parse_spec
+
+    def studies(workers: int) -> list[dict]:
+        res = {"cpus_per_arm": 1, "workers_per_arm": workers}
+        tracking = {"checkpoints": False, "report_dir": str(tmp_path / "runs")}
+        mix = {"name": f"mix_by_{workers}", "kind": "mix", "data": {"limit": 400}, "resources": res, "tracking": tracking,
+               "generator": {"name": "gaussian", "covariance": "diag"}, "downstream": {"epochs": 2, "batch_size": 64},
+               "mix": {"modes": ["augment"], "ratios": [1.0], "seeds": [0]}}
+        detect = {"name": f"detect_by_{workers}", "kind": "detect", "data": {"limit": 600}, "resources": res,
+                  "tracking": tracking, "detector": {"epochs": 2, "batch_size": 64},
+                  "detect": {"sources": {"gaussian": {"type": "generator", "generator": {"name": "gaussian", "covariance": "diag"}}},
+                             "seeds": [0]}}
+        return [mix, detect]
+
+    before = set(placement_group_table())
+    tables = {k: [run_study(parse_spec(s), tracking_uri=tracking_uri, show_progress=False).table for s in studies(k)]
+              for k in (1, 2)}
+    made = [pg for key, pg in placement_group_table().items() if key not in before]
+    # Tune gives every trial a group: the 1-worker trial's of 1 bundle; with 2 workers the trial's and the detect
+    # study's two arms' (real vs real, the source) of 2 bundles. All handed back.
+    groups = [(len(pg["bundles"]), pg["state"]) for pg in made]
+    assert sorted(groups) == [(1, "REMOVED")] + [(2, "REMOVED")] * 3, groups
+    for one, two in zip(tables[1], tables[2]):
+        assert list(one.columns) == list(two.columns) and len(one) == len(two)
+    (mix1, det1), (mix2, det2) = tables[1], tables[2]
+    assert abs(mix1["downstream_accuracy"].iloc[0] - mix2["downstream_accuracy"].iloc[0]) < 0.1, (mix1, mix2)
+    for a, b in zip(det1["detectability"], det2["detectability"]):
+        assert abs(a - b) < 0.15, (det1, det2)

@@ -1,8 +1,10 @@
 """How a study is stopped from outside: Ctrl-C or SIGTERM (a scheduler, `timeout`) ends it with its runs KILLED.
 
-The handler raises `StudyStopped` in the driver's main thread and records it, since an
-exception raised inside Ray's or a library's C code may be turned into a plain
-KeyboardInterrupt or lost; the runners' waiting loops call `check_stopped` each turn.
+While a study runs, both signals have the study's own handler (`on_stop_signals`): it raises
+`StudyStopped` in the driver's main thread and records it, since an exception raised inside
+Ray's or a library's C code may be turned into a plain KeyboardInterrupt or lost; the runners'
+waiting loops call `check_stopped` each turn. Ctrl-C is recorded too (Python's own handler
+only raises): a Ctrl-C lost in Ray's C code would otherwise leave the study running.
 """
 from __future__ import annotations
 
@@ -24,19 +26,29 @@ class StudyStopped(KeyboardInterrupt):
 STOPS: list[StudyStopped] = []  # the stop a signal asked for, kept in case code it interrupted swallowed the raise
 
 
+_REQUESTED: list[StudyStopped] = []  # a stop `request_stop` asked for, raised by the SIGINT handler it triggers
+
+
+def signal_stop(signum: int) -> StudyStopped:
+    """The stop a signal asks for: Ctrl-C's is "interrupted" (exit code 130), SIGTERM's "SIGTERM" (143)."""
+    return StudyStopped("interrupted" if signum == signal.SIGINT else signal.Signals(signum).name, 128 + signum)
+
+
 def raise_stopped(signum: int, frame: Any) -> None:
-    stop = StudyStopped(signal.Signals(signum).name, 128 + signum)
+    """The handler of SIGTERM and SIGINT while a study runs: record the stop, and raise it."""
+    stop = _REQUESTED.pop() if signum == signal.SIGINT and _REQUESTED else signal_stop(signum)
     STOPS.append(stop)
     raise stop
 
 
 def request_stop(stop: StudyStopped) -> None:
     """Stop the study from another thread (the autoscaler watch): recorded for `check_stopped`, and raised in the
-    main thread at once as Ctrl-C is, where that raise gets through."""
+    main thread at once by the study's SIGINT handler, where that raise gets through."""
     import _thread
 
     STOPS.append(stop)
-    _thread.interrupt_main()
+    _REQUESTED.append(stop)
+    _thread.interrupt_main()  # SIGINT's handler runs in the main thread (nothing, were it SIG_IGN: hence STOPS)
 
 
 def check_stopped() -> None:
@@ -85,9 +97,9 @@ def _unraisable(unraisable: Any) -> None:
 
 
 @contextlib.contextmanager
-def on_sigterm(action: Any):
-    """SIGTERM's handler for the block: `raise_stopped` while the study runs (as Ctrl-C raises
-    KeyboardInterrupt), SIG_IGN while a stopped study writes its last table and ends its runs.
+def on_stop_signals(action: Any):
+    """SIGTERM's and SIGINT's handler for the block: `raise_stopped` while the study runs, a handler that only
+    records the stop while a stopped study writes its last table and ends its runs.
 
     Set after Ray starts: Ray's own fatal-signal handler would otherwise print a native stack
     dump and kill the driver before any run could be marked. Signals reach the main thread only.
@@ -95,10 +107,12 @@ def on_sigterm(action: Any):
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous, hook = signal.signal(signal.SIGTERM, action), sys.unraisablehook
+    signums = (signal.SIGTERM, signal.SIGINT)
+    previous, hook = {s: signal.signal(s, action) for s in signums}, sys.unraisablehook
     sys.unraisablehook = _unraisable
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
         sys.unraisablehook = hook

@@ -10,7 +10,6 @@ Ray, logged through the study's tracker), `table`, `format_table` and `figures`.
 """
 from __future__ import annotations
 
-import signal
 import sys
 import threading
 import time
@@ -21,7 +20,7 @@ from typing import Any
 
 import pandas as pd
 
-from loops.stopping import STOPS, StudyStopped, check_stopped, on_sigterm, raise_stopped
+from loops.stopping import STOPS, StudyStopped, check_stopped, on_stop_signals, raise_stopped, signal_stop
 from synthdata.data import Splits, study_splits
 from synthdata.errors import UserError
 from synthdata.provenance import provenance_tags
@@ -143,7 +142,7 @@ def run_study(spec: StudySpec, runner: ModuleType | None = None, *, address: str
         started_ray = init_ray(address or spec.resources.address)
         check_resources(spec.resources, local=started_ray)  # an arm no node can hold: refused here, before any run opens
         if hasattr(runner, "launch"):  # work on Ray that can still refuse bad input, before any run opens
-            with on_sigterm(raise_stopped):
+            with on_stop_signals(raise_stopped):
                 prepared = runner.launch(spec, splits, prepared, show_progress)
     except BaseException:
         store.discard()  # refused, stopped or unreachable before its first run: the study leaves nothing behind
@@ -154,7 +153,7 @@ def run_study(spec: StudySpec, runner: ModuleType | None = None, *, address: str
     tracker: StudyTracker | None = None
     try:
         STOPS.clear()
-        with on_sigterm(raise_stopped), watch_infeasible(spec.resources, enabled=not started_ray) as watch:
+        with on_stop_signals(raise_stopped), watch_infeasible(spec.resources, enabled=not started_ray) as watch:
             tracker = StudyTracker(uri, spec.experiment_name, spec.name, flat_params(spec), description=spec.description,
                                    tags={"synthdata.kind": spec.kind, "synthdata.spec_hash": spec_hash(spec)},
                                    resume=prepared.resume, run_tags=provenance_tags(source), spool_dir=spooled,
@@ -187,9 +186,9 @@ def run_study(spec: StudySpec, runner: ModuleType | None = None, *, address: str
 
 
 def _note_stop(signum: int, frame: Any) -> None:
-    """SIGTERM while a study makes its last writes: they go on (its runs end), and the stop is only recorded. A study
-    whose server is away then stops instead of waiting for it (`StudyTracker.settle`)."""
-    STOPS.append(StudyStopped(signal.Signals(signum).name, 128 + signum))
+    """SIGTERM or Ctrl-C while a study makes its last writes: they go on (its runs end), and the stop is only
+    recorded. A study whose server is away then stops instead of waiting for it (`StudyTracker.settle`)."""
+    STOPS.append(signal_stop(signum))
 
 
 def _schedule(runner: ModuleType, study: Study, watch: Any) -> tuple[pd.DataFrame, list[Path]]:
@@ -205,7 +204,7 @@ def _schedule(runner: ModuleType, study: Study, watch: Any) -> tuple[pd.DataFram
             tracker.set_tag("synthdata.failure", watch.message)
         raise
     finally:
-        with on_sigterm(_note_stop):
+        with on_stop_signals(_note_stop):
             try:
                 table = runner.table(study)
                 if not table.empty:

@@ -21,6 +21,25 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def _signal_handlers_kept():
+    """Every test leaves Ctrl-C's handler and the stop record as it found them: a test that changes them changes what
+    later tests in its worker see (a stop test once failed at random, in a random order, on Ctrl-C's handler). A test
+    that leaves them changed fails here, naming itself, and they are put back. (SIGTERM's is Ray's once a Ray starts
+    in the process, as in a user's; a study sets its own while it runs.)"""
+    import signal
+
+    from loops.stopping import STOPS
+
+    before = signal.getsignal(signal.SIGINT)
+    yield
+    after, stops = signal.getsignal(signal.SIGINT), list(STOPS)
+    if before is not None:
+        signal.signal(signal.SIGINT, before)
+    STOPS.clear()
+    assert after is before and not stops, f"the test left Ctrl-C's handler {after!r} (was {before!r}) or stops {stops} behind"
+
+
 @pytest.fixture(scope="session")
 def empty_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An MLflow SQLite store with its tables made, once: a new store runs every schema migration (0.6 s and more)."""

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 import yaml
 
 from synthdata.tracking import mlflow_client
@@ -164,32 +165,42 @@ def test_a_cluster_whose_autoscaler_calls_an_arm_infeasible_fails_the_study(tmp_
                 p.kill()
 
 
-def test_a_stop_whose_raise_was_lost_is_raised_at_the_next_wait():
+@pytest.mark.parametrize("signum,code,name", [(signal.SIGTERM, 143, "SIGTERM"), (signal.SIGINT, 130, "interrupted")],
+                         ids=["SIGTERM", "Ctrl-C"])
+def test_a_stop_whose_raise_was_lost_is_raised_at_the_next_wait(signum, code, name):
     """Ray turns a signal handler's exception into a plain KeyboardInterrupt, or C code swallows it: the recorded stop
-    is what the runners' waiting loops raise, with SIGTERM's exit code."""
-    import pytest
-
-    from loops.stopping import STOPS, StudyStopped, check_stopped, raise_stopped
+    is what the runners' waiting loops raise, with the signal's exit code. Ctrl-C too: a Ctrl-C lost in Ray's C code
+    once left a study waiting for its tracking server for minutes (a random-order run)."""
+    from loops.stopping import STOPS, StudyStopped, check_stopped, on_stop_signals, raise_stopped
 
     STOPS.clear()
     check_stopped()  # nothing asked for: no stop
+    before = signal.getsignal(signum)
     try:
-        raise_stopped(signal.SIGTERM, None)
-    except KeyboardInterrupt:
-        pass  # lost on its way, as inside a library's callback
-    with pytest.raises(StudyStopped) as stop:
-        check_stopped()
-    assert stop.value.exit_code == 143 and str(stop.value) == "SIGTERM"
-    STOPS.clear()
+        with on_stop_signals(raise_stopped):
+            assert signal.getsignal(signum) is raise_stopped  # the study's own handler, whatever was there before
+            try:
+                signal.raise_signal(signum)
+                time.sleep(1)
+            except KeyboardInterrupt:
+                pass  # lost on its way, as inside a library's callback
+        assert signal.getsignal(signum) is before  # put back
+        with pytest.raises(StudyStopped) as stop:
+            check_stopped()
+        assert stop.value.exit_code == code and str(stop.value) == name
+    finally:
+        STOPS.clear()
 
 
 def test_the_autoscalers_infeasible_verdict_on_an_arm_is_recorded_as_a_stop():
     """The watch interrupts the main thread and records the stop: if Ray's C code swallows the interrupt, the waiting
-    loops' check_stopped still ends the study (the case a CI run once hit: a study waiting past its timeout)."""
-    import pytest
+    loops' check_stopped still ends the study (the case a CI run once hit: a study waiting past its timeout).
 
+    The interrupt is SIGINT's handler run in the main thread: a study's own (`on_stop_signals`), as here, whatever
+    handler the process had (ignored, below). Before, the raise depended on that handler, and a random-order run
+    failed here with "DID NOT RAISE"."""
     from loops.ray_tools import InfeasibleWatch
-    from loops.stopping import STOPS, StudyStopped, check_stopped
+    from loops.stopping import STOPS, StudyStopped, check_stopped, on_stop_signals, raise_stopped
     from synthdata.spec import ResourcesSpec
 
     STOPS.clear()
@@ -198,12 +209,15 @@ def test_the_autoscalers_infeasible_verdict_on_an_arm_is_recorded_as_a_stop():
     watch({"pid": "autoscaler", "lines": [line % "4.0"]})  # another request than the arm's: not ours
     watch({"pid": 1234, "lines": [line % "64.0"]})  # a worker's line, not the autoscaler's
     assert watch.message is None and not STOPS
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)  # what an earlier test, or a parent process, may leave
     try:
-        with pytest.raises(KeyboardInterrupt):
+        with on_stop_signals(raise_stopped), pytest.raises(StudyStopped, match="infeasible"):
             watch({"pid": "autoscaler", "lines": [line % "64.0"]})
             time.sleep(2)  # the interrupt lands here
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
         assert watch.message.startswith("No available node types can fulfill resource request {'CPU': 64.0}")
         with pytest.raises(StudyStopped, match="infeasible"):
             check_stopped()
     finally:
+        signal.signal(signal.SIGINT, before)
         STOPS.clear()

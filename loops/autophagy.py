@@ -27,6 +27,7 @@ from synthdata.data import ImageSet, Splits
 from synthdata.fitting import fit_generator
 from synthdata.generators import Collapsed, checkpoint_files, draw_samples
 from synthdata.metrics.toy import toy_metrics
+from synthdata.parallel import WorkerLost
 from synthdata.seeds import Purpose, stream_seed
 from synthdata.spec import LoopStudy, with_value
 
@@ -152,8 +153,10 @@ def _training_group(spec: LoopStudy, real: ImageSet, device: str) -> Any:
     from synthdata.parallel import TrainingGroup
     from synthdata.sampling import ArmWorker
 
-    return TrainingGroup(res.workers_per_arm, gpus_per_worker=res.gpus_per_arm, device=device, actor_class=ArmWorker,
-                         actor_args=(spec.generator, real.shape, real.num_classes, 1, device))
+    # Workers as wide as the arm: data-parallel workers wait for the slowest at every step.
+    return TrainingGroup(res.workers_per_arm, cpus_per_worker=res.cpus_per_arm, gpus_per_worker=res.gpus_per_arm,
+                         device=device, actor_class=ArmWorker,
+                         actor_args=(spec.generator, real.shape, real.num_classes, int(res.cpus_per_arm), device))
 
 
 def run_arm(
@@ -186,14 +189,19 @@ def run_arm(
     # reference's too; the same actors sample. Started now, stopped with the arm.
     group = _training_group(spec, real, device)
     if first == 0:
-        try:
-            with group.active() if group is not None else nullcontext():
-                yield Progress(arm.name, 0, "real-data reference")
-                reference = _reference(spec, splits, context, arm, device)
-        except BaseException:
-            if group is not None:
-                group.close()
-            raise
+        yield Progress(arm.name, 0, "real-data reference")
+        for attempt in (1, 2):  # a worker lost: once more, on a new group
+            try:
+                with group.active() if group is not None else nullcontext():
+                    reference = _reference(spec, splits, context, arm, device)
+                break
+            except BaseException as err:
+                if group is not None:
+                    group.close()
+                if not isinstance(err, WorkerLost) or attempt == 2:
+                    raise
+                yield Progress(arm.name, 0, f"{err}: the reference starts again")
+                group = _training_group(spec, real, device)
         yield reference
         first = 1
 
@@ -220,6 +228,18 @@ def run_arm(
                                 actors=group.actors if group is not None else None)
         return pool.draw(generator, n + n_eval, real, **kw)
 
+    def _restart(group: Any, pool: Any, active: Any) -> tuple[Any, None, Any]:
+        """A new training group (and sampling pool, made when next needed) for the arm, the old one's actors gone."""
+        active.__exit__(None, None, None)
+        if pool is not None:
+            pool.close()
+        if group is not None:
+            group.close()
+        group = _training_group(spec, real, device)
+        active = group.active() if group is not None else nullcontext()
+        active.__enter__()
+        return group, None, active
+
     active = group.active() if group is not None else nullcontext()
     try:
         active.__enter__()
@@ -232,39 +252,48 @@ def run_arm(
                 init, steps = context.pretrained, loop.pretrained_steps
             else:
                 init, steps = (previous if loop.init == "previous" else None), None
-            try:
-                generator, info = yield from _with_progress(
-                    lambda report: fit_generator(spec.generator, train_set, seed=arm.seed, generation=t, device=device,
-                                                 guidance=guidance, real=real, progress=report, init=init, train_steps=steps,
-                                                 storage=context.sample_storage(arm.name, t, "guidance"),
-                                                 in_memory_mb=spec.data.in_memory_mb),
-                    arm.name, t)
-                metrics: dict[str, float] = {"train_set_size": float(len(train_set)), **info}
-                slow = metrics["time_fit_s"] > 1.0  # worth telling the driver about stages only when generations are slow
-                if slow:
-                    yield Progress(arm.name, t, "sampling")
-                start = time.perf_counter()
-                drawn = draw(generator, t)
-            except Collapsed as err:
-                if t == 1:
-                    raise ValueError(f"generation 1 (fitted on the real training set): {err}; "
-                                     "a loop needs a fit of the real data that is not singular (gaussian: generator.ridge above 0)") from err
-                yield Collapse(arm.name, t, str(err))
-                return
+            for attempt in (1, 2):  # a worker lost mid-generation: the generation once more, on a new group
+                try:
+                    try:
+                        generator, info = yield from _with_progress(
+                            lambda report: fit_generator(spec.generator, train_set, seed=arm.seed, generation=t, device=device,
+                                                         guidance=guidance, real=real, progress=report, init=init, train_steps=steps,
+                                                         storage=context.sample_storage(arm.name, t, "guidance"),
+                                                         in_memory_mb=spec.data.in_memory_mb),
+                            arm.name, t)
+                        metrics: dict[str, float] = {"train_set_size": float(len(train_set)), **info}
+                        slow = metrics["time_fit_s"] > 1.0  # worth telling the driver about stages only when generations are slow
+                        if slow:
+                            yield Progress(arm.name, t, "sampling")
+                        start = time.perf_counter()
+                        drawn = draw(generator, t)
+                    except Collapsed as err:
+                        if t == 1:
+                            raise ValueError(f"generation 1 (fitted on the real training set): {err}; "
+                                             "a loop needs a fit of the real data that is not singular (gaussian: generator.ridge above 0)") from err
+                        yield Collapse(arm.name, t, str(err))
+                        return
+                    if loop.init == "previous":
+                        kept = {k: v.detach().cpu() for k, v in generator.state_dict().items()}
+                    metrics["time_sample_s"] = time.perf_counter() - start
+                    samples = drawn.subset(torch.arange(n))
+                    held_out_fakes = drawn.images[n:]  # never trained on, by the detector or the next generator
+                    if slow:
+                        yield Progress(arm.name, t, "metrics")
+
+                    start = time.perf_counter()
+                    metrics.update(measure_samples(spec, splits, context, samples, held_out_fakes, lambda p: seed_of(t, p), device))
+                    if "toy" in spec.metrics and splits.truth is not None:
+                        metrics.update(toy_metrics(splits.truth, *generator.moments()))
+                    metrics["time_metrics_s"] = time.perf_counter() - start
+                    break
+                except WorkerLost as err:
+                    if attempt == 2:
+                        raise
+                    yield Progress(arm.name, t, f"{err}: generation {t} starts again")
+                    group, pool, active = _restart(group, pool, active)
             if loop.init == "previous":
-                previous = {k: v.detach().cpu() for k, v in generator.state_dict().items()}
-            metrics["time_sample_s"] = time.perf_counter() - start
-            samples = drawn.subset(torch.arange(n))
-            held_out_fakes = drawn.images[n:]  # never trained on, by the detector or the next generator
-            if slow:
-                yield Progress(arm.name, t, "metrics")
-
-            start = time.perf_counter()
-            metrics.update(measure_samples(spec, splits, context, samples, held_out_fakes, lambda p: seed_of(t, p), device))
-            if "toy" in spec.metrics and splits.truth is not None:
-                metrics.update(toy_metrics(splits.truth, *generator.moments()))
-            metrics["time_metrics_s"] = time.perf_counter() - start
-
+                previous = kept  # after the generation stands: a redone one starts from the same weights
             files = checkpoint_files(generator) if spec.tracking.checkpoints else None
             yield GenerationResult(arm.name, t, metrics, grid_subset(samples.images, samples.labels), samples, files,
                                    previous if loop.init == "previous" else None)

@@ -39,7 +39,8 @@ def _source_task(source, real: ImageSet, seed: int, resources, storage: str, in_
 def _arm_task(arm: DetectArm, spec: DetectStudy, real_train: ImageSet, real_eval: ImageSet, sources: dict[str, ImageSet]) -> DetectResult:
     device = configure_worker(spec.resources)
     res = spec.resources  # with workers_per_arm > 1, the arm's detector trains in all of its workers
-    with training_group(res.workers_per_arm, gpus_per_worker=res.gpus_per_arm, device=device):
+    with training_group(res.workers_per_arm, cpus_per_worker=res.cpus_per_arm, gpus_per_worker=res.gpus_per_arm,
+                        device=device):
         return run_arm(arm, spec.detect, spec.detector, real_train, real_eval, sources, device=device)
 
 

@@ -143,7 +143,8 @@ def _arm_trial(config: dict[str, Any], spec: MixStudy, splits: dict[int, Splits]
     # workers_per_arm > 1 it trains in the trial and its actors (Tune reserved their bundles with the trial); the trial
     # alone reports.
     res = spec.resources
-    with training_group(res.workers_per_arm, gpus_per_worker=res.gpus_per_arm, device=device):
+    with training_group(res.workers_per_arm, cpus_per_worker=res.cpus_per_arm, gpus_per_worker=res.gpus_per_arm,
+                        device=device):
         train_classifier(spec.downstream, data.images, data.labels, data.num_classes,
                          seed=stream_seed(seed, Purpose.DOWNSTREAM), device=device, on_epoch=on_epoch)
 

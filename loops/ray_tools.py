@@ -54,9 +54,15 @@ def arm_workers(resources: ResourcesSpec) -> int:
     return max(resources.sampling_workers, resources.workers_per_arm)
 
 
+def worker_cpus(resources: ResourcesSpec) -> float:
+    """The CPUs of each of an arm's actors: the arm's own when they train with it (data-parallel workers must be
+    equal, or all wait for the slowest), 1 when they only sample."""
+    return resources.cpus_per_arm if resources.workers_per_arm > 1 else 1
+
+
 def arm_cpus(resources: ResourcesSpec) -> float:
-    """The CPUs one arm holds: its own and its workers' (1 each beyond the arm itself)."""
-    return resources.cpus_per_arm + (arm_workers(resources) - 1)
+    """The CPUs one arm holds: its own and its workers'."""
+    return resources.cpus_per_arm + (arm_workers(resources) - 1) * worker_cpus(resources)
 
 
 def arm_placement(resources: ResourcesSpec, cpus: float | None = None) -> tuple[dict, Any]:
@@ -70,7 +76,8 @@ def arm_placement(resources: ResourcesSpec, cpus: float | None = None) -> tuple[
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
     gpu = {"GPU": resources.gpus_per_arm} if resources.gpus_per_arm else {}
-    bundles = [{"CPU": cpus or resources.cpus_per_arm, **gpu}] + [{"CPU": 1, **gpu} for _ in range(workers - 1)]
+    each = worker_cpus(resources)
+    bundles = [{"CPU": cpus or resources.cpus_per_arm, **gpu}] + [{"CPU": each, **gpu} for _ in range(workers - 1)]
     group = placement_group(bundles, strategy="PACK")
     strategy = PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=0, placement_group_capture_child_tasks=True)
     return {"scheduling_strategy": strategy}, group
@@ -85,7 +92,7 @@ def trial_resources(resources: ResourcesSpec) -> Any:
 
     gpu = {"GPU": resources.gpus_per_arm} if resources.gpus_per_arm else {}
     return PlacementGroupFactory([{"CPU": resources.cpus_per_arm, **gpu}]
-                                 + [{"CPU": 1, **gpu} for _ in range(arm_workers(resources) - 1)])
+                                 + [{"CPU": worker_cpus(resources), **gpu} for _ in range(arm_workers(resources) - 1)])
 
 
 def release(group: Any) -> None:
@@ -100,11 +107,12 @@ def _check_sampling_workers(resources: ResourcesSpec, most: float) -> None:
     """An arm and its workers (one placement group) wider than a node: refused, naming the wider of the two keys."""
     field = "workers_per_arm" if resources.workers_per_arm >= resources.sampling_workers else "sampling_workers"
     workers = arm_workers(resources)
+    each = worker_cpus(resources)
     if workers > 1 and arm_cpus(resources) > most:
         raise UserError(f"resources.{field}: {workers} workers per arm hold "
                         f"{arm_cpus(resources):g} CPUs with cpus_per_arm {resources.cpus_per_arm:g} (the arm and "
-                        f"{workers - 1} of 1 CPU), but this machine's Ray has {most:g}; set at most "
-                        f"{max(1, int(most - resources.cpus_per_arm + 1))}")
+                        f"{workers - 1} of {each:g} CPU), but this machine's Ray has {most:g}; set at most "
+                        f"{max(1, int((most - resources.cpus_per_arm) // each + 1))}")
 
 
 def _too_wide(field: str, asked: float, most: float, what: str) -> UserError:

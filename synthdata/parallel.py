@@ -44,6 +44,11 @@ F = TypeVar("F", bound=Callable[..., Any])
 GROUP_TIMEOUT = timedelta(minutes=10)  # a worker lost mid-step fails the others' next reduction after this long
 
 
+class WorkerLost(RuntimeError):
+    """One of an arm's workers died mid-call (its process killed, its node lost): the call can be done again by a new
+    group. A loop arm does the generation again, once (`loops.autophagy`)."""
+
+
 @dataclass(frozen=True)
 class Share:
     """This worker's place in a shared training call: `rank` of `world` workers."""
@@ -53,6 +58,9 @@ class Share:
 
     def part(self, n: int) -> slice:
         """This worker's contiguous part of a global batch of `n`: parts differ in size by at most one."""
+        if n < self.world:
+            raise ValueError(f"a batch of {n} cannot be shared by {self.world} workers (resources.workers_per_arm): "
+                             "every worker needs at least one image of each batch; use a larger batch_size")
         base, extra = divmod(n, self.world)
         start = self.rank * base + min(self.rank, extra)
         return slice(start, start + base + (1 if self.rank < extra else 0))
@@ -148,7 +156,10 @@ def _leave() -> None:
 
 
 class TrainingWorker:
-    """A Ray actor: one rank of an arm's training group (`TrainingGroup`)."""
+    """A Ray actor: one rank of an arm's training group (`TrainingGroup`), `threads` torch threads."""
+
+    def __init__(self, threads: int = 1) -> None:
+        torch.set_num_threads(max(1, int(threads)))
 
     def join(self, rank: int, world: int, address: str, device: str) -> None:
         _join(rank, world, address, device)
@@ -162,20 +173,21 @@ class TrainingWorker:
 
 
 class TrainingGroup:
-    """The arm (rank 0) and `workers - 1` Ray actors (1 CPU, `gpus_per_worker` GPUs each) in one process group.
+    """The arm (rank 0) and `workers - 1` Ray actors (`cpus_per_worker` CPUs and threads, `gpus_per_worker` GPUs each)
+    in one process group.
 
     Started once per arm; while it is `active()`, every `@shared` call made in the arm runs in
     all of them. Actors started from an arm land in its placement group (its child tasks are
     captured), so they are reserved with it.
     """
 
-    def __init__(self, workers: int, *, gpus_per_worker: float = 0, device: str = "cpu",
+    def __init__(self, workers: int, *, cpus_per_worker: float = 1, gpus_per_worker: float = 0, device: str = "cpu",
                  actor_class: type = TrainingWorker, actor_args: tuple = ()) -> None:
         """`actor_class`: `TrainingWorker` or a class built on it (one that also samples), made with `actor_args`."""
         import ray
 
         self.world, self.device = workers, device
-        actor = ray.remote(actor_class).options(num_cpus=1, num_gpus=gpus_per_worker)
+        actor = ray.remote(actor_class).options(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker)
         self.actors = [actor.remote(*actor_args) for _ in range(workers - 1)]
         address = f"tcp://{ray.util.get_node_ip_address()}:{_free_port()}"
         joined = [a.join.remote(r, workers, address, device) for r, a in enumerate(self.actors, start=1)]
@@ -193,11 +205,32 @@ class TrainingGroup:
         try:
             with sharing(Share(0, self.world)):
                 result = fn(*args, **kwargs)
-        except BaseException:
-            self.close()  # the actors may wait in a reduction the arm will never join
+        except BaseException as err:
+            lost = self._lost(refs) if isinstance(err, Exception) else None  # a reduction fails when a peer dies
+            self.close()  # the others may wait in a reduction the arm will never join
+            if lost:
+                raise WorkerLost(lost) from err
             raise
-        ray.get(refs)
+        lost = self._lost(refs, wait_s=None)
+        if lost:  # died after its last reduction: the group does not stand
+            self.close()
+            raise WorkerLost(lost)
+        ray.get(refs)  # an actor's own error
         return result
+
+    def _lost(self, refs: list, wait_s: float | None = 10.0) -> str | None:
+        """Why an actor of this call died ('' / None when none did); `wait_s`: how long to wait for their answers."""
+        import ray
+
+        done, _ = ray.wait(refs, num_returns=len(refs), timeout=wait_s)
+        for ref in done:
+            try:
+                ray.get(ref)
+            except ray.exceptions.RayActorError as err:
+                return f"a training worker of the arm died ({type(err).__name__})"
+            except Exception:
+                pass  # its own error, not a death
+        return None
 
     @contextmanager
     def active(self) -> Iterator["TrainingGroup"]:
@@ -219,12 +252,14 @@ class TrainingGroup:
 
 
 @contextmanager
-def training_group(workers: int, *, gpus_per_worker: float = 0, device: str = "cpu") -> Iterator[TrainingGroup | None]:
+def training_group(workers: int, *, cpus_per_worker: float = 1, gpus_per_worker: float = 0, device: str = "cpu"
+                   ) -> Iterator[TrainingGroup | None]:
     """For the block, `@shared` calls train in `workers` workers (this process and workers - 1 actors); 1: alone."""
     if workers == 1:
         yield None
         return
-    group = TrainingGroup(workers, gpus_per_worker=gpus_per_worker, device=device)
+    group = TrainingGroup(workers, cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker, device=device,
+                          actor_args=(int(cpus_per_worker),))
     try:
         with group.active():
             yield group

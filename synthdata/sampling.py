@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from synthdata.data import ImageSet, class_balanced_labels, spills
-from synthdata.parallel import TrainingWorker
+from synthdata.parallel import TrainingWorker, WorkerLost
 from synthdata.seeds import SEED_GROUP, image_seeds
 from synthdata.shards import join
 from synthdata.spec import GeneratorSpec
@@ -135,7 +135,10 @@ class SamplingPool:
             else:
                 finished = ray.wait(list(running), num_returns=1)[0]
             for ref in finished:
-                start, part = ray.get(ref)
+                try:
+                    start, part = ray.get(ref)
+                except ray.exceptions.RayActorError as err:  # a worker died: the set can be drawn again, by a new pool
+                    raise WorkerLost(f"a sampling worker died ({type(err).__name__})") from err
                 parts[start] = part
                 idle.append(running.pop(ref))
             if show is not None:

@@ -6,6 +6,8 @@ batch statistics) on 2 workers matches the fit in one process to float rounding.
 """
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 
@@ -151,3 +153,51 @@ def test_a_mix_trial_and_a_detect_arm_with_two_workers_measure_what_one_measures
     assert abs(mix1["downstream_accuracy"].iloc[0] - mix2["downstream_accuracy"].iloc[0]) < 0.1, (mix1, mix2)
     for a, b in zip(det1["detectability"], det2["detectability"]):
         assert abs(a - b) < 0.15, (det1, det2)
+
+
+@pytest.mark.slow
+def test_a_training_worker_killed_mid_generation_is_replaced_and_the_generation_done_once(local_ray, tracking_uri, tmp_path):
+    """The arm's actor killed (SIGKILL, as a lost node) while it trains: the arm starts a new group, does that part of
+    the generation again, and logs every generation once, its generator's loss the one an undisturbed arm logs."""
+    import threading
+
+    import psutil
+    from mlflow.tracking import MlflowClient
+
+    from loops.study import run_study
+    from synthdata.spec import parse_spec
+
+    def study(name: str) -> dict:
+        return {"name": name, "data": {"source": "digits"},
+                "generator": {"name": "diffusion", **TINY, "train_steps": 150, "batch_size": 64},
+                "detector": {"epochs": 1}, "downstream": {"epochs": 1},
+                "loop": {"types": ["replace"], "generations": 1, "samples_per_generation": 300},
+                "resources": {"cpus_per_arm": 1, "workers_per_arm": 2},
+                "tracking": {"checkpoints": False, "report_dir": str(tmp_path / "runs")}}
+
+    killed: list[int] = []
+
+    def kill_the_worker_once_it_trains() -> None:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and not killed:
+            for p in psutil.process_iter(["cmdline"]):
+                title = " ".join(p.info["cmdline"] or [])
+                if "ArmWorker.run" in title:  # Ray names a worker's process for the call it runs
+                    time.sleep(1.5)  # well inside the call
+                    p.kill()
+                    killed.append(p.pid)
+                    return
+            time.sleep(0.2)
+
+    killer = threading.Thread(target=kill_the_worker_once_it_trains, daemon=True)
+    killer.start()
+    hit = run_study(parse_spec(study("lost_worker")), tracking_uri=tracking_uri, show_progress=False)
+    killer.join()
+    calm = run_study(parse_spec(study("calm_worker")), tracking_uri=tracking_uri, show_progress=False)
+    assert killed and not hit.failed
+    c = MlflowClient(tracking_uri)
+    (arm,) = c.search_runs([c.get_experiment_by_name("lost_worker").experiment_id], "tags.`synthdata.role` = 'arm'")
+    assert arm.info.status == "FINISHED"
+    assert [m.step for m in c.get_metric_history(arm.info.run_id, "detectability")] == [0, 1]  # each generation once
+    a, b = (t[t.generation == 1].iloc[0]["generator_loss"] for t in (hit.table, calm.table))
+    assert a == pytest.approx(b, rel=1e-4)

@@ -57,6 +57,8 @@ class Generator(Protocol):
 
     # Optional: `save_pretrained(directory)` writes a checkpoint that loads on its own (the diffusion
     # generator writes diffusers' format); without it a checkpoint is `state_dict()` as safetensors.
+    # Optional: a class attribute `data_parallel = True` says `fit` takes its part of every batch through
+    # `synthdata.parallel`, so `resources.workers_per_arm` runs it on all of an arm's workers at once.
 
 
 def create_generator(spec: GeneratorSpec, shape: tuple[int, int, int], num_classes: int, device: str = "cpu") -> Generator:

@@ -283,7 +283,7 @@ class ResourcesSpec(Strict):
         1, ge=1, le=1024,
         description="Workers that train each of an arm's models data-parallel (DDP: gloo on CPUs, NCCL on GPUs): the "
         "generator when it trains data-parallel (diffusion, and plug-ins that say so), the detector and the downstream "
-        "classifier. The arm itself and workers_per_arm - 1 Ray actors of 1 CPU (and gpus_per_arm GPUs) each, reserved "
+        "classifier. The arm itself and workers_per_arm - 1 Ray actors of cpus_per_arm CPUs (and gpus_per_arm GPUs) each, reserved "
         "with the arm (one placement group, shared with its sampling workers: the arm holds max(sampling_workers, "
         "workers_per_arm) workers). Each takes its part of every batch, so the steps are one process's. 1: the arm "
         "trains alone.",

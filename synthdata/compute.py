@@ -36,6 +36,11 @@ def set_precision(mode: str) -> None:
         torch.backends.cudnn.allow_tf32 = fast
 
 
+def precision_mode() -> str:
+    """The process's precision mode (what `set_precision` set): an arm hands it to the actors it trains and samples with."""
+    return _precision
+
+
 def autocast_dtype(device: str) -> torch.dtype | None:
     """The autocast dtype for `device` under the current mode (None: full fp32)."""
     if _precision == "fp32":

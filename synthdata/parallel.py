@@ -161,7 +161,10 @@ class TrainingWorker:
     def __init__(self, threads: int = 1) -> None:
         torch.set_num_threads(max(1, int(threads)))
 
-    def join(self, rank: int, world: int, address: str, device: str) -> None:
+    def join(self, rank: int, world: int, address: str, device: str, precision: str = "auto") -> None:
+        from synthdata.compute import set_precision
+
+        set_precision(precision)  # the arm's: every worker computes in the same precision
         _join(rank, world, address, device)
 
     def run(self, rank: int, world: int, fn: Callable[..., Any], args: tuple, kwargs: dict) -> None:
@@ -190,7 +193,9 @@ class TrainingGroup:
         actor = ray.remote(actor_class).options(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker)
         self.actors = [actor.remote(*actor_args) for _ in range(workers - 1)]
         address = f"tcp://{ray.util.get_node_ip_address()}:{_free_port()}"
-        joined = [a.join.remote(r, workers, address, device) for r, a in enumerate(self.actors, start=1)]
+        from synthdata.compute import precision_mode
+
+        joined = [a.join.remote(r, workers, address, device, precision_mode()) for r, a in enumerate(self.actors, start=1)]
         _join(0, workers, address, device)  # returns once every rank has joined
         ray.get(joined)
 

@@ -38,7 +38,10 @@ class SamplingWorker:
         self.shape = tuple(shape)
         self.generator = create_generator(spec, shape, num_classes, device)
 
-    def load(self, state: dict[str, torch.Tensor]) -> None:
+    def load(self, state: dict[str, torch.Tensor], precision: str = "auto") -> None:
+        from synthdata.compute import set_precision
+
+        set_precision(precision)  # the arm's: on a GPU, bf16 or fp32 images must be the ones the arm would draw
         self.generator.load_state_dict(state)
 
     def draw(self, labels: torch.Tensor, seeds: torch.Tensor, start: int, levels: int | None, num_classes: int,
@@ -114,7 +117,9 @@ class SamplingPool:
         todo = [(i, min(i + step, n)) for i in range(0, n, step)]
         if self.actors:
             state_ref = ray.put({key: v.detach().cpu() for key, v in generator.state_dict().items()})  # once, read by all
-            ray.get([a.load.remote(state_ref) for a in self.actors])
+            from synthdata.compute import precision_mode
+
+            ray.get([a.load.remote(state_ref, precision_mode()) for a in self.actors])
 
         def root(a: int) -> str | None:
             return join(storage, f"part_{a:09d}") if large else None

@@ -110,6 +110,8 @@ SPEC_CASES: list[tuple[str, object, str]] = [
      "features.weights: file does not exist: nope.pth"),
     ("limit-too-small", tiny_study(data={"limit": 5}), "data.limit: Input should be greater than or equal to 20"),
     ("zero-cpus", tiny_study(resources={"cpus_per_arm": 0}), "resources.cpus_per_arm: Input should be greater than 0"),
+    ("training-workers-sharing-a-gpu", tiny_study(resources={"workers_per_arm": 2, "gpus_per_arm": 0.5}),
+     "resources.workers_per_arm: 2 workers with gpus_per_arm 0.5 could share a GPU, which NCCL refuses"),
     ("negative-retries", tiny_study(resources={"max_arm_retries": -1}), "resources.max_arm_retries:"),
     ("zero-temperature", tiny_study(generator={"name": "gaussian", "temperature": 0}), "generator.temperature: Input should be greater than 0"),
     ("not-a-mapping", "- name: a\n- name: b\n", "the study file must be a mapping"),

@@ -72,3 +72,34 @@ def test_two_sampling_workers_on_one_gpu_draw_the_images_one_draws(local_ray):
         drawn = draw_sharded(spec, generator, 300, real, workers=workers, gpus_per_worker=0.5, **kw)
         torch.testing.assert_close(drawn.images, alone.images, atol=2 / 16, rtol=0)  # quantized to 17 levels: a level at most
         assert float((drawn.images != alone.images).float().mean()) < 0.01
+
+
+def _fit_on_two_gpus(spec) -> float:
+    """In a Ray task holding one GPU (as an arm does), with an actor holding another: the shared fit's loss."""
+    from synthdata.compute import set_precision
+    from synthdata.data import load_digits_set
+    from synthdata.fitting import fit_generator
+    from synthdata.parallel import TrainingGroup
+
+    set_precision("fp32")  # handed to the actor by the group
+    group = TrainingGroup(2, gpus_per_worker=1, device="cuda")
+    try:
+        with group.active():
+            return fit_generator(spec, load_digits_set(), seed=0, device="cuda")[1]["generator_loss"]
+    finally:
+        group.close()
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="data-parallel training over NCCL needs a GPU per worker")
+def test_a_diffusion_fit_on_two_gpus_takes_the_steps_one_gpu_takes(local_ray):
+    """workers_per_arm: 2 on two GPUs (NCCL): the arm's fit and its actor's, one GPU each, give one GPU's fit."""
+    from synthdata.compute import set_precision
+    from synthdata.data import load_digits_set
+    from synthdata.fitting import fit_generator
+    from synthdata.spec import DiffusionSpec
+
+    set_precision("fp32")
+    spec = DiffusionSpec(channels=[16, 32], train_steps=20, batch_size=64, sampling_steps=5)
+    _, info = fit_generator(spec, load_digits_set(), seed=0, device="cuda")
+    shared = local_ray.get(local_ray.remote(num_gpus=1)(_fit_on_two_gpus).remote(spec))
+    assert shared == pytest.approx(info["generator_loss"], rel=1e-3)

@@ -296,3 +296,11 @@ class ResourcesSpec(Strict):
         description="Times an arm whose worker died (node lost, process killed) is restarted from its last finished "
         "generation. Errors in the arm itself (bad data, a diverging generator) fail it at once.",
     )
+
+    @model_validator(mode="after")
+    def _one_gpu_per_training_worker(self) -> "ResourcesSpec":
+        if self.workers_per_arm > 1 and 0 < self.gpus_per_arm < 1:
+            raise ValueError(f"workers_per_arm: {self.workers_per_arm} workers with gpus_per_arm {self.gpus_per_arm:g} could "
+                             "share a GPU, which NCCL refuses; data-parallel workers need a whole GPU each (gpus_per_arm: 1)")
+        return self
+

@@ -33,7 +33,14 @@ EXPENSIVE = ("generator", "checkpoint", "pipeline")  # sampled on Ray; the other
 
 
 def _source_task(source, real: ImageSet, seed: int, resources, storage: str, in_memory_mb: float) -> ImageSet:
-    return load_source(source, real, seed=seed, device=configure_worker(resources), storage=storage, in_memory_mb=in_memory_mb)
+    from synthdata.sampling import arm_workers
+
+    device = configure_worker(resources)
+    generator = getattr(source, "generator", None)  # a generator's or a weights file's: drawn by the task's workers
+    if generator is None:
+        return load_source(source, real, seed=seed, device=device, storage=storage, in_memory_mb=in_memory_mb)
+    with arm_workers(generator, real, resources, device) as pool:
+        return load_source(source, real, seed=seed, device=device, storage=storage, in_memory_mb=in_memory_mb, pool=pool)
 
 
 def _arm_task(arm: DetectArm, spec: DetectStudy, real_train: ImageSet, real_eval: ImageSet, sources: dict[str, ImageSet]) -> DetectResult:
@@ -62,9 +69,26 @@ def load_sources(spec: DetectStudy, splits: dict[int, Splits], read: dict[str, I
     expensive = [name for name, source in spec.detect.sources.items() if source.type in EXPENSIVE]
     local = {name: _absolute(spec.detect.sources[name]) for name in expensive}
     storage = storage_of(spec)  # sources too large to hold
-    refs = {(seed, name): task.remote(local[name][0], splits[seed].train, seed, spec.resources,
-                                      join(storage, "sources", name, f"seed{seed}"), spec.data.in_memory_mb)
-            for seed in spec.detect.seeds for name in expensive}
+    refs, held = {}, []
+    for seed in spec.detect.seeds:
+        for name in expensive:  # each source's task with its workers, reserved together
+            needs = getattr(local[name][0], "generator", None) is not None
+            options, group = arm_placement(spec.resources) if needs else ({}, None)
+            held.append(group)
+            refs[(seed, name)] = task.options(**options).remote(local[name][0], splits[seed].train, seed, spec.resources,
+                                                                join(storage, "sources", name, f"seed{seed}"),
+                                                                spec.data.in_memory_mb)
+    try:
+        return _collect_sources(spec, refs, local, read, show_progress, expensive)
+    finally:
+        for group in held:
+            release(group)
+
+
+def _collect_sources(spec: DetectStudy, refs: dict, local: dict, read: dict[str, ImageSet], show_progress: bool,
+                     expensive: list[str]) -> dict[int, dict[str, ImageSet]]:
+    import ray
+
     if show_progress and refs:
         print(f"sampling {', '.join(expensive)} for seed(s) {', '.join(map(str, spec.detect.seeds))}", file=sys.stderr, flush=True)
     out: dict[int, dict[str, ImageSet]] = {seed: dict(read) for seed in spec.detect.seeds}

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from loops.ray_tools import short_reason, trial_resources
+from loops.ray_tools import arm_placement, release, short_reason, trial_resources
 from loops.stopping import signals_kept
 from loops.study import Prepared, Study
 from synthdata.data import ImageSet, Splits
@@ -74,9 +74,12 @@ def pool_size(spec: MixStudy, n_train: int) -> int:
 
 def _pool_task(spec: MixStudy, real: ImageSet, size: int, seed: int, storage: str) -> tuple[ImageSet, dict[str, float]]:
     from synthdata.compute import configure_worker
+    from synthdata.sampling import arm_workers
 
-    return make_pool(spec.generator, real, size, seed=seed, device=configure_worker(spec.resources), guidance=spec.guidance,
-                     storage=storage, in_memory_mb=spec.data.in_memory_mb)
+    device = configure_worker(spec.resources)
+    with arm_workers(spec.generator, real, spec.resources, device) as pool:  # workers_per_arm, sampling_workers
+        return make_pool(spec.generator, real, size, seed=seed, device=device, guidance=spec.guidance,
+                         storage=storage, in_memory_mb=spec.data.in_memory_mb, pool=pool)
 
 
 def make_pools(spec: MixStudy, splits: dict[int, Splits], show_progress: bool, saved: ImageSet | None = None,
@@ -100,19 +103,27 @@ def make_pools(spec: MixStudy, splits: dict[int, Splits], show_progress: bool, s
         return {seed: pool for seed in seeds}
     task = ray.remote(_pool_task).options(num_cpus=spec.resources.cpus_per_arm, num_gpus=spec.resources.gpus_per_arm)
     storage = storage_of(spec)
-    refs = {seed: task.remote(spec, real_subset(splits[seed].train, spec.mix.real_size, seed=seed), size, seed,
-                              join(storage, "pools", f"seed{seed}")) for seed in seeds}
+    refs, held = {}, []
+    for seed in seeds:  # each pool's task with its workers, reserved together
+        options, group = arm_placement(spec.resources)
+        held.append(group)
+        refs[seed] = task.options(**options).remote(spec, real_subset(splits[seed].train, spec.mix.real_size, seed=seed),
+                                                    size, seed, join(storage, "pools", f"seed{seed}"))
     if show_progress:
         guided = f", guided at scale {spec.guidance.scale:g}" if spec.guidance.scale > 0 else ""
         print(f"training {len(refs)} generator(s), one per seed, for pools of {size} samples{guided}", file=sys.stderr, flush=True)
     pools = {}
-    for seed, ref in refs.items():
-        try:
-            pools[seed], info = ray.get(ref)
-        except ray.exceptions.RayTaskError as err:  # the generator (a plug-in's, say) raised: no arm can run without it
-            raise UserError(f"generator: the pool of seed {seed} could not be made: {short_reason(err)}") from None
-        if show_progress:
-            print(f"  pool seed {seed}: " + " ".join(f"{k}={v:.3g}" for k, v in info.items()), file=sys.stderr, flush=True)
+    try:
+        for seed, ref in refs.items():
+            try:
+                pools[seed], info = ray.get(ref)
+            except ray.exceptions.RayTaskError as err:  # the generator (a plug-in's, say) raised: no arm can run without it
+                raise UserError(f"generator: the pool of seed {seed} could not be made: {short_reason(err)}") from None
+            if show_progress:
+                print(f"  pool seed {seed}: " + " ".join(f"{k}={v:.3g}" for k, v in info.items()), file=sys.stderr, flush=True)
+    finally:
+        for group in held:
+            release(group)
     return pools
 
 

@@ -49,34 +49,23 @@ def refuse_before_start(resources: ResourcesSpec, address: str | None) -> None:
     _check_sampling_workers(resources, most)
 
 
-def arm_workers(resources: ResourcesSpec) -> int:
-    """The workers one arm is (itself included): its sampling and training workers are the same actors."""
-    return max(resources.sampling_workers, resources.workers_per_arm)
-
-
-def worker_cpus(resources: ResourcesSpec) -> float:
-    """The CPUs of each of an arm's actors: the arm's own when they train with it (data-parallel workers must be
-    equal, or all wait for the slowest), 1 when they only sample."""
-    return resources.cpus_per_arm if resources.workers_per_arm > 1 else 1
-
-
 def arm_cpus(resources: ResourcesSpec) -> float:
     """The CPUs one arm holds: its own and its workers'."""
-    return resources.cpus_per_arm + (arm_workers(resources) - 1) * worker_cpus(resources)
+    return resources.cpus_per_arm + (resources.workers - 1) * resources.worker_cpus
 
 
 def arm_placement(resources: ResourcesSpec, cpus: float | None = None) -> tuple[dict, Any]:
     """Task options that reserve an arm (`cpus`, default cpus_per_arm) with its workers, together or not at all
     (one placement group, its child tasks captured: the arm's actors land in it), and the group: ({}, None) for an
     arm without workers. Remove the group (`release`) when the arm's task is done."""
-    workers = arm_workers(resources)
+    workers = resources.workers
     if workers == 1:
         return {}, None
     from ray.util.placement_group import placement_group
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
     gpu = {"GPU": resources.gpus_per_arm} if resources.gpus_per_arm else {}
-    each = worker_cpus(resources)
+    each = resources.worker_cpus
     bundles = [{"CPU": cpus or resources.cpus_per_arm, **gpu}] + [{"CPU": each, **gpu} for _ in range(workers - 1)]
     group = placement_group(bundles, strategy="PACK")
     strategy = PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=0, placement_group_capture_child_tasks=True)
@@ -86,13 +75,13 @@ def arm_placement(resources: ResourcesSpec, cpus: float | None = None) -> tuple[
 def trial_resources(resources: ResourcesSpec) -> Any:
     """A Tune trial's resources: an arm's CPUs and GPUs, and with workers the bundles of its actors (Tune reserves
     them with the trial, its child actors placed in them)."""
-    if arm_workers(resources) == 1:
+    if resources.workers == 1:
         return {"cpu": resources.cpus_per_arm, "gpu": resources.gpus_per_arm}
     from ray.tune import PlacementGroupFactory
 
     gpu = {"GPU": resources.gpus_per_arm} if resources.gpus_per_arm else {}
     return PlacementGroupFactory([{"CPU": resources.cpus_per_arm, **gpu}]
-                                 + [{"CPU": worker_cpus(resources), **gpu} for _ in range(arm_workers(resources) - 1)])
+                                 + [{"CPU": resources.worker_cpus, **gpu} for _ in range(resources.workers - 1)])
 
 
 def release(group: Any) -> None:
@@ -106,8 +95,8 @@ def release(group: Any) -> None:
 def _check_sampling_workers(resources: ResourcesSpec, most: float) -> None:
     """An arm and its workers (one placement group) wider than a node: refused, naming the wider of the two keys."""
     field = "workers_per_arm" if resources.workers_per_arm >= resources.sampling_workers else "sampling_workers"
-    workers = arm_workers(resources)
-    each = worker_cpus(resources)
+    workers = resources.workers
+    each = resources.worker_cpus
     if workers > 1 and arm_cpus(resources) > most:
         raise UserError(f"resources.{field}: {workers} workers per arm hold "
                         f"{arm_cpus(resources):g} CPUs with cpus_per_arm {resources.cpus_per_arm:g} (the arm and "

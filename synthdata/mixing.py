@@ -8,6 +8,7 @@ only in the mix.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -21,21 +22,23 @@ from synthdata.spec import GeneratorSpec, GuidanceSpec
 
 def make_pool(generator_spec: GeneratorSpec, real: ImageSet, size: int, *, seed: int, device: str = "cpu",
               progress: StageProgress | None = None, guidance: GuidanceSpec | None = None, storage: str | None = None,
-              in_memory_mb: float | None = None) -> tuple[ImageSet, dict[str, float]]:
+              in_memory_mb: float | None = None, pool: Any = None) -> tuple[ImageSet, dict[str, float]]:
     """Train a generator on `real` and draw `size` labelled samples with `real`'s class balance.
 
     Samples are quantized to the real data's intensity levels, as saving them would.
     With a `guidance` spec at a scale > 0 they are drawn with detector guidance, its
     classifier trained on the same `real` images. A pool larger than `in_memory_mb` is
-    written to `storage` as shards while it is drawn (`draw_samples`). Returns the pool
-    and the fit summary.
+    written to `storage` as shards while it is drawn (`draw_samples`). `pool`: a
+    `synthdata.sampling.SamplingPool` of the task's workers (`arm_workers`), which draws the
+    same samples. Returns the samples and the fit summary.
     """
     guided = guidance if guidance is not None and guidance.scale > 0 else None
     generator, info = fit_generator(generator_spec, real, seed=seed, device=device, guidance=guided, progress=progress,
                                     storage=storage and f"{storage.rstrip('/')}_guidance", in_memory_mb=in_memory_mb)
-    pool = draw_samples(generator, size, real, label_seed=stream_seed(seed, Purpose.LABELS), sample_seed=stream_seed(seed, Purpose.SAMPLES),
-                        storage=storage, in_memory_mb=in_memory_mb)
-    return pool, info
+    draw = pool.draw if pool is not None and guided is None else draw_samples  # guided samples: in this process
+    samples = draw(generator, size, real, label_seed=stream_seed(seed, Purpose.LABELS), sample_seed=stream_seed(seed, Purpose.SAMPLES),
+                   storage=storage, in_memory_mb=in_memory_mb)
+    return samples, info
 
 
 def load_pool(path: Path, real: ImageSet) -> ImageSet:

@@ -15,7 +15,8 @@ keep by default, is not needed when every item names its own range.
 """
 from __future__ import annotations
 
-from typing import Any
+from contextlib import contextmanager, nullcontext
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -24,7 +25,7 @@ from synthdata.data import ImageSet, class_balanced_labels, spills
 from synthdata.parallel import TrainingWorker, WorkerLost
 from synthdata.seeds import SEED_GROUP, image_seeds
 from synthdata.shards import join
-from synthdata.spec import GeneratorSpec
+from synthdata.spec import GeneratorSpec, ResourcesSpec
 
 
 class SamplingWorker:
@@ -164,6 +165,35 @@ class SamplingPool:
             if not any(a is b for b in self.borrowed):
                 ray.kill(a)
         self.actors = []
+
+
+@contextmanager
+def arm_workers(spec: GeneratorSpec, real: ImageSet, resources: ResourcesSpec, device: str = "cpu"
+                ) -> Iterator[SamplingPool | None]:
+    """The workers of a task that trains a generator of `spec` on `real` and samples it (a mix pool, a detect source),
+    for the block: with `resources.workers_per_arm` > 1 its fits train on all of them (a training group, active), and
+    with either key above 1 the pool returned draws its samples on them (`resources.workers` in all). None: alone.
+
+    Started from inside the task, the actors land in its placement group (`loops.ray_tools.arm_placement`)."""
+    from synthdata.parallel import TrainingGroup
+
+    if resources.workers == 1:
+        yield None
+        return
+    group = None
+    if resources.workers_per_arm > 1:
+        group = TrainingGroup(resources.workers_per_arm, cpus_per_worker=resources.worker_cpus,
+                              gpus_per_worker=resources.gpus_per_arm, device=device, actor_class=ArmWorker,
+                              actor_args=(spec, real.shape, real.num_classes, int(resources.worker_cpus), device))
+    pool = SamplingPool(spec, real.shape, real.num_classes, resources.workers, cpus_per_worker=resources.worker_cpus,
+                        gpus_per_worker=resources.gpus_per_arm, local=True, actors=group.actors if group else None)
+    try:
+        with group.active() if group is not None else nullcontext():
+            yield pool
+    finally:
+        pool.close()
+        if group is not None:
+            group.close()
 
 
 def draw_sharded(spec: GeneratorSpec, generator: Any, n: int, real: ImageSet, *, workers: int, local: bool = False,

@@ -9,6 +9,7 @@ detector cannot tell them apart by file format alone.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -45,18 +46,19 @@ def to_real_format(images: Images, real: ImageSet, what: str) -> ImageSet:
 
 
 def load_source(spec: SourceSpec, real: ImageSet, *, seed: int, device: str = "cpu", in_memory_mb: float | None = None,
-                storage: str | None = None) -> ImageSet:
+                storage: str | None = None, pool: Any = None) -> ImageSet:
     """The images of one source (a `detect.sources` entry), in `real`'s format. A folder larger than `in_memory_mb`
     (as float32) stays on disk, read per batch; a generator's or checkpoint's samples that large are written to
-    `storage` as shards while they are drawn."""
+    `storage` as shards while they are drawn. `pool`: a `synthdata.sampling.SamplingPool` of the task's workers
+    (`arm_workers`, for `spec.generator`), which draws a generator's samples and a weights file's, the same images."""
     if spec.type == "generator":
         from synthdata.mixing import make_pool
 
-        pool, _ = make_pool(spec.generator, real, spec.size or len(real), seed=seed, device=device, guidance=spec.guidance,
-                            storage=storage, in_memory_mb=in_memory_mb)
-        return pool  # drawn in the real format already
+        samples, _ = make_pool(spec.generator, real, spec.size or len(real), seed=seed, device=device,
+                               guidance=spec.guidance, storage=storage, in_memory_mb=in_memory_mb, pool=pool)
+        return samples  # drawn in the real format already
     if spec.type == "checkpoint":
-        return _from_checkpoint(spec, real, seed=seed, device=device, storage=storage, in_memory_mb=in_memory_mb)
+        return _from_checkpoint(spec, real, seed=seed, device=device, storage=storage, in_memory_mb=in_memory_mb, pool=pool)
     if spec.type == "samples":
         from synthdata.data import load_samples
 
@@ -74,7 +76,7 @@ def load_source(spec: SourceSpec, real: ImageSet, *, seed: int, device: str = "c
 
 
 def _from_checkpoint(spec: CheckpointSource, real: ImageSet, *, seed: int, device: str, storage: str | None = None,
-                     in_memory_mb: float | None = None) -> ImageSet:
+                     in_memory_mb: float | None = None, pool: Any = None) -> ImageSet:
     """Sample a generator checkpoint: a diffusers-format directory as it is, a .safetensors file into `spec.generator`."""
     from synthdata.generators import create_generator, draw_samples
 
@@ -92,7 +94,9 @@ def _from_checkpoint(spec: CheckpointSource, real: ImageSet, *, seed: int, devic
         raise DataError(f"{spec.path}: not a checkpoint of this generator ({type(err).__name__}: {str(err)[:200]})") from None
     if generator.num_classes != real.num_classes:
         raise DataError(f"{spec.path}: a generator of {generator.num_classes} classes, the real data has {real.num_classes}")
-    drawn = draw_samples(generator, spec.size or len(real), real, label_seed=stream_seed(seed, Purpose.LABELS),
+    # A weights file is `spec.generator`'s, as the pool's workers are; a diffusers directory has its own architecture.
+    draw = pool.draw if pool is not None and not spec.path.is_dir() else draw_samples
+    drawn = draw(generator, spec.size or len(real), real, label_seed=stream_seed(seed, Purpose.LABELS),
                          sample_seed=stream_seed(seed, Purpose.SAMPLES), context=str(spec.path), storage=storage,
                          in_memory_mb=in_memory_mb)
     return to_real_format(drawn.images if is_lazy(drawn.images) else drawn.images.cpu(), real, str(spec.path))

@@ -201,3 +201,20 @@ def test_a_training_worker_killed_mid_generation_is_replaced_and_the_generation_
     assert [m.step for m in c.get_metric_history(arm.info.run_id, "detectability")] == [0, 1]  # each generation once
     a, b = (t[t.generation == 1].iloc[0]["generator_loss"] for t in (hit.table, calm.table))
     assert a == pytest.approx(b, rel=1e-4)
+
+
+def test_a_pool_drawn_by_a_tasks_two_workers_is_the_pool_one_process_draws(local_ray):
+    """A mix pool's (and a detect source's) task with sampling_workers: 2 draws with itself and one actor: the same
+    images and labels, image for image."""
+    from synthdata.data import load_digits_set
+    from synthdata.mixing import make_pool
+    from synthdata.sampling import arm_workers
+    from synthdata.spec import GaussianSpec, ResourcesSpec
+
+    real = load_digits_set()
+    spec = GaussianSpec(covariance="diag")
+    alone, _ = make_pool(spec, real, 700, seed=3)
+    with arm_workers(spec, real, ResourcesSpec(sampling_workers=2)) as pool:
+        assert pool is not None and len(pool.actors) == 1
+        shared, _ = make_pool(spec, real, 700, seed=3, pool=pool)
+    assert torch.equal(shared.images, alone.images) and torch.equal(shared.labels, alone.labels)

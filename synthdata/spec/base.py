@@ -274,10 +274,11 @@ class ResourcesSpec(Strict):
     gpus_per_arm: float = Field(0, ge=0, description="GPUs for each arm (0 on CPU-only machines).")
     sampling_workers: int = Field(
         1, ge=1, le=1024,
-        description="Workers that draw each generation's samples in a loop arm: the arm itself and sampling_workers - 1 "
-        "Ray actors of 1 CPU (and gpus_per_arm GPUs) each, reserved together with the arm (one placement group), so "
-        "two half-started arms never wait on each other. Every image has its own seed: the samples do not depend on "
-        "this number. 1: the arm samples alone. Guided generations sample in the arm.",
+        description="Workers that draw a loop arm's samples each generation, a mix study's pools and a detect study's "
+        "generator and weights-file sources: the arm (or task) itself and sampling_workers - 1 Ray actors of 1 CPU (and "
+        "gpus_per_arm GPUs) each, reserved together with it (one placement group), so two half-started arms never wait "
+        "on each other. Every image has its own seed: the samples do not depend on this number. 1: alone. Guided "
+        "samples, diffusers pipelines and diffusers-format checkpoints are drawn in the arm.",
     )
     workers_per_arm: int = Field(
         1, ge=1, le=1024,
@@ -296,6 +297,17 @@ class ResourcesSpec(Strict):
         description="Times an arm whose worker died (node lost, process killed) is restarted from its last finished "
         "generation. Errors in the arm itself (bad data, a diverging generator) fail it at once.",
     )
+
+    @property
+    def workers(self) -> int:
+        """The workers one arm is, itself included: its sampling and training workers are the same actors."""
+        return max(self.sampling_workers, self.workers_per_arm)
+
+    @property
+    def worker_cpus(self) -> float:
+        """The CPUs of each of an arm's actors: the arm's own when they train with it (data-parallel workers must be
+        equal, or all wait for the slowest), 1 when they only sample."""
+        return self.cpus_per_arm if self.workers_per_arm > 1 else 1
 
     @model_validator(mode="after")
     def _one_gpu_per_training_worker(self) -> "ResourcesSpec":

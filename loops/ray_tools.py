@@ -138,6 +138,12 @@ def check_resources(resources: ResourcesSpec, local: bool) -> None:
               "the autoscaler may add one", file=sys.stderr, flush=True)
     if local:  # a local Ray is one node: an arm's placement group must fit on it whole
         _check_sampling_workers(resources, most_on_one_node("CPU"))
+        gpus, most = resources.gpus_per_arm * resources.workers, most_on_one_node("GPU")
+        if resources.workers > 1 and gpus > most:
+            field = "workers_per_arm" if resources.workers_per_arm >= resources.sampling_workers else "sampling_workers"
+            raise UserError(f"resources.{field}: {resources.workers} workers per arm hold {gpus:g} GPUs with "
+                            f"gpus_per_arm {resources.gpus_per_arm:g}, but this machine's Ray has {most:g}; set at most "
+                            f"{max(1, int(most // resources.gpus_per_arm))}")
 
 
 class InfeasibleWatch:

@@ -117,6 +117,12 @@ def test_more_workers_per_arm_than_the_machine_holds_are_refused(local_ray):
         check_resources(ResourcesSpec(cpus_per_arm=1, workers_per_arm=3), local=True)
     # Sampling and training workers are the same actors: 2 and 2 hold 2 CPUs, not 3.
     check_resources(ResourcesSpec(cpus_per_arm=1, workers_per_arm=2, sampling_workers=2), local=True)
+    # Training workers are as wide as the arm: 2 of 2 CPUs each hold 4.
+    with pytest.raises(UserError, match=r"resources.workers_per_arm: 2 workers per arm hold 4 CPUs .* \(the arm and 1 of 2 CPU\)"):
+        check_resources(ResourcesSpec(cpus_per_arm=2, workers_per_arm=2), local=True)
+    # A GPU each: this machine's Ray has none.
+    with pytest.raises(UserError, match=r"resources.gpus_per_arm: 1 GPUs per arm, but this machine's Ray has 0"):
+        check_resources(ResourcesSpec(cpus_per_arm=1, workers_per_arm=2, gpus_per_arm=1), local=True)
 
 
 def test_a_mix_trial_and_a_detect_arm_with_two_workers_measure_what_one_measures(local_ray, tracking_uri, tmp_path):

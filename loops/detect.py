@@ -64,8 +64,7 @@ def load_sources(spec: DetectStudy, splits: dict[int, Splits], read: dict[str, I
     real training split with the seed, and checkpoints and pipelines are sampled with it."""
     import ray
 
-    task = ray.remote(_source_task).options(num_cpus=spec.resources.cpus_per_arm, num_gpus=spec.resources.gpus_per_arm,
-                                            max_retries=0)
+    task = ray.remote(_source_task)
     expensive = [name for name, source in spec.detect.sources.items() if source.type in EXPENSIVE]
     local = {name: _absolute(spec.detect.sources[name]) for name in expensive}
     storage = storage_of(spec)  # sources too large to hold
@@ -75,7 +74,8 @@ def load_sources(spec: DetectStudy, splits: dict[int, Splits], read: dict[str, I
             needs = getattr(local[name][0], "generator", None) is not None
             options, group = arm_placement(spec.resources) if needs else ({}, None)
             held.append(group)
-            refs[(seed, name)] = task.options(**options).remote(local[name][0], splits[seed].train, seed, spec.resources,
+            refs[(seed, name)] = task.options(num_cpus=spec.resources.cpus_per_arm, num_gpus=spec.resources.gpus_per_arm,
+                                              max_retries=0, **options).remote(local[name][0], splits[seed].train, seed, spec.resources,
                                                                 join(storage, "sources", name, f"seed{seed}"),
                                                                 spec.data.in_memory_mb)
     try:

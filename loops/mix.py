@@ -101,13 +101,14 @@ def make_pools(spec: MixStudy, splits: dict[int, Splits], show_progress: bool, s
         if len(pool) < size:
             raise DataError(f"{spec.mix.samples}: has {len(pool)} samples, the largest ratio needs {size}")
         return {seed: pool for seed in seeds}
-    task = ray.remote(_pool_task).options(num_cpus=spec.resources.cpus_per_arm, num_gpus=spec.resources.gpus_per_arm)
+    task = ray.remote(_pool_task)
     storage = storage_of(spec)
     refs, held = {}, []
     for seed in seeds:  # each pool's task with its workers, reserved together
         options, group = arm_placement(spec.resources)
         held.append(group)
-        refs[seed] = task.options(**options).remote(spec, real_subset(splits[seed].train, spec.mix.real_size, seed=seed),
+        refs[seed] = task.options(num_cpus=spec.resources.cpus_per_arm, num_gpus=spec.resources.gpus_per_arm,
+                                  **options).remote(spec, real_subset(splits[seed].train, spec.mix.real_size, seed=seed),
                                                     size, seed, join(storage, "pools", f"seed{seed}"))
     if show_progress:
         guided = f", guided at scale {spec.guidance.scale:g}" if spec.guidance.scale > 0 else ""

@@ -149,10 +149,10 @@ def test_a_mix_trial_and_a_detect_arm_with_two_workers_measure_what_one_measures
     tables = {k: [run_study(parse_spec(s), tracking_uri=tracking_uri, show_progress=False).table for s in studies(k)]
               for k in (1, 2)}
     made = [pg for key, pg in placement_group_table().items() if key not in before]
-    # Tune gives every trial a group: the 1-worker trial's of 1 bundle; with 2 workers the trial's and the detect
-    # study's two arms' (real vs real, the source) of 2 bundles. All handed back.
+    # Tune gives every trial a group: the 1-worker trial's of 1 bundle. With 2 workers, groups of 2 bundles: the
+    # mix pool's task, the trial, the detect source's task and its two arms (real vs real, the source). All handed back.
     groups = [(len(pg["bundles"]), pg["state"]) for pg in made]
-    assert sorted(groups) == [(1, "REMOVED")] + [(2, "REMOVED")] * 3, groups
+    assert sorted(groups) == [(1, "REMOVED")] + [(2, "REMOVED")] * 5, groups
     for one, two in zip(tables[1], tables[2]):
         assert list(one.columns) == list(two.columns) and len(one) == len(two)
     (mix1, det1), (mix2, det2) = tables[1], tables[2]

@@ -224,7 +224,7 @@ def run_arm(
             from synthdata.sampling import SamplingPool
 
             pool = SamplingPool(spec.generator, real.shape, real.num_classes, workers,
-                                gpus_per_worker=spec.resources.gpus_per_arm, local=True,
+                                cpus_per_worker=spec.resources.worker_cpus, gpus_per_worker=spec.resources.gpus_per_arm, local=True,
                                 actors=group.actors if group is not None else None)
         return pool.draw(generator, n + n_eval, real, **kw)
 

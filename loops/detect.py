@@ -164,7 +164,7 @@ def schedule(study: Study) -> None:
     refs, held = {}, {}
     for arm in arms_for(spec.detect, list(sources[first])):
         tracker.start_arm(arm.name, arm.params())
-        options, held_by = arm_placement(spec.resources)  # the arm with its training workers, together
+        options, held_by = arm_placement(spec.resources, workers=spec.resources.workers_per_arm)  # it only trains
         ref = task.options(num_cpus=spec.resources.cpus_per_arm, num_gpus=spec.resources.gpus_per_arm, max_retries=1,
                            **options).remote(arm, spec_ref, *args[arm.seed])
         refs[ref], held[ref] = arm, held_by

@@ -86,9 +86,10 @@ def share_groups(spec: LoopStudy, arms: list[Arm], states: dict[str, ResumeState
     values, neither resumed. Arms that share nothing come alone, in the study's order.
 
     Only trained generators share: a diffusion fit takes minutes, while a toy generator's
-    takes milliseconds, less than the extra worker start that sharing costs.
+    takes milliseconds, less than the extra worker start that sharing costs. Arms with workers
+    (`resources.workers` > 1) never share: a shared task is wider than one arm, its workers are not.
     """
-    shares = spec.generator.name == "diffusion"
+    shares = spec.generator.name == "diffusion" and spec.resources.workers == 1
     groups: dict[tuple, list[Arm]] = {}
     for arm in arms:
         key = (arm.seed, arm.overrides) if shares and states.get(arm.name) is None else (arm.name,)

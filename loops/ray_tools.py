@@ -54,11 +54,12 @@ def arm_cpus(resources: ResourcesSpec) -> float:
     return resources.cpus_per_arm + (resources.workers - 1) * resources.worker_cpus
 
 
-def arm_placement(resources: ResourcesSpec, cpus: float | None = None) -> tuple[dict, Any]:
+def arm_placement(resources: ResourcesSpec, cpus: float | None = None, workers: int | None = None) -> tuple[dict, Any]:
     """Task options that reserve an arm (`cpus`, default cpus_per_arm) with its workers, together or not at all
     (one placement group, its child tasks captured: the arm's actors land in it), and the group: ({}, None) for an
-    arm without workers. Remove the group (`release`) when the arm's task is done."""
-    workers = resources.workers
+    arm without workers. `workers`: default `resources.workers` (an arm that trains and samples); an arm that only
+    trains (a detect arm) holds `workers_per_arm`. Remove the group (`release`) when the arm's task is done."""
+    workers = resources.workers if workers is None else workers
     if workers == 1:
         return {}, None
     from ray.util.placement_group import placement_group
@@ -73,15 +74,15 @@ def arm_placement(resources: ResourcesSpec, cpus: float | None = None) -> tuple[
 
 
 def trial_resources(resources: ResourcesSpec) -> Any:
-    """A Tune trial's resources: an arm's CPUs and GPUs, and with workers the bundles of its actors (Tune reserves
-    them with the trial, its child actors placed in them)."""
-    if resources.workers == 1:
+    """A Tune trial's resources: an arm's CPUs and GPUs, and with `workers_per_arm` > 1 the bundles of its training
+    actors (Tune reserves them with the trial, its child actors placed in them)."""
+    if resources.workers_per_arm == 1:  # a trial only trains: its sampling workers would idle
         return {"cpu": resources.cpus_per_arm, "gpu": resources.gpus_per_arm}
     from ray.tune import PlacementGroupFactory
 
     gpu = {"GPU": resources.gpus_per_arm} if resources.gpus_per_arm else {}
     return PlacementGroupFactory([{"CPU": resources.cpus_per_arm, **gpu}]
-                                 + [{"CPU": resources.worker_cpus, **gpu} for _ in range(resources.workers - 1)])
+                                 + [{"CPU": resources.worker_cpus, **gpu} for _ in range(resources.workers_per_arm - 1)])
 
 
 def release(group: Any) -> None:

@@ -51,6 +51,12 @@ def request_stop(stop: StudyStopped) -> None:
     _thread.interrupt_main()  # SIGINT's handler runs in the main thread (nothing, were it SIG_IGN: hence STOPS)
 
 
+def clear_stops() -> None:
+    """Forget every stop recorded or requested: a new study starts unstopped."""
+    STOPS.clear()
+    _REQUESTED.clear()
+
+
 def check_stopped() -> None:
     """Raise the stop a signal asked for, if the raise in its handler did not get through.
 

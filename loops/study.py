@@ -20,7 +20,7 @@ from typing import Any
 
 import pandas as pd
 
-from loops.stopping import STOPS, StudyStopped, check_stopped, on_stop_signals, raise_stopped, signal_stop
+from loops.stopping import STOPS, StudyStopped, check_stopped, clear_stops, on_stop_signals, raise_stopped, signal_stop
 from synthdata.data import Splits, study_splits
 from synthdata.errors import UserError
 from synthdata.provenance import provenance_tags
@@ -152,7 +152,7 @@ def run_study(spec: StudySpec, runner: ModuleType | None = None, *, address: str
     store.join()
     tracker: StudyTracker | None = None
     try:
-        STOPS.clear()
+        clear_stops()
         with on_stop_signals(raise_stopped), watch_infeasible(spec.resources, enabled=not started_ray) as watch:
             tracker = StudyTracker(uri, spec.experiment_name, spec.name, flat_params(spec), description=spec.description,
                                    tags={"synthdata.kind": spec.kind, "synthdata.spec_hash": spec_hash(spec)},

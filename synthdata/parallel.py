@@ -42,6 +42,7 @@ import torch
 F = TypeVar("F", bound=Callable[..., Any])
 
 GROUP_TIMEOUT = timedelta(minutes=10)  # a worker lost mid-step fails the others' next reduction after this long
+STARTUP_TIMEOUT_S = 300  # the actors are in the arm's placement group, already reserved: they start in seconds
 
 
 class WorkerLost(RuntimeError):
@@ -192,6 +193,14 @@ class TrainingGroup:
         self.world, self.device = workers, device
         actor = ray.remote(actor_class).options(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker)
         self.actors = [actor.remote(*actor_args) for _ in range(workers - 1)]
+        try:  # started (placed, constructed) before the rendezvous, which would wait for a dead one for GROUP_TIMEOUT
+            ray.get([a.__ray_ready__.remote() for a in self.actors], timeout=STARTUP_TIMEOUT_S)
+        except BaseException as err:
+            self.close()
+            if isinstance(err, ray.exceptions.GetTimeoutError):
+                raise RuntimeError(f"the arm's {workers - 1} training workers did not start within "
+                                   f"{STARTUP_TIMEOUT_S} s") from None
+            raise
         address = f"tcp://{ray.util.get_node_ip_address()}:{_free_port()}"
         from synthdata.compute import precision_mode
 

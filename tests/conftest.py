@@ -29,14 +29,14 @@ def _signal_handlers_kept():
     in the process, as in a user's; a study sets its own while it runs.)"""
     import signal
 
-    from loops.stopping import STOPS
+    from loops.stopping import STOPS, clear_stops
 
     before = signal.getsignal(signal.SIGINT)
     yield
     after, stops = signal.getsignal(signal.SIGINT), list(STOPS)
     if before is not None:
         signal.signal(signal.SIGINT, before)
-    STOPS.clear()
+    clear_stops()
     assert after is before and not stops, f"the test left Ctrl-C's handler {after!r} (was {before!r}) or stops {stops} behind"
 
 

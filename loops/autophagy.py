@@ -146,17 +146,10 @@ def _reference(spec: LoopStudy, splits: Splits, context: StudyContext, arm: Arm,
 
 
 def _training_group(spec: LoopStudy, real: ImageSet, device: str) -> Any:
-    """The arm's `TrainingGroup` when `resources.workers_per_arm` > 1 (its actors also sample), else None."""
-    res = spec.resources
-    if res.workers_per_arm == 1:
-        return None
-    from synthdata.parallel import TrainingGroup
-    from synthdata.sampling import ArmWorker
+    """The arm's training group when `resources.workers_per_arm` > 1 (its actors also sample), else None."""
+    from synthdata.sampling import arm_training_group
 
-    # Workers as wide as the arm: data-parallel workers wait for the slowest at every step.
-    return TrainingGroup(res.workers_per_arm, cpus_per_worker=res.cpus_per_arm, gpus_per_worker=res.gpus_per_arm,
-                         device=device, actor_class=ArmWorker,
-                         actor_args=(spec.generator, real.shape, real.num_classes, int(res.cpus_per_arm), device))
+    return arm_training_group(spec.generator, real, spec.resources, device)
 
 
 def run_arm(

@@ -167,6 +167,18 @@ class SamplingPool:
         self.actors = []
 
 
+def arm_training_group(spec: GeneratorSpec, real: ImageSet, resources: ResourcesSpec, device: str = "cpu") -> Any:
+    """An arm's `TrainingGroup` of `ArmWorker`s (they also sample a generator of `spec`) when
+    `resources.workers_per_arm` > 1, else None. Its actors are as wide as the arm (`worker_cpus`)."""
+    from synthdata.parallel import TrainingGroup
+
+    if resources.workers_per_arm == 1:
+        return None
+    return TrainingGroup(resources.workers_per_arm, cpus_per_worker=resources.worker_cpus,
+                         gpus_per_worker=resources.gpus_per_arm, device=device, actor_class=ArmWorker,
+                         actor_args=(spec, real.shape, real.num_classes, int(resources.worker_cpus), device))
+
+
 @contextmanager
 def arm_workers(spec: GeneratorSpec, real: ImageSet, resources: ResourcesSpec, device: str = "cpu"
                 ) -> Iterator[SamplingPool | None]:
@@ -175,16 +187,10 @@ def arm_workers(spec: GeneratorSpec, real: ImageSet, resources: ResourcesSpec, d
     with either key above 1 the pool returned draws its samples on them (`resources.workers` in all). None: alone.
 
     Started from inside the task, the actors land in its placement group (`loops.ray_tools.arm_placement`)."""
-    from synthdata.parallel import TrainingGroup
-
     if resources.workers == 1:
         yield None
         return
-    group = None
-    if resources.workers_per_arm > 1:
-        group = TrainingGroup(resources.workers_per_arm, cpus_per_worker=resources.worker_cpus,
-                              gpus_per_worker=resources.gpus_per_arm, device=device, actor_class=ArmWorker,
-                              actor_args=(spec, real.shape, real.num_classes, int(resources.worker_cpus), device))
+    group = arm_training_group(spec, real, resources, device)
     pool = SamplingPool(spec, real.shape, real.num_classes, resources.workers, cpus_per_worker=resources.worker_cpus,
                         gpus_per_worker=resources.gpus_per_arm, local=True, actors=group.actors if group else None)
     try:
